@@ -1,1 +1,20 @@
-pub mod placeholder {}
+//! Backstop: encrypted, verified, cross-cloud PostgreSQL backups.
+//!
+//! The library holds every behaviour; the binaries under `functions/` only read
+//! configuration, build clients and call into it. Cloud SDK types stay at the
+//! edges (`store::gcs`, `store::s3`, ...) behind small traits.
+
+pub mod config;
+pub mod store;
+pub mod telemetry;
+pub mod manifest;
+pub mod naming;
+pub mod crypto;
+pub mod events;
+pub mod auth;
+pub mod alerts;
+pub mod pg;
+pub mod retention;
+pub mod replicate;
+pub mod function;
+pub mod trust;

@@ -1,0 +1,148 @@
+//! Typed configuration from environment variables.
+//!
+//! Every binary reads its settings through [`Env`], so that a missing or
+//! invalid variable is reported by name, with what was expected.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+/// A configuration problem, always naming the variable at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("environment variable {name} is not set: {hint}")]
+    Missing { name: String, hint: String },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// A source of configuration values: the process environment in binaries, a
+/// map in tests (so tests never mutate the global environment).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// Snapshot of the process environment.
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The value, treating an empty string as unset.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn required(&self, name: &str, hint: &str) -> Result<String, ConfigError> {
+        self.optional(name).ok_or_else(|| ConfigError::Missing {
+            name: name.to_string(),
+            hint: hint.to_string(),
+        })
+    }
+
+    /// Parses an optional variable, falling back to `default` when unset.
+    pub fn parsed_or<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(value) => value.parse().map_err(|e: T::Err| ConfigError::Invalid {
+                name: name.to_string(),
+                value: value.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// A boolean flag: `1/true/yes/on` or `0/false/no/off`.
+    pub fn flag(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.optional(name).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+            Some(v) => Err(ConfigError::Invalid {
+                name: name.to_string(),
+                value: v,
+                reason: "expected one of 1/true/yes/on or 0/false/no/off".into(),
+            }),
+        }
+    }
+
+    /// A comma-separated list; empty items are dropped.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.optional(name)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn invalid(&self, name: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            name: name.to_string(),
+            value: self.optional(name).unwrap_or_default(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_variable_is_named() {
+        let env = Env::from_pairs([("OTHER", "x")]);
+        let err = env.required("BACKSTOP_GCS_BUCKET", "the backups bucket").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable BACKSTOP_GCS_BUCKET is not set: the backups bucket"
+        );
+    }
+
+    #[test]
+    fn invalid_number_is_named_with_value() {
+        let env = Env::from_pairs([("N", "ten")]);
+        let err = env.parsed_or::<u32>("N", 3).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { ref name, ref value, .. } if name == "N" && value == "ten"));
+        assert_eq!(env.parsed_or::<u32>("UNSET", 3).unwrap(), 3);
+    }
+
+    #[test]
+    fn flags_and_lists() {
+        let env = Env::from_pairs([("F", "Yes"), ("B", "maybe"), ("L", " a, ,b ")]);
+        assert!(env.flag("F", false).unwrap());
+        assert!(!env.flag("UNSET", false).unwrap());
+        assert!(env.flag("B", false).is_err());
+        assert_eq!(env.list("L"), vec!["a", "b"]);
+        assert!(env.list("UNSET").is_empty());
+    }
+}

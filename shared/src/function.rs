@@ -1,0 +1,121 @@
+//! What every function binary shares: one `Function` trait, and the two ways
+//! to run it — under the AWS Lambda runtime, or locally with `--event FILE`
+//! (the result is printed as JSON on stdout; the exit code tells success).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use crate::auth::{AuthError, HttpResponse, OidcVerifier};
+use crate::events::{EventError, HttpRequest, Invocation, MAX_EVENT_BYTES};
+
+/// A function's answer: an HTTP status (used as is for Function URL requests;
+/// for direct invocations anything >= 300 is an invocation error) and a body.
+pub type Reply = HttpResponse;
+
+pub fn reply_error(status: u16, code: &str, message: impl std::fmt::Display) -> Reply {
+    HttpResponse::new(status, json!({"error": code, "message": message.to_string()}))
+}
+
+/// Maps a malformed event to a 400 that names the problem.
+pub fn reply_bad_event(err: &EventError) -> Reply {
+    reply_error(400, "bad_event", err)
+}
+
+/// Checks the OIDC token of a Function URL request: 401 when it is missing
+/// or invalid, 503 when Google's keys could not be fetched (retryable).
+pub async fn authenticate(oidc: &OidcVerifier, req: &HttpRequest) -> Result<String, Reply> {
+    oidc.verify(req).await.map_err(|e| match e {
+        AuthError::KeysUnavailable(_) => reply_error(503, "auth_unavailable", &e),
+        _ => reply_error(401, "unauthenticated", &e),
+    })
+}
+
+#[async_trait]
+pub trait Function: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn invoke(&self, invocation: Invocation) -> Reply;
+}
+
+/// Reads a local event file, refusing huge files before reading them.
+pub fn read_event_file(path: &Path) -> Result<Value, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read event file {}: {e}", path.display()))?;
+    // Function URL requests carry the body base64-encoded: allow for that.
+    if meta.len() as usize > MAX_EVENT_BYTES * 2 {
+        return Err(format!(
+            "event file {} is {} bytes; events are at most {} bytes",
+            path.display(),
+            meta.len(),
+            MAX_EVENT_BYTES * 2
+        ));
+    }
+    let raw = std::fs::read(path).map_err(|e| format!("cannot read event file {}: {e}", path.display()))?;
+    serde_json::from_slice(&raw).map_err(|e| format!("event file {} is not JSON: {e}", path.display()))
+}
+
+/// Runs one event through the function and prints the reply.
+pub async fn run_local(function: &dyn Function, path: &Path) -> std::process::ExitCode {
+    let started = std::time::Instant::now();
+    let reply = match read_event_file(path).map(Invocation::classify) {
+        Ok(Ok(invocation)) => function.invoke(invocation).await,
+        Ok(Err(e)) => reply_bad_event(&e),
+        Err(message) => reply_error(400, "bad_event_file", message),
+    };
+    tracing::info!(function = function.name(), status = reply.status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "event handled");
+    println!("{}", json!({"status": reply.status, "result": reply.body}));
+    if reply.status < 300 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Serves events from the Lambda Runtime API until the runtime stops us.
+/// Function URL requests get an HTTP response (status included, so Pub/Sub
+/// sees 2xx = ack, 4xx/5xx = redeliver); direct invocations fail the
+/// invocation on an error status so that async retries apply.
+pub async fn run_lambda(function: Arc<dyn Function>) -> Result<(), lambda_runtime::Error> {
+    let handler = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
+        let function = function.clone();
+        async move {
+            match Invocation::classify(event.payload) {
+                Ok(inv @ Invocation::Http(_)) => Ok::<Value, lambda_runtime::Error>(function.invoke(inv).await.to_lambda()),
+                Ok(inv @ Invocation::Direct(_)) => {
+                    let reply = function.invoke(inv).await;
+                    if reply.status < 300 {
+                        Ok(reply.body)
+                    } else {
+                        Err(reply.body.to_string().into())
+                    }
+                }
+                Err(e) => Ok(reply_bad_event(&e).to_lambda()),
+            }
+        }
+    });
+    lambda_runtime::run(handler).await
+}
+
+/// The `main` of a function binary: `--event FILE` runs locally, otherwise
+/// the Lambda runtime is expected (`AWS_LAMBDA_RUNTIME_API`).
+pub async fn main(function: Arc<dyn Function>) -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag, path] if flag == "--event" => run_local(function.as_ref(), Path::new(path)).await,
+        [] if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => match run_lambda(function).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: Lambda runtime stopped: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!(
+                "usage: {0} --event FILE   (run one event locally)\n       {0}                (under AWS Lambda: needs AWS_LAMBDA_RUNTIME_API)",
+                function.name()
+            );
+            std::process::ExitCode::from(2)
+        }
+    }
+}

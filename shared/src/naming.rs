@@ -1,0 +1,337 @@
+//! Object names: where a backup's pieces live, and how names sort by time.
+//!
+//! ```text
+//! <namespace>/<database>/<stamp>/data.pgdump.pgp     the encrypted dump
+//! <namespace>/<database>/<stamp>/manifest.json.sig   detached signature
+//! <namespace>/<database>/<stamp>/manifest.json       commit marker, written last
+//! _drills/<namespace>/<stamp>.json                   restore drill records
+//! ```
+//! `stamp` is `yyyymmddThhmmssZ-xxxxxx` (UTC, then 6 random hex digits), so
+//! names sort by time and two dumps in the same second never collide.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+pub const DATA_FILE: &str = "data.pgdump.pgp";
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const SIGNATURE_FILE: &str = "manifest.json.sig";
+pub const DRILLS_PREFIX: &str = "_drills/";
+
+const STAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("namespace {0:?} is invalid: use 1-63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit (see `backstop namespace` to derive one from a branch name)")]
+    Namespace(String),
+    #[error("database name {0:?} is invalid: use 1-63 characters from a-z, A-Z, 0-9, '.', '_' and '-'")]
+    Database(String),
+    #[error("{0:?} is not a backup object name (expected <namespace>/<database>/<yyyymmddThhmmssZ-xxxxxx>/<file>)")]
+    NotABackup(String),
+}
+
+fn valid_segment(s: &str, lower_only: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| {
+            (c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+                || (!lower_only && c.is_ascii_uppercase())
+        })
+}
+
+/// A validated namespace: `production`, or a branch slug.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub fn new(s: &str) -> Result<Self, NameError> {
+        if valid_segment(s, true) {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(NameError::Namespace(s.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Namespace {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        Namespace::new(&s)
+    }
+}
+
+impl From<Namespace> for String {
+    fn from(n: Namespace) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Identifies one backup: namespace, database and a time-ordered stamp.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackupId {
+    pub namespace: Namespace,
+    pub database: String,
+    pub taken_at: DateTime<Utc>,
+    pub nonce: String,
+}
+
+impl BackupId {
+    /// A new id for a backup starting now, with a random suffix.
+    pub fn new(namespace: Namespace, database: &str, taken_at: DateTime<Utc>) -> Result<Self, NameError> {
+        let nonce = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        Self::with_nonce(namespace, database, taken_at, &nonce)
+    }
+
+    pub fn with_nonce(
+        namespace: Namespace,
+        database: &str,
+        taken_at: DateTime<Utc>,
+        nonce: &str,
+    ) -> Result<Self, NameError> {
+        if !valid_segment(database, false) {
+            return Err(NameError::Database(database.to_string()));
+        }
+        // Names carry whole seconds; keep the id equal to its parsed name.
+        let taken_at = DateTime::from_timestamp(taken_at.timestamp(), 0).unwrap_or(taken_at);
+        Ok(Self {
+            namespace,
+            database: database.to_string(),
+            taken_at,
+            nonce: nonce.to_string(),
+        })
+    }
+
+    pub fn stamp(&self) -> String {
+        format!("{}-{}", self.taken_at.format(STAMP_FORMAT), self.nonce)
+    }
+
+    /// `<namespace>/<database>/<stamp>/`
+    pub fn prefix(&self) -> String {
+        format!("{}/{}/{}/", self.namespace, self.database, self.stamp())
+    }
+
+    pub fn data_key(&self) -> String {
+        format!("{}{DATA_FILE}", self.prefix())
+    }
+
+    pub fn manifest_key(&self) -> String {
+        format!("{}{MANIFEST_FILE}", self.prefix())
+    }
+
+    pub fn signature_key(&self) -> String {
+        format!("{}{SIGNATURE_FILE}", self.prefix())
+    }
+
+    pub fn drill_key(&self) -> String {
+        format!("{DRILLS_PREFIX}{}/{}-{}.json", self.namespace, self.database, self.stamp())
+    }
+
+    /// Parses any object key inside a backup; returns the id and the file name.
+    pub fn parse_key(key: &str) -> Result<(BackupId, String), NameError> {
+        let bad = || NameError::NotABackup(key.to_string());
+        let mut parts = key.splitn(4, '/');
+        let (ns, db, stamp, file) = (
+            parts.next().ok_or_else(bad)?,
+            parts.next().ok_or_else(bad)?,
+            parts.next().ok_or_else(bad)?,
+            parts.next().ok_or_else(bad)?,
+        );
+        let namespace = Namespace::new(ns).map_err(|_| bad())?;
+        let (time, nonce) = stamp.split_once('-').ok_or_else(bad)?;
+        if nonce.is_empty() || !nonce.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let taken_at = NaiveDateTime::parse_from_str(time, STAMP_FORMAT)
+            .map_err(|_| bad())?
+            .and_utc();
+        if file.is_empty() || file.contains('/') {
+            return Err(bad());
+        }
+        let id = BackupId::with_nonce(namespace, db, taken_at, nonce).map_err(|_| bad())?;
+        Ok((id, file.to_string()))
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.database, self.stamp())
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = NameError;
+    /// Parses `<namespace>/<database>/<stamp>` (a trailing `/` is allowed).
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        let key = format!("{}/{MANIFEST_FILE}", s.trim_end_matches('/'));
+        BackupId::parse_key(&key)
+            .map(|(id, _)| id)
+            .map_err(|_| NameError::NotABackup(s.to_string()))
+    }
+}
+
+impl PartialOrd for BackupId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BackupId {
+    /// Oldest first; ties broken by the rest of the name for a stable order.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.taken_at, &self.namespace, &self.database, &self.nonce).cmp(&(
+            other.taken_at,
+            &other.namespace,
+            &other.database,
+            &other.nonce,
+        ))
+    }
+}
+
+/// Derives a valid, deterministic namespace from a branch name such as
+/// `feature/Fix-Login`: lower-cased, other characters folded to `-`, and a
+/// short hash appended whenever the name had to change, so two different
+/// branches never share a namespace.
+pub fn namespace_for_branch(branch: &str) -> Namespace {
+    if let Ok(ns) = Namespace::new(branch) {
+        return ns;
+    }
+    let mut slug: String = branch
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while slug.contains("--") {
+        slug = slug.replace("--", "-");
+    }
+    let slug = slug.trim_matches('-');
+    let hash = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(branch.as_bytes())[..4])
+    };
+    let head: String = slug.chars().take(63 - 9).collect();
+    let head = head.trim_end_matches('-');
+    let name = if head.is_empty() {
+        format!("b-{hash}")
+    } else {
+        format!("{head}-{hash}")
+    };
+    Namespace::new(&name).expect("slug is valid by construction")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn id(ns: &str, secs: i64, nonce: &str) -> BackupId {
+        BackupId::with_nonce(
+            Namespace::new(ns).unwrap(),
+            "app",
+            Utc.timestamp_opt(secs, 0).unwrap(),
+            nonce,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_round_trip_and_sort_by_time() {
+        let a = id("production", 1_700_000_000, "00000a");
+        assert_eq!(a.data_key(), "production/app/20231114T221320Z-00000a/data.pgdump.pgp");
+        let (parsed, file) = BackupId::parse_key(&a.manifest_key()).unwrap();
+        assert_eq!(parsed, a);
+        assert_eq!(file, MANIFEST_FILE);
+        assert_eq!(a.to_string().parse::<BackupId>().unwrap(), a);
+        let b = id("production", 1_700_000_001, "000000");
+        assert!(a < b);
+        assert!(a.data_key() < b.data_key());
+    }
+
+    #[test]
+    fn same_second_ids_differ() {
+        let ns = Namespace::new("production").unwrap();
+        let now = Utc::now();
+        let ids: std::collections::HashSet<String> = (0..50)
+            .map(|_| BackupId::new(ns.clone(), "app", now).unwrap().stamp())
+            .collect();
+        assert_eq!(ids.len(), 50);
+    }
+
+    #[test]
+    fn foreign_keys_are_rejected() {
+        for key in [
+            "random.txt",
+            "production/app/notastamp/data.pgdump.pgp",
+            "production/app/20231114T221320Z-zz/data",
+            "Prod/app/20231114T221320Z-00000a/data",
+            "production/app/20231114T221320Z-00000a/",
+            "_drills/production/app.json",
+        ] {
+            assert!(BackupId::parse_key(key).is_err(), "{key}");
+        }
+    }
+
+    #[test]
+    fn branch_names_become_distinct_valid_namespaces() {
+        assert_eq!(namespace_for_branch("production").as_str(), "production");
+        let a = namespace_for_branch("feature/Fix-Login");
+        assert!(a.as_str().starts_with("feature-fix-login-"), "{a}");
+        assert_eq!(a, namespace_for_branch("feature/Fix-Login"));
+        assert_ne!(a, namespace_for_branch("feature/fix-login"));
+        let hostile = namespace_for_branch(&format!("x'; DROP DATABASE x; --{}é", "a".repeat(100)));
+        assert!(hostile.as_str().len() <= 63);
+        assert!(Namespace::new(hostile.as_str()).is_ok());
+        assert!(namespace_for_branch("ééé").as_str().starts_with("b-"));
+    }
+}
+
+/// Matches a namespace against a pattern where `*` stands for any run of
+/// characters (`production`, `feature-*`, `*`).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else {
+                return false;
+            };
+            // Try every split point for the rest of the pattern.
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| pattern_matches(rest, &tail[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::pattern_matches;
+
+    #[test]
+    fn globs() {
+        assert!(pattern_matches("production", "production"));
+        assert!(!pattern_matches("production", "production-2"));
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("feature-*", "feature-x"));
+        assert!(!pattern_matches("feature-*", "bugfix-x"));
+        assert!(pattern_matches("*-prod*", "eu-production"));
+        assert!(!pattern_matches("a*b", "ac"));
+    }
+}

@@ -1,0 +1,305 @@
+//! GCS adapter on the official `google-cloud-storage` crate.
+//!
+//! Reads and writes go through `Storage` (streaming reads, resumable
+//! uploads). Listing, metadata and deletes go through `StorageControl`, which
+//! only speaks gRPC in production. No local emulator serves that gRPC API, so
+//! when `STORAGE_EMULATOR_HOST` is set the same `StorageControl` client is
+//! built over [`super::gcs_json::JsonApiControl`], a stub speaking the JSON
+//! API: the one place where local runs and tests do not use the production
+//! transport. The adapter code above the client is identical either way.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use google_cloud_storage::client::{Storage, StorageControl};
+use google_cloud_storage::model::Object;
+use google_cloud_storage::streaming_source::{Payload, StreamingSource};
+
+use super::{
+    ByteStream, GetResult, ListPage, ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError,
+    StoreResult, byte_stream,
+};
+use crate::config::{ConfigError, Env};
+
+#[derive(Debug, Clone)]
+pub struct GcsStore {
+    storage: Storage,
+    control: StorageControl,
+    bucket: String,
+    page_size: i32,
+}
+
+/// The emulator endpoint from `STORAGE_EMULATOR_HOST`, with a scheme.
+pub fn emulator_endpoint(env: &Env) -> Option<String> {
+    env.optional("STORAGE_EMULATOR_HOST").map(|host| {
+        let host = host.trim_end_matches('/');
+        if host.starts_with("http://") || host.starts_with("https://") {
+            host.to_string()
+        } else {
+            format!("http://{host}")
+        }
+    })
+}
+
+impl GcsStore {
+    pub fn new(storage: Storage, control: StorageControl, bucket: impl Into<String>) -> Self {
+        Self {
+            storage,
+            control,
+            bucket: bucket.into(),
+            page_size: 1000,
+        }
+    }
+
+    /// Production clients with Application Default Credentials, or the local
+    /// emulator (anonymous) when `STORAGE_EMULATOR_HOST` is set.
+    pub async fn from_env(env: &Env, bucket_var: &str) -> Result<Self, ConfigError> {
+        let bucket = env.required(bucket_var, "the GCS bucket that holds backups")?;
+        let creds_err = |e: google_cloud_gax::client_builder::Error| ConfigError::Invalid {
+            name: "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            value: env.optional("GOOGLE_APPLICATION_CREDENTIALS").unwrap_or_default(),
+            reason: format!(
+                "could not build the Cloud Storage client ({e}); configure Application Default Credentials or set STORAGE_EMULATOR_HOST for a local emulator"
+            ),
+        };
+        let (storage, control) = match emulator_endpoint(env) {
+            Some(endpoint) => {
+                let storage = Storage::builder()
+                    .with_endpoint(endpoint.clone())
+                    .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
+                    .build()
+                    .await
+                    .map_err(creds_err)?;
+                let control = StorageControl::from_stub(super::gcs_json::JsonApiControl::new(&endpoint));
+                (storage, control)
+            }
+            None => (
+                Storage::builder().build().await.map_err(creds_err)?,
+                StorageControl::builder().build().await.map_err(creds_err)?,
+            ),
+        };
+        Ok(Self::new(storage, control, bucket))
+    }
+
+    pub fn with_page_size(mut self, page_size: i32) -> Self {
+        self.page_size = page_size.max(1);
+        self
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn control(&self) -> &StorageControl {
+        &self.control
+    }
+
+    pub fn bucket_path(&self) -> String {
+        format!("projects/_/buckets/{}", self.bucket)
+    }
+
+    fn map_err(&self, op: &'static str, key: &str, err: google_cloud_storage::Error) -> StoreError {
+        map_gcs_error(&self.url(), op, key, err)
+    }
+}
+
+/// Maps the client's error onto the store's kinds by HTTP status or gRPC code.
+pub fn map_gcs_error(
+    store: &str,
+    op: &'static str,
+    key: &str,
+    err: google_cloud_storage::Error,
+) -> StoreError {
+    use google_cloud_gax::error::rpc::Code;
+    let store = store.to_string();
+    let key = key.to_string();
+    let code = err.status().map(|s| s.code);
+    let http = err.http_status_code();
+    match (http, code) {
+        (Some(404), _) | (_, Some(Code::NotFound)) => StoreError::NotFound { store, key },
+        (Some(412), _) | (_, Some(Code::FailedPrecondition)) => {
+            StoreError::PreconditionFailed { store, key }
+        }
+        (Some(408 | 429 | 500..=599), _)
+        | (_, Some(Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal | Code::Aborted)) => {
+            StoreError::Transient {
+                store,
+                op,
+                key,
+                message: err.to_string(),
+            }
+        }
+        _ if err.is_timeout() || err.is_io() || err.is_connect() || err.is_transport() || err.is_exhausted() => {
+            StoreError::Transient {
+                store,
+                op,
+                key,
+                message: err.to_string(),
+            }
+        }
+        _ => StoreError::Permanent {
+            store,
+            op,
+            key,
+            message: err.to_string(),
+        },
+    }
+}
+
+pub(crate) fn object_meta(o: &Object) -> ObjectMeta {
+    ObjectMeta {
+        key: o.name.clone(),
+        size: o.size.max(0) as u64,
+        metadata: o
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+        crc32c: o.checksums.as_ref().and_then(|c| c.crc32c),
+        version: Some(o.generation.to_string()),
+        updated: o
+            .update_time
+            .as_ref()
+            .or(o.create_time.as_ref())
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds(), t.nanos().max(0) as u32)),
+    }
+}
+
+/// Feeds a [`ByteStream`] to the upload and remembers why it failed, so that
+/// a source failure is reported as such and not as a storage failure.
+struct StreamSource {
+    body: ByteStream,
+    failure: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl StreamingSource for StreamSource {
+    type Error = io::Error;
+
+    async fn next(&mut self) -> Option<Result<Bytes, Self::Error>> {
+        match self.body.next().await {
+            Some(Err(e)) => {
+                let kind = e.kind();
+                let message = e.to_string();
+                *self.failure.lock().expect("source failure lock") = Some(e);
+                Some(Err(io::Error::new(kind, message)))
+            }
+            other => other,
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for GcsStore {
+    fn url(&self) -> String {
+        format!("gs://{}", self.bucket)
+    }
+
+    async fn put(&self, key: &str, body: ByteStream, opts: PutOptions) -> StoreResult<ObjectMeta> {
+        let failure = Arc::new(Mutex::new(None));
+        let source = StreamSource {
+            body,
+            failure: failure.clone(),
+        };
+        let mut req = self
+            .storage
+            .write_object(self.bucket_path(), key, Payload::from_stream(source))
+            .set_metadata(opts.metadata.clone());
+        if let Some(ct) = &opts.content_type {
+            req = req.set_content_type(ct.clone());
+        }
+        if opts.mode == PutMode::Create {
+            // Generation 0 means "only if no live object has this name".
+            req = req.set_if_generation_match(0);
+        }
+        match req.send_buffered().await {
+            Ok(o) => Ok(object_meta(&o)),
+            Err(e) => match failure.lock().expect("source failure lock").take() {
+                Some(source) => Err(StoreError::Source {
+                    store: self.url(),
+                    key: key.to_string(),
+                    source,
+                }),
+                None => Err(self.map_err("put", key, e)),
+            },
+        }
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<GetResult> {
+        let resp = self
+            .storage
+            .read_object(self.bucket_path(), key)
+            .send()
+            .await
+            .map_err(|e| self.map_err("get", key, e))?;
+        let hl = resp.object();
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size: hl.size.max(0) as u64,
+            metadata: Default::default(),
+            crc32c: hl.checksums.as_ref().and_then(|c| c.crc32c),
+            version: Some(hl.generation.to_string()),
+            updated: None,
+        };
+        let store = self.url();
+        let key = key.to_string();
+        let body = futures::stream::unfold(Some(resp), move |state| {
+            let store = store.clone();
+            let key = key.clone();
+            async move {
+                let mut resp = state?;
+                match resp.next().await {
+                    None => None,
+                    Some(Ok(chunk)) => Some((Ok(chunk), Some(resp))),
+                    Some(Err(e)) => Some((Err(map_gcs_error(&store, "read", &key, e).into_io()), None)),
+                }
+            }
+        });
+        Ok(GetResult {
+            meta,
+            body: byte_stream(body),
+        })
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let o = self
+            .control
+            .get_object()
+            .set_bucket(self.bucket_path())
+            .set_object(key)
+            .send()
+            .await
+            .map_err(|e| self.map_err("head", key, e))?;
+        Ok(object_meta(&o))
+    }
+
+    async fn list_page(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
+        let resp = self
+            .control
+            .list_objects()
+            .set_parent(self.bucket_path())
+            .set_prefix(prefix)
+            .set_page_size(self.page_size)
+            .set_page_token(page_token.unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| self.map_err("list", prefix, e))?;
+        Ok(ListPage {
+            objects: resp.objects.iter().map(object_meta).collect(),
+            next_page_token: Some(resp.next_page_token).filter(|t| !t.is_empty()),
+        })
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.control
+            .delete_object()
+            .set_bucket(self.bucket_path())
+            .set_object(key)
+            .send()
+            .await
+            .map_err(|e| self.map_err("delete", key, e))?;
+        Ok(())
+    }
+}
