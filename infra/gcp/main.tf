@@ -42,7 +42,7 @@ locals {
   replicator_enabled = var.replicator_function_url != ""
   retention_enabled  = var.retention_function_url != ""
 
-  drills_prefix = "drills/"
+  drills_prefix = "_drills/"
 }
 
 resource "google_project_service" "enabled" {

@@ -6,10 +6,10 @@
 #
 # | part       | may                                                            |
 # |------------|----------------------------------------------------------------|
-# | dump       | create objects (not under drills/), unwrap the signing key     |
+# | dump       | create objects (not under _drills/), unwrap the signing key     |
 # | replicator | read backups, publish alerts                                   |
 # | retention  | list/read/delete objects, read bucket config, publish alerts   |
-# | restore    | read backups, create drills/ records, unwrap the backup key    |
+# | restore    | read backups, create _drills/ records, unwrap the backup key    |
 # | push       | nothing: identity in the OIDC token Pub/Sub pushes with        |
 # | scheduler  | nothing: identity in the OIDC token Cloud Scheduler sends      |
 
@@ -56,7 +56,7 @@ resource "google_service_account" "scheduler_invoker" {
 }
 
 # storage.objects.create and nothing else: no read, no list, no delete (so no
-# overwrite either). Used by dump (outside drills/) and restore (drills/ only).
+# overwrite either). Used by dump (outside _drills/) and restore (drills/ only).
 resource "google_project_iam_custom_role" "object_create" {
   project     = var.project_id
   role_id     = "${local.role_prefix}ObjectCreate"

@@ -68,7 +68,7 @@ resource "google_storage_bucket" "backups" {
 
 # Bucket-level grants, one per part (see service_accounts.tf for who is who).
 
-# dump: create objects, and only outside drills/ (it cannot forge drill
+# dump: create objects, and only outside _drills/ (it cannot forge drill
 # records). Without storage.objects.delete it cannot overwrite either.
 resource "google_storage_bucket_iam_member" "dump_create" {
   bucket = google_storage_bucket.backups.name
@@ -104,7 +104,7 @@ resource "google_storage_bucket_iam_member" "restore_read" {
   member = google_service_account.restore.member
 }
 
-# ... and write drill records, under drills/ only.
+# ... and write drill records, under _drills/ only.
 resource "google_storage_bucket_iam_member" "restore_drill_records" {
   bucket = google_storage_bucket.backups.name
   role   = google_project_iam_custom_role.object_create.id
@@ -112,7 +112,7 @@ resource "google_storage_bucket_iam_member" "restore_drill_records" {
 
   condition {
     title       = "drill-records-only"
-    description = "The restore job may create objects under drills/ and nowhere else."
+    description = "The restore job may create objects under _drills/ and nowhere else."
     expression  = "resource.name.startsWith(\"projects/_/buckets/${var.backups_bucket_name}/objects/${local.drills_prefix}\")"
   }
 }
