@@ -18,7 +18,7 @@ locals {
     BACKSTOP_GCS_BUCKET         = var.gcs_bucket
     BACKSTOP_S3_BUCKET          = aws_s3_bucket.replica.bucket
     BACKSTOP_SIGNING_PUBLIC_KEY = "file:${local.signing_public_key_path}"
-    BACKSTOP_RECIPIENTS         = var.backup_recipients
+    BACKSTOP_RECIPIENTS         = "file:/opt/backstop/recipients.asc"
     BACKSTOP_ALERT_TOPIC        = var.alert_topic
     GOOGLE_CLOUD_PROJECT        = var.gcp_project_id
   }
