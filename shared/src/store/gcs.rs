@@ -171,7 +171,9 @@ pub(crate) fn object_meta(o: &Object) -> ObjectMeta {
 /// Feeds a [`ByteStream`] to the upload and remembers why it failed, so that
 /// a source failure is reported as such and not as a storage failure.
 struct StreamSource {
-    body: ByteStream,
+    // The upload requires a `Sync` source; the lock is never contended
+    // (`next` takes `&mut self`).
+    body: Mutex<ByteStream>,
     failure: Arc<Mutex<Option<io::Error>>>,
 }
 
@@ -179,7 +181,8 @@ impl StreamingSource for StreamSource {
     type Error = io::Error;
 
     async fn next(&mut self) -> Option<Result<Bytes, Self::Error>> {
-        match self.body.next().await {
+        let body = self.body.get_mut().expect("stream lock");
+        match body.next().await {
             Some(Err(e)) => {
                 let kind = e.kind();
                 let message = e.to_string();
@@ -200,12 +203,12 @@ impl ObjectStore for GcsStore {
     async fn put(&self, key: &str, body: ByteStream, opts: PutOptions) -> StoreResult<ObjectMeta> {
         let failure = Arc::new(Mutex::new(None));
         let source = StreamSource {
-            body,
+            body: Mutex::new(body),
             failure: failure.clone(),
         };
         let mut req = self
             .storage
-            .write_object(self.bucket_path(), key, Payload::from_stream(source))
+            .write_object::<_, _, _, StreamSource>(self.bucket_path(), key, Payload::from_stream(source))
             .set_metadata(opts.metadata.clone());
         if let Some(ct) = &opts.content_type {
             req = req.set_content_type(ct.clone());

@@ -141,7 +141,7 @@ impl S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .checksum_crc32c(crc_b64(crc))
+            .checksum_crc32_c(crc_b64(crc))
             .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
             .set_content_type(opts.content_type.clone())
             .body(AwsBody::from(data));
@@ -233,7 +233,7 @@ impl S3Store {
                         .key(&key)
                         .upload_id(&upload_id)
                         .part_number(number)
-                        .checksum_crc32c(crc_b64(crc))
+                        .checksum_crc32_c(crc_b64(crc))
                         .body(AwsBody::from(part))
                         .send()
                         .await
@@ -242,7 +242,7 @@ impl S3Store {
                         CompletedPart::builder()
                             .part_number(number)
                             .set_e_tag(out.e_tag().map(str::to_string))
-                            .checksum_crc32c(crc_b64(crc))
+                            .checksum_crc32_c(crc_b64(crc))
                             .build(),
                         size,
                         crc,
@@ -345,7 +345,7 @@ impl ObjectStore for S3Store {
                 .metadata()
                 .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
                 .unwrap_or_default(),
-            crc32c: out.checksum_crc32c().and_then(single_part_crc),
+            crc32c: out.checksum_crc32_c().and_then(single_part_crc),
             version: out.version_id().or(out.e_tag()).map(str::to_string),
             updated: out.last_modified().and_then(to_chrono),
         };
@@ -391,7 +391,7 @@ impl ObjectStore for S3Store {
                 .metadata()
                 .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
                 .unwrap_or_default(),
-            crc32c: out.checksum_crc32c().and_then(single_part_crc),
+            crc32c: out.checksum_crc32_c().and_then(single_part_crc),
             version: out.version_id().or(out.e_tag()).map(str::to_string),
             updated: out.last_modified().and_then(to_chrono),
         })
