@@ -60,7 +60,9 @@ impl GcsStore {
         let bucket = env.required(bucket_var, "the GCS bucket that holds backups")?;
         let creds_err = |e: google_cloud_gax::client_builder::Error| ConfigError::Invalid {
             name: "GOOGLE_APPLICATION_CREDENTIALS".into(),
-            value: env.optional("GOOGLE_APPLICATION_CREDENTIALS").unwrap_or_default(),
+            value: env
+                .optional("GOOGLE_APPLICATION_CREDENTIALS")
+                .unwrap_or_default(),
             reason: format!(
                 "could not build the Cloud Storage client ({e}); configure Application Default Credentials or set STORAGE_EMULATOR_HOST for a local emulator"
             ),
@@ -69,11 +71,14 @@ impl GcsStore {
             Some(endpoint) => {
                 let storage = Storage::builder()
                     .with_endpoint(endpoint.clone())
-                    .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
+                    .with_credentials(
+                        google_cloud_auth::credentials::anonymous::Builder::new().build(),
+                    )
                     .build()
                     .await
                     .map_err(creds_err)?;
-                let control = StorageControl::from_stub(super::gcs_json::JsonApiControl::new(&endpoint));
+                let control =
+                    StorageControl::from_stub(super::gcs_json::JsonApiControl::new(&endpoint));
                 (storage, control)
             }
             None => (
@@ -124,15 +129,27 @@ pub fn map_gcs_error(
             StoreError::PreconditionFailed { store, key }
         }
         (Some(408 | 429 | 500..=599), _)
-        | (_, Some(Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal | Code::Aborted)) => {
-            StoreError::Transient {
-                store,
-                op,
-                key,
-                message: err.to_string(),
-            }
-        }
-        _ if err.is_timeout() || err.is_io() || err.is_connect() || err.is_transport() || err.is_exhausted() => {
+        | (
+            _,
+            Some(
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Internal
+                | Code::Aborted,
+            ),
+        ) => StoreError::Transient {
+            store,
+            op,
+            key,
+            message: err.to_string(),
+        },
+        _ if err.is_timeout()
+            || err.is_io()
+            || err.is_connect()
+            || err.is_transport()
+            || err.is_exhausted() =>
+        {
             StoreError::Transient {
                 store,
                 op,
@@ -174,6 +191,7 @@ struct StreamSource {
     // The upload requires a `Sync` source; the lock is never contended
     // (`next` takes `&mut self`).
     body: Mutex<ByteStream>,
+    size: Option<u64>,
     failure: Arc<Mutex<Option<io::Error>>>,
 }
 
@@ -192,6 +210,15 @@ impl StreamingSource for StreamSource {
             other => other,
         }
     }
+
+    async fn size_hint(
+        &self,
+    ) -> Result<google_cloud_storage::streaming_source::SizeHint, Self::Error> {
+        Ok(match self.size {
+            Some(n) => google_cloud_storage::streaming_source::SizeHint::with_exact(n),
+            None => google_cloud_storage::streaming_source::SizeHint::new(),
+        })
+    }
 }
 
 #[async_trait]
@@ -204,17 +231,24 @@ impl ObjectStore for GcsStore {
         let failure = Arc::new(Mutex::new(None));
         let source = StreamSource {
             body: Mutex::new(body),
+            size: opts.size_hint,
             failure: failure.clone(),
         };
         let mut req = self
             .storage
-            .write_object::<_, _, _, StreamSource>(self.bucket_path(), key, Payload::from_stream(source))
+            .write_object::<_, _, _, StreamSource>(
+                self.bucket_path(),
+                key,
+                Payload::from_stream(source),
+            )
             .set_metadata(opts.metadata.clone());
         if let Some(ct) = &opts.content_type {
             req = req.set_content_type(ct.clone());
         }
         if opts.mode == PutMode::Create {
             // Generation 0 means "only if no live object has this name".
+            // (fake-gcs-server honours it on single-request uploads only, not
+            // on resumable ones; GCS honours it on both.)
             req = req.set_if_generation_match(0);
         }
         match req.send_buffered().await {
@@ -231,21 +265,19 @@ impl ObjectStore for GcsStore {
     }
 
     async fn get(&self, key: &str) -> StoreResult<GetResult> {
-        let resp = self
-            .storage
-            .read_object(self.bucket_path(), key)
-            .send()
-            .await
-            .map_err(|e| self.map_err("get", key, e))?;
-        let hl = resp.object();
-        let meta = ObjectMeta {
-            key: key.to_string(),
-            size: hl.size.max(0) as u64,
-            metadata: Default::default(),
-            crc32c: hl.checksums.as_ref().and_then(|c| c.crc32c),
-            version: Some(hl.generation.to_string()),
-            updated: None,
-        };
+        // Metadata first, then exactly that generation: the bytes and the
+        // metadata describe the same write even if the object is replaced.
+        let meta = self.head(key).await?;
+        let generation: i64 = meta
+            .version
+            .as_deref()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        let mut read = self.storage.read_object(self.bucket_path(), key);
+        if generation > 0 {
+            read = read.set_generation(generation);
+        }
+        let resp = read.send().await.map_err(|e| self.map_err("get", key, e))?;
         let store = self.url();
         let key = key.to_string();
         let body = futures::stream::unfold(Some(resp), move |state| {
@@ -256,7 +288,9 @@ impl ObjectStore for GcsStore {
                 match resp.next().await {
                     None => None,
                     Some(Ok(chunk)) => Some((Ok(chunk), Some(resp))),
-                    Some(Err(e)) => Some((Err(map_gcs_error(&store, "read", &key, e).into_io()), None)),
+                    Some(Err(e)) => {
+                        Some((Err(map_gcs_error(&store, "read", &key, e).into_io()), None))
+                    }
                 }
             }
         });

@@ -21,7 +21,11 @@ use serde::Deserialize;
 
 /// Characters left alone in a path segment; everything else is escaped, `/`
 /// included, as the JSON API expects for object names.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 #[derive(Debug, Clone)]
 pub struct JsonApiControl {
@@ -116,7 +120,10 @@ fn into_object(bucket: &str, o: JsonObject) -> Object {
         .map(u32::from_be_bytes);
     let mut obj = Object::new()
         .set_name(o.name)
-        .set_bucket(format!("projects/_/buckets/{}", JsonApiControl::bucket_id(bucket)))
+        .set_bucket(format!(
+            "projects/_/buckets/{}",
+            JsonApiControl::bucket_id(bucket)
+        ))
         .set_size(o.size.and_then(|s| s.parse().ok()).unwrap_or(0i64))
         .set_generation(o.generation.and_then(|g| g.parse().ok()).unwrap_or(0i64))
         .set_metadata(o.metadata)

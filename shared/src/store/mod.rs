@@ -69,6 +69,9 @@ pub struct PutOptions {
     pub mode: PutMode,
     pub metadata: BTreeMap<String, String>,
     pub content_type: Option<String>,
+    /// The exact body size when known up front (small objects): lets GCS
+    /// use a single-request upload.
+    pub size_hint: Option<u64>,
 }
 
 impl PutOptions {
@@ -85,8 +88,7 @@ impl PutOptions {
     }
 
     pub fn with_metadata(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.metadata
-            .insert(key.to_ascii_lowercase(), value.into());
+        self.metadata.insert(key.to_ascii_lowercase(), value.into());
         self
     }
 }
@@ -115,7 +117,9 @@ pub enum StoreError {
         key: String,
         message: String,
     },
-    #[error("{store}: {op} {key:?} failed ({message}); check the bucket name, permissions and credentials")]
+    #[error(
+        "{store}: {op} {key:?} failed ({message}); check the bucket name, permissions and credentials"
+    )]
     Permanent {
         store: String,
         op: &'static str,
@@ -215,8 +219,9 @@ pub trait ObjectStoreExt: ObjectStore {
         &self,
         key: &str,
         data: Bytes,
-        opts: PutOptions,
+        mut opts: PutOptions,
     ) -> StoreResult<ObjectMeta> {
+        opts.size_hint = Some(data.len() as u64);
         self.put(key, bytes_stream(data), opts).await
     }
 
@@ -295,9 +300,8 @@ mod tests {
 
     #[tokio::test]
     async fn rechunk_makes_fixed_parts() {
-        let pieces: Vec<io::Result<Bytes>> = (0..10)
-            .map(|i| Ok(Bytes::from(vec![i as u8; 7])))
-            .collect();
+        let pieces: Vec<io::Result<Bytes>> =
+            (0..10).map(|i| Ok(Bytes::from(vec![i as u8; 7]))).collect();
         let parts: Vec<Bytes> = rechunk(byte_stream(futures::stream::iter(pieces)), 16)
             .try_collect()
             .await

@@ -111,7 +111,8 @@ impl S3Store {
             (_, Some(404), _) | (_, _, Some("NoSuchKey" | "NotFound")) => {
                 StoreError::NotFound { store, key }
             }
-            (_, Some(412), _) | (_, _, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
+            (_, Some(412), _)
+            | (_, _, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
                 StoreError::PreconditionFailed { store, key }
             }
             (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_), _, _)
@@ -133,7 +134,12 @@ impl S3Store {
         }
     }
 
-    async fn put_single(&self, key: &str, data: Bytes, opts: &PutOptions) -> StoreResult<ObjectMeta> {
+    async fn put_single(
+        &self,
+        key: &str,
+        data: Bytes,
+        opts: &PutOptions,
+    ) -> StoreResult<ObjectMeta> {
         let size = data.len() as u64;
         let crc = crc32c::crc32c(&data);
         let mut req = self
@@ -252,14 +258,12 @@ impl S3Store {
             .buffered(self.concurrency);
         let done: Vec<(CompletedPart, u64, u32)> = uploads.try_collect().await?;
         let size = done.iter().map(|(_, s, _)| s).sum();
-        let crc = done
-            .iter()
-            .fold(None, |acc: Option<u32>, (_, len, crc)| {
-                Some(match acc {
-                    None => *crc,
-                    Some(a) => crc32c::crc32c_combine(a, *crc, *len as usize),
-                })
-            });
+        let crc = done.iter().fold(None, |acc: Option<u32>, (_, len, crc)| {
+            Some(match acc {
+                None => *crc,
+                Some(a) => crc32c::crc32c_combine(a, *crc, *len as usize),
+            })
+        });
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(done.into_iter().map(|(p, _, _)| p).collect()))
             .build();
@@ -273,16 +277,25 @@ impl S3Store {
         if opts.mode == PutMode::Create {
             req = req.if_none_match("*");
         }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| self.map_err("complete multipart upload", key, e))?;
+        let version = match req.send().await {
+            Ok(out) => out.version_id().or(out.e_tag()).map(str::to_string),
+            Err(e) if completed_but_unparsed(&e) => {
+                // Some S3-compatible servers (moto) answer 200 with a body
+                // the SDK cannot parse; the upload did complete. Confirm it.
+                let meta = self.head(key).await?;
+                if meta.size != size {
+                    return Err(self.map_err("complete multipart upload", key, e));
+                }
+                meta.version
+            }
+            Err(e) => return Err(self.map_err("complete multipart upload", key, e)),
+        };
         Ok(ObjectMeta {
             key: key.to_string(),
             size,
             metadata: opts.metadata.clone(),
             crc32c: crc,
-            version: out.version_id().or(out.e_tag()).map(str::to_string),
+            version,
             updated: None,
         })
     }
@@ -314,7 +327,11 @@ impl ObjectStore for S3Store {
             key: key.to_string(),
             source,
         };
-        let first = parts.try_next().await.map_err(source_err)?.unwrap_or_default();
+        let first = parts
+            .try_next()
+            .await
+            .map_err(source_err)?
+            .unwrap_or_default();
         if first.len() < self.part_size {
             // Small objects (manifests, drill records) take one request.
             return self.put_single(key, first, &opts).await;
@@ -343,7 +360,11 @@ impl ObjectStore for S3Store {
             size: out.content_length().unwrap_or_default().max(0) as u64,
             metadata: out
                 .metadata()
-                .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             crc32c: out.checksum_crc32_c().and_then(single_part_crc),
             version: out.version_id().or(out.e_tag()).map(str::to_string),
@@ -389,7 +410,11 @@ impl ObjectStore for S3Store {
             size: out.content_length().unwrap_or_default().max(0) as u64,
             metadata: out
                 .metadata()
-                .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             crc32c: out.checksum_crc32_c().and_then(single_part_crc),
             version: out.version_id().or(out.e_tag()).map(str::to_string),
@@ -444,6 +469,14 @@ impl ObjectStore for S3Store {
             .map_err(|e| self.map_err("delete", key, e))?;
         Ok(())
     }
+}
+
+/// A 200 answer whose body did not parse: the operation happened.
+fn completed_but_unparsed<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(err, SdkError::ServiceError(_))
+        && err
+            .raw_response()
+            .is_some_and(|r| r.status().as_u16() == 200)
 }
 
 /// A multipart object's checksum reads `xxxx-N` (a checksum of checksums), not
