@@ -1,0 +1,150 @@
+//! Plumbing for the encryption and decryption pipelines: stages run on their
+//! own threads and talk through small bounded channels, so memory stays at
+//! a few chunks whatever the size, and dropping the output stream stops
+//! every stage (each `send` then fails and the thread exits).
+
+use std::io;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::CryptoError;
+use crate::store::{ByteStream, byte_stream};
+
+/// Chunks in flight between two stages.
+pub(crate) const DEPTH: usize = 4;
+
+/// What travels between stages.
+pub(crate) enum Item<T> {
+    Data(T),
+    /// Clean end of input; carries the plaintext size where known.
+    End(u64),
+    Fail(CryptoError),
+}
+
+pub(crate) fn channel<T>() -> (SyncSender<Item<T>>, Receiver<Item<T>>) {
+    sync_channel(DEPTH)
+}
+
+/// Pumps an async byte stream into a stage's channel (a Tokio task).
+pub(crate) fn pump(mut input: ByteStream) -> tokio::sync::mpsc::Receiver<Item<Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(DEPTH);
+    tokio::spawn(async move {
+        loop {
+            let item = match input.next().await {
+                Some(Ok(b)) if b.is_empty() => continue,
+                Some(Ok(b)) => Item::Data(b),
+                Some(Err(e)) => Item::Fail(CryptoError::from_io(e)),
+                None => Item::End(0),
+            };
+            let stop = !matches!(item, Item::Data(_));
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Spawns a named stage thread.
+pub(crate) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), CryptoError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|e| CryptoError::Pipeline(format!("cannot start thread {name}: {e}")))
+}
+
+/// The error reported when a stage vanished without saying why.
+pub(crate) fn vanished(stage: &str) -> CryptoError {
+    CryptoError::Pipeline(format!("the {stage} stage stopped without finishing"))
+}
+
+/// Turns the last stage's channel into a [`ByteStream`]. `on_end` runs once
+/// on a clean end (to publish a summary).
+pub(crate) fn output_stream(
+    rx: tokio::sync::mpsc::Receiver<Item<Bytes>>,
+    on_end: impl FnOnce(u64) + Send + 'static,
+) -> ByteStream {
+    let state = (rx, Some(on_end), false);
+    byte_stream(futures::stream::unfold(
+        state,
+        |(mut rx, mut on_end, done)| async move {
+            if done {
+                return None;
+            }
+            match rx.recv().await {
+                Some(Item::Data(b)) => Some((Ok(b), (rx, on_end, false))),
+                Some(Item::End(n)) => {
+                    if let Some(f) = on_end.take() {
+                        f(n);
+                    }
+                    None
+                }
+                Some(Item::Fail(e)) => Some((Err(e.into_io()), (rx, on_end, true))),
+                None => Some((Err(vanished("last").into_io()), (rx, on_end, true))),
+            }
+        },
+    ))
+}
+
+/// Writes a byte stream to a blocking writer (a file) on a blocking
+/// thread, avoiding a thread hop per write. Returns the bytes written.
+pub async fn stream_to_writer<W>(mut stream: ByteStream, mut writer: W) -> io::Result<u64>
+where
+    W: io::Write + Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || -> io::Result<u64> {
+        let mut n = 0u64;
+        while let Some(chunk) = handle.block_on(stream.next()) {
+            let chunk = chunk?;
+            writer.write_all(&chunk)?;
+            n += chunk.len() as u64;
+        }
+        writer.flush()?;
+        Ok(n)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Reads a blocking reader (a file) on a blocking thread as a [`ByteStream`]
+/// of `chunk`-sized pieces.
+pub fn reader_stream<R>(mut reader: R, chunk: usize) -> ByteStream
+where
+    R: io::Read + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(DEPTH);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut buf = bytes::BytesMut::zeroed(chunk);
+            let mut filled = 0;
+            while filled < chunk {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if filled == 0 {
+                return;
+            }
+            buf.truncate(filled);
+            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                return;
+            }
+            if filled < chunk {
+                return;
+            }
+        }
+    });
+    byte_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}

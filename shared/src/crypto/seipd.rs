@@ -1,0 +1,895 @@
+//! SEIPD v1 (RFC 9580 section 5.13.1) as synchronous, streaming stages.
+//!
+//! Encryption is split in two stages so that they can run on two threads:
+//! [`Framer`] builds the SEIPD plaintext (random prefix, one literal data
+//! packet with partial body lengths, MDC) and hashes it with SHA-1;
+//! [`Sealer`] encrypts it in place (AES-256, OpenPGP CFB without resync) and
+//! writes the outer partial body lengths into headroom reserved by the
+//! framer, so no byte is copied after framing.
+//!
+//! Decryption mirrors it: [`Opener`] CFB-decrypts the SEIPD body, and
+//! [`Unwrapper`] checks the prefix, holds back the trailing MDC packet,
+//! hashes with SHA-1, parses the inner packets (literal data, optionally
+//! inside ZIP/ZLIB compressed data, signatures skipped) and, at the very
+//! end, compares the MDC.
+
+use aes::{Aes128, Aes192, Aes256};
+use bytes::{Bytes, BytesMut};
+use cfb_mode::cipher::KeyIvInit;
+use cfb_mode::{BufDecryptor, BufEncryptor};
+use sha1::{Digest, Sha1};
+
+use super::CryptoError;
+use super::packet::{self, BodyLen, Parsed, tag};
+
+/// Outer partial chunks carry 2^20 bytes (1 MiB) of SEIPD body.
+pub(crate) const BODY_POWER: u32 = 20;
+pub(crate) const BODY_CHUNK: usize = 1 << BODY_POWER;
+/// Inner literal data partial chunks: 2^20 bytes.
+const LIT_POWER: u32 = 20;
+const LIT_CHUNK: usize = 1 << LIT_POWER;
+/// Room in front of each body buffer for the SEIPD tag and a length (1 + 5).
+pub(crate) const HEADROOM: usize = 6;
+/// 16-byte block: prefix is 16 random bytes plus a repeat of the last two.
+const BLOCK: usize = 16;
+const PREFIX_LEN: usize = BLOCK + 2;
+/// MDC packet: 0xD3 0x14 and a 20-byte SHA-1.
+const MDC_LEN: usize = 22;
+const MDC_HEADER: [u8; 2] = [0xd3, 0x14];
+/// SEIPD tag octet (new format, tag 18).
+const SEIPD_TAG_OCTET: u8 = 0xc0 | tag::SEIPD;
+/// Literal data tag octet (new format, tag 11).
+const LITERAL_TAG_OCTET: u8 = 0xc0 | tag::LITERAL;
+
+/// One buffer of SEIPD body travelling from the framer to the sealer.
+pub(crate) struct BodyChunk {
+    /// `HEADROOM` reserved bytes, then body bytes.
+    pub buf: BytesMut,
+    pub first: bool,
+    pub last: bool,
+}
+
+fn new_body_buf() -> BytesMut {
+    let mut b = BytesMut::with_capacity(HEADROOM + BODY_CHUNK);
+    b.resize(HEADROOM, 0);
+    b
+}
+
+/// Encryption stage 1: SEIPD plaintext framing and SHA-1 (the MDC).
+pub(crate) struct Framer {
+    sha1: Sha1,
+    /// Literal packet body bytes not yet framed (< LIT_CHUNK after each push).
+    lit: Vec<u8>,
+    lit_started: bool,
+    body: BytesMut,
+    first: bool,
+    plaintext_len: u64,
+}
+
+impl Framer {
+    /// `prefix_random` must be 16 fresh random bytes.
+    pub fn new(prefix_random: [u8; BLOCK]) -> Self {
+        let mut f = Framer {
+            sha1: Sha1::new(),
+            lit: Vec::with_capacity(LIT_CHUNK + 8),
+            lit_started: false,
+            body: new_body_buf(),
+            first: true,
+            plaintext_len: 0,
+        };
+        // Version 1, in the clear and not hashed.
+        f.body.extend_from_slice(&[1]);
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix[..BLOCK].copy_from_slice(&prefix_random);
+        prefix[BLOCK] = prefix_random[BLOCK - 2];
+        prefix[BLOCK + 1] = prefix_random[BLOCK - 1];
+        // No emit can happen here: the buffer is nearly empty.
+        f.write_inner(&prefix, &mut |_| unreachable!("first chunk is not full"));
+        // Literal data body header: binary, no file name, date 0.
+        f.lit.extend_from_slice(&[b'b', 0, 0, 0, 0, 0]);
+        f
+    }
+
+    pub fn plaintext_len(&self) -> u64 {
+        self.plaintext_len
+    }
+
+    /// Appends bytes to the SEIPD body, hashing them.
+    fn write_inner(&mut self, mut data: &[u8], emit: &mut dyn FnMut(BodyChunk)) {
+        self.sha1.update(data);
+        while !data.is_empty() {
+            let room = HEADROOM + BODY_CHUNK - self.body.len();
+            if room == 0 {
+                self.flush_body(false, emit);
+                continue;
+            }
+            let n = room.min(data.len());
+            self.body.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+    }
+
+    /// Appends bytes that are not hashed (the MDC value itself).
+    fn write_unhashed(&mut self, mut data: &[u8], emit: &mut dyn FnMut(BodyChunk)) {
+        while !data.is_empty() {
+            let room = HEADROOM + BODY_CHUNK - self.body.len();
+            if room == 0 {
+                self.flush_body(false, emit);
+                continue;
+            }
+            let n = room.min(data.len());
+            self.body.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+    }
+
+    fn flush_body(&mut self, last: bool, emit: &mut dyn FnMut(BodyChunk)) {
+        let buf = std::mem::replace(
+            &mut self.body,
+            if last {
+                BytesMut::new()
+            } else {
+                new_body_buf()
+            },
+        );
+        emit(BodyChunk {
+            buf,
+            first: self.first,
+            last,
+        });
+        self.first = false;
+    }
+
+    fn write_lit_header(&mut self, len: BodyLen, emit: &mut dyn FnMut(BodyChunk)) {
+        let mut hdr = [0u8; 6];
+        let mut n = 0;
+        if !self.lit_started {
+            hdr[0] = LITERAL_TAG_OCTET;
+            n = 1;
+            self.lit_started = true;
+        }
+        match len {
+            BodyLen::Partial(_) => {
+                hdr[n] = packet::partial_len_octet(LIT_POWER);
+                n += 1;
+            }
+            BodyLen::Fixed(l) => {
+                let mut enc = [0u8; 5];
+                let k = packet::encode_fixed_len(l as usize, &mut enc);
+                hdr[n..n + k].copy_from_slice(&enc[..k]);
+                n += k;
+            }
+            BodyLen::Indeterminate => unreachable!("never written"),
+        }
+        self.write_inner(&hdr[..n], emit);
+    }
+
+    /// Adds plaintext. Emits full body buffers through `emit`.
+    pub fn push(&mut self, mut data: &[u8], emit: &mut dyn FnMut(BodyChunk)) {
+        self.plaintext_len += data.len() as u64;
+        while !data.is_empty() {
+            let want = LIT_CHUNK - self.lit.len();
+            let n = want.min(data.len());
+            // Frame straight from the input when a whole chunk is available.
+            if self.lit.is_empty() && data.len() >= LIT_CHUNK {
+                self.write_lit_header(BodyLen::Partial(LIT_CHUNK as u64), emit);
+                self.write_inner(&data[..LIT_CHUNK], emit);
+                data = &data[LIT_CHUNK..];
+                continue;
+            }
+            self.lit.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.lit.len() == LIT_CHUNK {
+                self.write_lit_header(BodyLen::Partial(LIT_CHUNK as u64), emit);
+                let lit = std::mem::take(&mut self.lit);
+                self.write_inner(&lit, emit);
+                self.lit = lit;
+                self.lit.clear();
+            }
+        }
+    }
+
+    /// Writes the last literal chunk and the MDC, and emits the last buffer.
+    pub fn finish(mut self, emit: &mut dyn FnMut(BodyChunk)) {
+        let lit = std::mem::take(&mut self.lit);
+        self.write_lit_header(BodyLen::Fixed(lit.len() as u64), emit);
+        self.write_inner(&lit, emit);
+        self.write_inner(&MDC_HEADER, emit);
+        let digest = std::mem::take(&mut self.sha1).finalize();
+        self.write_unhashed(&digest, emit);
+        self.flush_body(true, emit);
+    }
+}
+
+/// Encryption stage 2: AES-256 CFB in place and outer length octets.
+pub(crate) struct Sealer {
+    cfb: BufEncryptor<Aes256>,
+}
+
+impl Sealer {
+    pub fn new(session_key: &[u8; 32]) -> Self {
+        Sealer {
+            cfb: BufEncryptor::<Aes256>::new(session_key.into(), &[0u8; BLOCK].into()),
+        }
+    }
+
+    /// Encrypts one body buffer and returns the bytes to output.
+    pub fn seal(&mut self, chunk: BodyChunk) -> Bytes {
+        let BodyChunk {
+            mut buf,
+            first,
+            last,
+        } = chunk;
+        let body_len = buf.len() - HEADROOM;
+        let skip = if first { 1 } else { 0 }; // version octet stays clear
+        self.cfb.encrypt(&mut buf[HEADROOM + skip..]);
+        let mut hdr = [0u8; 6];
+        let mut n = 0;
+        if first {
+            hdr[0] = SEIPD_TAG_OCTET;
+            n = 1;
+        }
+        if last {
+            let mut enc = [0u8; 5];
+            let k = packet::encode_fixed_len(body_len, &mut enc);
+            hdr[n..n + k].copy_from_slice(&enc[..k]);
+            n += k;
+        } else {
+            debug_assert_eq!(body_len, BODY_CHUNK);
+            hdr[n] = packet::partial_len_octet(BODY_POWER);
+            n += 1;
+        }
+        let start = HEADROOM - n;
+        buf[start..HEADROOM].copy_from_slice(&hdr[..n]);
+        buf.freeze().slice(start..)
+    }
+}
+
+/// A CFB decryptor for the AES variants GnuPG picks.
+pub(crate) enum CfbDecryptor {
+    Aes128(Box<BufDecryptor<Aes128>>),
+    Aes192(Box<BufDecryptor<Aes192>>),
+    Aes256(Box<BufDecryptor<Aes256>>),
+}
+
+impl CfbDecryptor {
+    /// `alg` is the OpenPGP symmetric algorithm id (7, 8, 9).
+    pub fn new(alg: u8, key: &[u8]) -> Result<Self, CryptoError> {
+        let iv = [0u8; BLOCK];
+        let bad = |_| CryptoError::SessionKeyDecrypt {
+            fingerprint: "-".into(),
+            reason: format!(
+                "session key has the wrong length ({} bytes) for its algorithm",
+                key.len()
+            ),
+        };
+        Ok(match alg {
+            7 => CfbDecryptor::Aes128(Box::new(
+                BufDecryptor::new_from_slices(key, &iv).map_err(bad)?,
+            )),
+            8 => CfbDecryptor::Aes192(Box::new(
+                BufDecryptor::new_from_slices(key, &iv).map_err(bad)?,
+            )),
+            9 => CfbDecryptor::Aes256(Box::new(
+                BufDecryptor::new_from_slices(key, &iv).map_err(bad)?,
+            )),
+            other => return Err(CryptoError::UnsupportedCipher(sym_alg_name(other))),
+        })
+    }
+
+    pub fn decrypt(&mut self, data: &mut [u8]) {
+        match self {
+            CfbDecryptor::Aes128(d) => d.decrypt(data),
+            CfbDecryptor::Aes192(d) => d.decrypt(data),
+            CfbDecryptor::Aes256(d) => d.decrypt(data),
+        }
+    }
+}
+
+pub(crate) fn sym_alg_name(alg: u8) -> String {
+    match alg {
+        0 => "plaintext".into(),
+        1 => "IDEA".into(),
+        2 => "TripleDES".into(),
+        3 => "CAST5".into(),
+        4 => "Blowfish".into(),
+        7 => "AES-128".into(),
+        8 => "AES-192".into(),
+        9 => "AES-256".into(),
+        10 => "Twofish".into(),
+        11..=13 => format!("Camellia ({alg})"),
+        _ => format!("algorithm {alg}"),
+    }
+}
+
+/// Decryption stage 1: CFB-decrypts the SEIPD body (after its version octet).
+pub(crate) struct Opener {
+    cfb: CfbDecryptor,
+}
+
+impl Opener {
+    pub fn new(cfb: CfbDecryptor) -> Self {
+        Opener { cfb }
+    }
+
+    /// Decrypts a copy of `data`.
+    #[cfg(test)]
+    pub fn open(&mut self, data: &[u8]) -> Bytes {
+        let mut buf = BytesMut::from(data);
+        self.cfb.decrypt(&mut buf);
+        buf.freeze()
+    }
+
+    /// Decrypts in place.
+    pub fn open_in_place(&mut self, buf: &mut [u8]) {
+        self.cfb.decrypt(buf);
+    }
+}
+
+/// Decryption stage 2: prefix check, SHA-1 and MDC, inner packets.
+pub(crate) struct Unwrapper {
+    sha1: Sha1,
+    prefix: Vec<u8>,
+    /// The last (up to) `MDC_LEN` bytes seen: not yet known not to be the MDC.
+    tail: Vec<u8>,
+    inner: InnerParser,
+    total: u64,
+}
+
+impl Default for Unwrapper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Unwrapper {
+    pub fn new() -> Self {
+        Unwrapper {
+            sha1: Sha1::new(),
+            prefix: Vec::with_capacity(PREFIX_LEN),
+            tail: Vec::with_capacity(2 * MDC_LEN),
+            inner: InnerParser::new(0),
+            total: 0,
+        }
+    }
+
+    /// Feeds decrypted SEIPD body bytes; plaintext goes to `out`.
+    pub fn push(&mut self, mut data: Bytes, out: &mut dyn FnMut(Bytes)) -> Result<(), CryptoError> {
+        self.total += data.len() as u64;
+        if self.prefix.len() < PREFIX_LEN {
+            let n = (PREFIX_LEN - self.prefix.len()).min(data.len());
+            self.prefix.extend_from_slice(&data[..n]);
+            self.sha1.update(&data[..n]);
+            let _ = data.split_to(n);
+            if self.prefix.len() == PREFIX_LEN
+                && self.prefix[BLOCK - 2..BLOCK] != self.prefix[BLOCK..PREFIX_LEN]
+            {
+                return Err(CryptoError::QuickCheckFailed);
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
+        if data.len() >= MDC_LEN {
+            // Everything held back is now known not to be the MDC.
+            if !self.tail.is_empty() {
+                let held = Bytes::from(std::mem::take(&mut self.tail));
+                self.sha1.update(&held);
+                self.inner.push(held, out)?;
+            }
+            let keep = data.split_off(data.len() - MDC_LEN);
+            self.tail.extend_from_slice(&keep);
+            if !data.is_empty() {
+                self.sha1.update(&data);
+                self.inner.push(data, out)?;
+            }
+        } else {
+            self.tail.extend_from_slice(&data);
+            if self.tail.len() > MDC_LEN {
+                let release = self.tail.len() - MDC_LEN;
+                let held = Bytes::copy_from_slice(&self.tail[..release]);
+                self.tail.drain(..release);
+                self.sha1.update(&held);
+                self.inner.push(held, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the MDC and that the inner message is complete. Only when this
+    /// returns `Ok` may the plaintext be trusted.
+    pub fn finish(mut self, out: &mut dyn FnMut(Bytes)) -> Result<(), CryptoError> {
+        if self.prefix.len() < PREFIX_LEN || self.tail.len() < MDC_LEN {
+            return Err(CryptoError::MissingMdc);
+        }
+        if self.tail[..2] != MDC_HEADER {
+            return Err(CryptoError::MissingMdc);
+        }
+        self.sha1.update(&self.tail[..2]);
+        let digest = self.sha1.finalize();
+        // Constant-time comparison is not needed: the MDC is not a MAC
+        // secret, but avoid early exit anyway.
+        let diff = digest
+            .iter()
+            .zip(&self.tail[2..])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return Err(CryptoError::IntegrityCheckFailed);
+        }
+        self.inner.finish(out)
+    }
+}
+
+/// Parses the decrypted packet stream: literal data (possibly inside one
+/// layer of compression), skipping signature-related and padding packets.
+pub(crate) struct InnerParser {
+    depth: u8,
+    hdr: Vec<u8>,
+    state: InnerState,
+    literal_seen: bool,
+}
+
+enum InnerState {
+    /// Between packets (collecting a header in `hdr`).
+    Header,
+    /// In a packet body.
+    Body {
+        remaining: u64,
+        /// More length headers follow this chunk.
+        partial: bool,
+        indeterminate: bool,
+        handler: Handler,
+    },
+    /// Collecting the next partial length (in `hdr`).
+    NextLen { handler: Handler },
+}
+
+enum Handler {
+    Literal { head: Vec<u8>, head_done: bool },
+    Compressed(Box<Compressed>),
+    Skip,
+}
+
+struct Compressed {
+    algo: Option<u8>,
+    dec: Option<flate2::Decompress>,
+    nested: InnerParser,
+    done: bool,
+}
+
+const DECOMPRESS_BUF: usize = 256 * 1024;
+
+impl Compressed {
+    fn push(&mut self, mut data: &[u8], out: &mut dyn FnMut(Bytes)) -> Result<(), CryptoError> {
+        if self.algo.is_none() {
+            let Some((&a, rest)) = data.split_first() else {
+                return Ok(());
+            };
+            self.algo = Some(a);
+            self.dec = Some(match a {
+                1 => flate2::Decompress::new(false),
+                2 => flate2::Decompress::new(true),
+                0 => {
+                    return Err(CryptoError::InnerPacket(
+                        "compressed packet with algorithm 'uncompressed' is not supported".into(),
+                    ));
+                }
+                other => return Err(CryptoError::UnsupportedCompression(other)),
+            });
+            data = rest;
+        }
+        self.inflate(data, false, out)
+    }
+
+    fn inflate(
+        &mut self,
+        mut data: &[u8],
+        finish: bool,
+        out: &mut dyn FnMut(Bytes),
+    ) -> Result<(), CryptoError> {
+        let Some(dec) = self.dec.as_mut() else {
+            return Err(CryptoError::InnerPacket(
+                "empty compressed data packet".into(),
+            ));
+        };
+        loop {
+            if self.done {
+                // Bytes after the end of the deflate stream are ignored, as gpg does.
+                return Ok(());
+            }
+            let mut buf = BytesMut::zeroed(DECOMPRESS_BUF);
+            let before_in = dec.total_in();
+            let before_out = dec.total_out();
+            let flush = if finish {
+                flate2::FlushDecompress::Finish
+            } else {
+                flate2::FlushDecompress::None
+            };
+            let status = dec
+                .decompress(data, &mut buf, flush)
+                .map_err(|e| CryptoError::Decompress(e.to_string()))?;
+            let consumed = (dec.total_in() - before_in) as usize;
+            let produced = (dec.total_out() - before_out) as usize;
+            data = &data[consumed..];
+            if produced > 0 {
+                buf.truncate(produced);
+                self.nested.push(buf.freeze(), out)?;
+            }
+            if status == flate2::Status::StreamEnd {
+                self.done = true;
+                return Ok(());
+            }
+            if consumed == 0 && produced == 0 {
+                if finish {
+                    return Err(CryptoError::Decompress("compressed data ends early".into()));
+                }
+                return Ok(());
+            }
+            if data.is_empty() && produced < DECOMPRESS_BUF && !finish {
+                return Ok(());
+            }
+        }
+    }
+
+    fn finish(mut self, out: &mut dyn FnMut(Bytes)) -> Result<(), CryptoError> {
+        if !self.done {
+            self.inflate(&[], true, out)?;
+        }
+        self.nested.finish(out)
+    }
+}
+
+impl Handler {
+    fn for_tag(t: u8, depth: u8, literal_seen: bool) -> Result<Handler, CryptoError> {
+        match t {
+            tag::LITERAL => {
+                if literal_seen {
+                    return Err(CryptoError::InnerPacket(
+                        "more than one literal data packet (a message holds exactly one)".into(),
+                    ));
+                }
+                Ok(Handler::Literal {
+                    head: Vec::new(),
+                    head_done: false,
+                })
+            }
+            tag::COMPRESSED if depth == 0 => Ok(Handler::Compressed(Box::new(Compressed {
+                algo: None,
+                dec: None,
+                nested: InnerParser::new(depth + 1),
+                done: false,
+            }))),
+            tag::COMPRESSED => Err(CryptoError::InnerPacket(
+                "nested compressed data packets are refused".into(),
+            )),
+            tag::ONE_PASS_SIGNATURE | tag::SIGNATURE | tag::MARKER | tag::PADDING => {
+                Ok(Handler::Skip)
+            }
+            other => Err(CryptoError::InnerPacket(format!(
+                "{} packet (tag {other}) where literal data was expected",
+                packet::tag_name(other)
+            ))),
+        }
+    }
+
+    fn push(&mut self, data: Bytes, out: &mut dyn FnMut(Bytes)) -> Result<(), CryptoError> {
+        match self {
+            Handler::Literal { head, head_done } => {
+                let mut data = data;
+                if !*head_done {
+                    // format (1), name length (1), name, date (4)
+                    let need = |h: &Vec<u8>| {
+                        if h.len() < 2 {
+                            2
+                        } else {
+                            2 + h[1] as usize + 4
+                        }
+                    };
+                    while !*head_done && !data.is_empty() {
+                        let want = need(head) - head.len();
+                        let n = want.min(data.len());
+                        head.extend_from_slice(&data[..n]);
+                        let _ = data.split_to(n);
+                        if head.len() == need(head) && head.len() > 2 {
+                            *head_done = true;
+                        }
+                    }
+                }
+                if !data.is_empty() {
+                    out(data);
+                }
+                Ok(())
+            }
+            Handler::Compressed(c) => c.push(&data, out),
+            Handler::Skip => Ok(()),
+        }
+    }
+
+    fn finish(self, out: &mut dyn FnMut(Bytes)) -> Result<bool, CryptoError> {
+        match self {
+            Handler::Literal { head_done, .. } => {
+                if !head_done {
+                    return Err(CryptoError::InnerPacket(
+                        "literal data packet too short".into(),
+                    ));
+                }
+                Ok(true)
+            }
+            Handler::Compressed(c) => {
+                let seen = c.nested.literal_seen;
+                c.finish(out)?;
+                Ok(seen)
+            }
+            Handler::Skip => Ok(false),
+        }
+    }
+}
+
+impl InnerParser {
+    pub fn new(depth: u8) -> Self {
+        InnerParser {
+            depth,
+            hdr: Vec::with_capacity(8),
+            state: InnerState::Header,
+            literal_seen: false,
+        }
+    }
+
+    fn end_packet(
+        &mut self,
+        handler: Handler,
+        out: &mut dyn FnMut(Bytes),
+    ) -> Result<(), CryptoError> {
+        if handler.finish(out)? {
+            self.literal_seen = true;
+        }
+        self.state = InnerState::Header;
+        Ok(())
+    }
+
+    pub fn push(&mut self, mut data: Bytes, out: &mut dyn FnMut(Bytes)) -> Result<(), CryptoError> {
+        while !data.is_empty() {
+            match std::mem::replace(&mut self.state, InnerState::Header) {
+                InnerState::Header => {
+                    let take = (6 - self.hdr.len()).min(data.len());
+                    let start = self.hdr.len();
+                    self.hdr.extend_from_slice(&data[..take]);
+                    match packet::parse_header(&self.hdr) {
+                        Err(_) => {
+                            return Err(CryptoError::InnerPacket(format!(
+                                "invalid packet header {:02x?}",
+                                &self.hdr
+                            )));
+                        }
+                        Ok(Parsed::NeedMore) => {
+                            let _ = data.split_to(take);
+                            self.state = InnerState::Header;
+                        }
+                        Ok(Parsed::Done(h, used)) => {
+                            let _ = data.split_to(used - start);
+                            self.hdr.clear();
+                            let handler = Handler::for_tag(h.tag, self.depth, self.literal_seen)?;
+                            self.state = match h.len {
+                                BodyLen::Fixed(n) => InnerState::Body {
+                                    remaining: n,
+                                    partial: false,
+                                    indeterminate: false,
+                                    handler,
+                                },
+                                BodyLen::Partial(n) => InnerState::Body {
+                                    remaining: n,
+                                    partial: true,
+                                    indeterminate: false,
+                                    handler,
+                                },
+                                BodyLen::Indeterminate => InnerState::Body {
+                                    remaining: u64::MAX,
+                                    partial: false,
+                                    indeterminate: true,
+                                    handler,
+                                },
+                            };
+                            if let InnerState::Body {
+                                remaining: 0,
+                                partial: false,
+                                indeterminate: false,
+                                ..
+                            } = self.state
+                            {
+                                let InnerState::Body { handler, .. } =
+                                    std::mem::replace(&mut self.state, InnerState::Header)
+                                else {
+                                    unreachable!()
+                                };
+                                self.end_packet(handler, out)?;
+                            }
+                        }
+                    }
+                }
+                InnerState::Body {
+                    remaining,
+                    partial,
+                    indeterminate,
+                    mut handler,
+                } => {
+                    let n = if indeterminate {
+                        data.len()
+                    } else {
+                        remaining.min(data.len() as u64) as usize
+                    };
+                    let piece = data.split_to(n);
+                    handler.push(piece, out)?;
+                    let remaining = if indeterminate {
+                        remaining
+                    } else {
+                        remaining - n as u64
+                    };
+                    if remaining == 0 {
+                        if partial {
+                            self.state = InnerState::NextLen { handler };
+                        } else {
+                            self.end_packet(handler, out)?;
+                        }
+                    } else {
+                        self.state = InnerState::Body {
+                            remaining,
+                            partial,
+                            indeterminate,
+                            handler,
+                        };
+                    }
+                }
+                InnerState::NextLen { handler } => {
+                    let take = (5 - self.hdr.len()).min(data.len());
+                    let start = self.hdr.len();
+                    self.hdr.extend_from_slice(&data[..take]);
+                    match packet::parse_new_len(&self.hdr) {
+                        Parsed::NeedMore => {
+                            let _ = data.split_to(take);
+                            self.state = InnerState::NextLen { handler };
+                        }
+                        Parsed::Done(len, used) => {
+                            let _ = data.split_to(used - start);
+                            self.hdr.clear();
+                            let (remaining, partial) = match len {
+                                BodyLen::Fixed(n) => (n, false),
+                                BodyLen::Partial(n) => (n, true),
+                                BodyLen::Indeterminate => unreachable!(),
+                            };
+                            if remaining == 0 && !partial {
+                                self.end_packet(handler, out)?;
+                            } else {
+                                self.state = InnerState::Body {
+                                    remaining,
+                                    partial,
+                                    indeterminate: false,
+                                    handler,
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self, out: &mut dyn FnMut(Bytes)) -> Result<(), CryptoError> {
+        match std::mem::replace(&mut self.state, InnerState::Header) {
+            InnerState::Header if self.hdr.is_empty() => {}
+            InnerState::Body {
+                indeterminate: true,
+                handler,
+                ..
+            } => self.end_packet(handler, out)?,
+            _ => {
+                return Err(CryptoError::InnerPacket(
+                    "the encrypted message ends in the middle of a packet".into(),
+                ));
+            }
+        }
+        if !self.literal_seen {
+            return Err(CryptoError::InnerPacket(
+                "no literal data packet in the message".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seal_all(data: &[u8], pieces: usize) -> (Vec<u8>, [u8; 32]) {
+        let key = [7u8; 32];
+        let mut framer = Framer::new([3u8; 16]);
+        let mut sealer = Sealer::new(&key);
+        let mut out = Vec::new();
+        let mut emit = |c: BodyChunk| out.extend_from_slice(&sealer.seal(c));
+        let step = data.len().div_ceil(pieces.max(1)).max(1);
+        for piece in data.chunks(step) {
+            framer.push(piece, &mut emit);
+        }
+        framer.finish(&mut emit);
+        (out, key)
+    }
+
+    fn open_all(msg: &[u8], key: &[u8; 32]) -> Result<Vec<u8>, CryptoError> {
+        // Parse the SEIPD framing by hand (tag octet + lengths).
+        assert_eq!(msg[0], SEIPD_TAG_OCTET);
+        let mut pos = 1;
+        let mut body = Vec::new();
+        loop {
+            match packet::parse_new_len(&msg[pos..]) {
+                Parsed::Done(BodyLen::Partial(n), used) => {
+                    pos += used;
+                    body.extend_from_slice(&msg[pos..pos + n as usize]);
+                    pos += n as usize;
+                }
+                Parsed::Done(BodyLen::Fixed(n), used) => {
+                    pos += used;
+                    body.extend_from_slice(&msg[pos..pos + n as usize]);
+                    pos += n as usize;
+                    break;
+                }
+                _ => panic!("bad framing"),
+            }
+        }
+        assert_eq!(pos, msg.len());
+        assert_eq!(body[0], 1);
+        let mut opener = Opener::new(CfbDecryptor::new(9, key)?);
+        let mut unwrap = Unwrapper::new();
+        let mut plain = Vec::new();
+        let mut out = |b: Bytes| plain.extend_from_slice(&b);
+        for piece in body[1..].chunks(777_777) {
+            unwrap.push(opener.open(piece), &mut out)?;
+        }
+        unwrap.finish(&mut out)?;
+        Ok(plain)
+    }
+
+    #[test]
+    fn seal_and_open_sizes() {
+        for len in [
+            0usize,
+            1,
+            100,
+            191,
+            192,
+            8383,
+            8384,
+            LIT_CHUNK - 6,
+            LIT_CHUNK,
+            LIT_CHUNK + 1,
+            3 * LIT_CHUNK + 5,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            for pieces in [1, 3] {
+                let (msg, key) = seal_all(&data, pieces);
+                assert_eq!(open_all(&msg, &key).unwrap(), data, "len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_ciphertext_fails_mdc() {
+        let data = vec![42u8; 5000];
+        let (mut msg, key) = seal_all(&data, 1);
+        let mid = msg.len() / 2;
+        msg[mid] ^= 1;
+        assert!(matches!(
+            open_all(&msg, &key),
+            Err(CryptoError::IntegrityCheckFailed)
+        ));
+    }
+
+    #[test]
+    fn wrong_key_fails_quick_check() {
+        let (msg, _) = seal_all(b"hello", 1);
+        assert!(matches!(
+            open_all(&msg, &[8u8; 32]),
+            Err(CryptoError::QuickCheckFailed)
+        ));
+    }
+}
