@@ -17,7 +17,9 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::alerts::{Alert, AlertSink, Severity};
-use crate::crypto::{BackupVerifier, CryptoError, Digests, RecipientSet, VerifyingKey, verify_manifest_at};
+use crate::crypto::{
+    BackupVerifier, CryptoError, Digests, RecipientSet, VerifyingKey, verify_manifest_at,
+};
 use crate::events::{ObjectRef, StorageEvent};
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::naming::{BackupId, MANIFEST_FILE, pattern_matches};
@@ -53,7 +55,9 @@ pub enum Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicateError {
-    #[error("notification is for bucket {got:?} but this replicator serves {expected:?}; fix the notification config or BACKSTOP_GCS_BUCKET")]
+    #[error(
+        "notification is for bucket {got:?} but this replicator serves {expected:?}; fix the notification config or BACKSTOP_GCS_BUCKET"
+    )]
     UnknownBucket { expected: String, got: String },
     #[error("replication of {backup_id} failed and should be retried: {message}")]
     Retry { backup_id: String, message: String },
@@ -130,7 +134,9 @@ impl Replicator {
             .iter()
             .any(|p| pattern_matches(p, id.namespace.as_str()))
         {
-            return ignored("namespace is not configured for replication (BACKSTOP_REPLICATE_NAMESPACES)");
+            return ignored(
+                "namespace is not configured for replication (BACKSTOP_REPLICATE_NAMESPACES)",
+            );
         }
         self.replicate(&id).await
     }
@@ -139,31 +145,49 @@ impl Replicator {
     pub async fn replicate(&self, id: &BackupId) -> Result<Outcome, ReplicateError> {
         let started = Instant::now();
         let backup_id = id.to_string();
-        let manifest_bytes = match self.source.get_bytes(&id.manifest_key(), MAX_MANIFEST_BYTES).await {
+        let manifest_bytes = match self
+            .source
+            .get_bytes(&id.manifest_key(), MAX_MANIFEST_BYTES)
+            .await
+        {
             Ok(b) => b,
             Err(StoreError::NotFound { .. }) => {
                 return Ok(Outcome::Ignored {
                     object: id.manifest_key(),
-                    reason: "manifest no longer exists (deleted after the notification was sent)".into(),
+                    reason: "manifest no longer exists (deleted after the notification was sent)"
+                        .into(),
                 });
             }
             Err(e) => return Err(retry(&backup_id, e)),
         };
-        let signature = match self.source.get_bytes(&id.signature_key(), MAX_MANIFEST_BYTES).await {
+        let signature = match self
+            .source
+            .get_bytes(&id.signature_key(), MAX_MANIFEST_BYTES)
+            .await
+        {
             Ok(s) => s,
             Err(StoreError::NotFound { .. }) => {
                 return self
-                    .reject(id, "manifest_unsigned", "manifest has no signature object".into())
+                    .reject(
+                        id,
+                        "manifest_unsigned",
+                        "manifest has no signature object".into(),
+                    )
                     .await;
             }
             Err(e) => return Err(retry(&backup_id, e)),
         };
-        let manifest = match verify_manifest_at(&manifest_bytes, &signature, &self.signing_keys, id) {
+        let manifest = match verify_manifest_at(&manifest_bytes, &signature, &self.signing_keys, id)
+        {
             Ok(m) => m,
             Err(e) => return self.reject(id, "manifest_invalid", e.to_string()).await,
         };
 
-        match self.target.get_bytes(&id.manifest_key(), MAX_MANIFEST_BYTES).await {
+        match self
+            .target
+            .get_bytes(&id.manifest_key(), MAX_MANIFEST_BYTES)
+            .await
+        {
             Ok(existing) if existing == manifest_bytes => {
                 return Ok(Outcome::AlreadyReplicated { backup_id });
             }
@@ -172,7 +196,10 @@ impl Replicator {
                     .reject(
                         id,
                         "replica_conflict",
-                        format!("{} already holds a different manifest for this backup", self.target.url()),
+                        format!(
+                            "{} already holds a different manifest for this backup",
+                            self.target.url()
+                        ),
                     )
                     .await;
             }
@@ -185,7 +212,8 @@ impl Replicator {
             Err(reason) => return self.reject(id, "verification_failed", reason).await,
         };
         self.put_once(id, &id.signature_key(), signature).await?;
-        self.put_once(id, &id.manifest_key(), manifest_bytes).await?;
+        self.put_once(id, &id.manifest_key(), manifest_bytes)
+            .await?;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             backup_id = %id,
@@ -242,7 +270,10 @@ impl Replicator {
         let source = match self.source.get(&key).await {
             Ok(got) => got,
             Err(StoreError::NotFound { .. }) => {
-                return Ok(Err(format!("data object {key} is missing from {}", self.source.url())));
+                return Ok(Err(format!(
+                    "data object {key} is missing from {}",
+                    self.source.url()
+                )));
             }
             Err(e) => return Err(retry(&backup_id, e)),
         };
@@ -257,7 +288,11 @@ impl Replicator {
             Err(StoreError::PreconditionFailed { .. }) => {
                 // A concurrent delivery won the race: accept its copy only if
                 // it is the same backup.
-                let meta = self.target.head(&key).await.map_err(|e| retry(&backup_id, e))?;
+                let meta = self
+                    .target
+                    .head(&key)
+                    .await
+                    .map_err(|e| retry(&backup_id, e))?;
                 if meta.metadata.get(META_SHA256) != Some(&expected.sha256) {
                     return Ok(Err(format!(
                         "{} holds a different data object for this backup",
@@ -266,18 +301,25 @@ impl Replicator {
                 }
             }
             Err(StoreError::Source { source, .. }) => {
-                if let Some(v) = source.get_ref().and_then(|e| e.downcast_ref::<VerificationFailed>()) {
+                if let Some(v) = source
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<VerificationFailed>())
+                {
                     return Ok(Err(v.0.to_string()));
                 }
                 return Err(retry(&backup_id, source));
             }
             Err(e) => return Err(retry(&backup_id, e)),
         }
-        let digests = verified.lock().expect("digest slot").take().unwrap_or(Digests {
-            size: expected.size,
-            sha256: expected.sha256.clone(),
-            crc32c: expected.crc32c,
-        });
+        let digests = verified
+            .lock()
+            .expect("digest slot")
+            .take()
+            .unwrap_or(Digests {
+                size: expected.size,
+                sha256: expected.sha256.clone(),
+                crc32c: expected.crc32c,
+            });
         Ok(Ok(digests))
     }
 
@@ -286,7 +328,11 @@ impl Replicator {
         let backup_id = id.to_string();
         match self
             .target
-            .put_bytes(key, data.clone(), PutOptions::create().with_metadata(META_BACKUP_ID, backup_id.clone()))
+            .put_bytes(
+                key,
+                data.clone(),
+                PutOptions::create().with_metadata(META_BACKUP_ID, backup_id.clone()),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -299,14 +345,22 @@ impl Replicator {
                 if existing == data {
                     Ok(())
                 } else {
-                    Err(retry(&backup_id, format!("{key} exists in {} with other content", self.target.url())))
+                    Err(retry(
+                        &backup_id,
+                        format!("{key} exists in {} with other content", self.target.url()),
+                    ))
                 }
             }
             Err(e) => Err(retry(&backup_id, e)),
         }
     }
 
-    async fn reject(&self, id: &BackupId, code: &str, reason: String) -> Result<Outcome, ReplicateError> {
+    async fn reject(
+        &self,
+        id: &BackupId,
+        code: &str,
+        reason: String,
+    ) -> Result<Outcome, ReplicateError> {
         tracing::error!(backup_id = %id, code, reason = %reason, "backup failed verification; not replicated");
         let alert = Alert {
             severity: Severity::Critical,
@@ -397,14 +451,20 @@ impl ReplicatorFunction {
         })
     }
 
-    async fn run(&self, event: Result<StorageEvent, crate::events::EventError>) -> crate::function::Reply {
+    async fn run(
+        &self,
+        event: Result<StorageEvent, crate::events::EventError>,
+    ) -> crate::function::Reply {
         use crate::function::{reply_bad_event, reply_error};
         let event = match event {
             Ok(e) => e,
             Err(e) => return reply_bad_event(&e),
         };
         match self.replicator.handle(&event).await {
-            Ok(outcome) => crate::auth::HttpResponse::new(200, serde_json::to_value(&outcome).expect("outcome serializes")),
+            Ok(outcome) => crate::auth::HttpResponse::new(
+                200,
+                serde_json::to_value(&outcome).expect("outcome serializes"),
+            ),
             Err(e @ ReplicateError::UnknownBucket { .. }) => reply_error(400, "unknown_bucket", e),
             Err(e @ ReplicateError::Retry { .. }) => {
                 tracing::warn!(error = %e, "replication will be retried");

@@ -98,3 +98,5 @@ pub async fn drain_sha256(mut body: ByteStream) -> io::Result<(u64, String)> {
     }
     Ok((size, hex::encode(hasher.finalize())))
 }
+pub mod backups;
+pub mod pubsub;
