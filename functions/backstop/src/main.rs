@@ -4,7 +4,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod dump_cmd;
 mod keys_cmd;
+mod restore_cmd;
 mod stack_cmd;
 
 #[derive(Parser)]
@@ -21,6 +23,14 @@ enum Command {
     Keys(keys_cmd::KeysCommand),
     /// Checks that the configured clouds answer (the local demo's first step).
     Ping(stack_cmd::PingArgs),
+    /// Runs a function locally on one event file and prints its JSON result.
+    Invoke(stack_cmd::InvokeArgs),
+    /// Serves a function on a loopback HTTP port for the local Pub/Sub emulator's push subscription.
+    Serve(stack_cmd::ServeArgs),
+    /// Restores the newest verified backup into a new database and records a drill.
+    Restore(Box<restore_cmd::RestoreArgs>),
+    /// Dumps a database, encrypted and signed, into the GCS backups bucket.
+    Dump(dump_cmd::DumpArgs),
 }
 
 #[tokio::main]
@@ -30,6 +40,10 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Keys(cmd) => keys_cmd::run(cmd).await,
         Command::Ping(args) => stack_cmd::ping(args).await,
+        Command::Invoke(args) => stack_cmd::invoke(args).await,
+        Command::Serve(args) => stack_cmd::serve(args).await,
+        Command::Restore(args) => restore_cmd::run(*args).await,
+        Command::Dump(args) => dump_cmd::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

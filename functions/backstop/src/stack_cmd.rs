@@ -1,9 +1,15 @@
-//! `backstop ping`: shows that each configured cloud endpoint answers.
+//! Local-operation subcommands: `ping` (do the configured clouds answer?),
+//! `invoke` (run a function on one event file, as its Lambda would) and
+//! `serve` (a loopback push endpoint for the local Pub/Sub emulator).
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use backstop::config::Env;
+use backstop::function::Function;
+use backstop::store::ObjectStore;
 use backstop::store::gcs::GcsStore;
 use backstop::store::s3::S3Store;
-use backstop::store::ObjectStore;
 
 #[derive(clap::Args)]
 pub struct PingArgs {}
@@ -16,5 +22,53 @@ pub async fn ping(_args: PingArgs) -> anyhow::Result<()> {
         let page = store.list_page("", None).await?;
         println!("{}: reachable, {} object(s) on the first page", store.url(), page.objects.len());
     }
+    Ok(())
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FunctionName {
+    Replicator,
+}
+
+async fn build(name: FunctionName) -> anyhow::Result<Arc<dyn Function>> {
+    let env = Env::from_process();
+    Ok(match name {
+        FunctionName::Replicator => Arc::new(backstop::replicate::ReplicatorFunction::from_env(&env).await?),
+    })
+}
+
+#[derive(clap::Args)]
+pub struct InvokeArgs {
+    /// Which function handles the event.
+    #[arg(value_enum)]
+    function: FunctionName,
+    /// The event file (see samples/).
+    #[arg(long)]
+    event: PathBuf,
+}
+
+pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
+    let function = build(args.function).await?;
+    let code = backstop::function::run_local(function.as_ref(), &args.event).await;
+    if code == std::process::ExitCode::SUCCESS {
+        Ok(())
+    } else {
+        anyhow::bail!("{} answered with an error status (see the JSON result above)", function.name())
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(value_enum)]
+    function: FunctionName,
+    /// Loopback address to listen on (the Pub/Sub emulator pushes here).
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    listen: String,
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let function = build(args.function).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    backstop::function::serve_local(function, listener).await?;
     Ok(())
 }
