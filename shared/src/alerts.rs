@@ -53,10 +53,14 @@ impl PubSubAlerts {
     pub async fn new(env: &Env, topic: String) -> Result<Self, ConfigError> {
         let mut builder = google_cloud_pubsub::client::Publisher::builder(topic.clone());
         if let Some(host) = env.optional("PUBSUB_EMULATOR_HOST") {
-            let endpoint = if host.starts_with("http") { host } else { format!("http://{host}") };
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+            let endpoint = if host.starts_with("http") {
+                host
+            } else {
+                format!("http://{host}")
+            };
+            builder = builder.with_endpoint(endpoint).with_credentials(
+                google_cloud_auth::credentials::anonymous::Builder::new().build(),
+            );
         }
         let publisher = builder.build().await.map_err(|e| ConfigError::Invalid {
             name: "BACKSTOP_ALERT_TOPIC".into(),
@@ -77,13 +81,20 @@ impl AlertSink for PubSubAlerts {
             .set_attributes([
                 ("code".to_string(), alert.code.clone()),
                 ("source".to_string(), alert.source.clone()),
-                ("severity".to_string(), severity.as_str().unwrap_or_default().to_string()),
+                (
+                    "severity".to_string(),
+                    severity.as_str().unwrap_or_default().to_string(),
+                ),
             ]);
-        self.publisher.publish(msg).await.map(|_| ()).map_err(|e| AlertError {
-            topic: self.topic.clone(),
-            code: alert.code.clone(),
-            message: e.to_string(),
-        })
+        self.publisher
+            .publish(msg)
+            .await
+            .map(|_| ())
+            .map_err(|e| AlertError {
+                topic: self.topic.clone(),
+                code: alert.code.clone(),
+                message: e.to_string(),
+            })
     }
 }
 
@@ -104,7 +115,10 @@ pub async fn from_env(env: &Env) -> Result<Box<dyn AlertSink>, ConfigError> {
     match env.optional("BACKSTOP_ALERT_TOPIC") {
         Some(topic) => {
             if !topic.starts_with("projects/") || !topic.contains("/topics/") {
-                return Err(env.invalid("BACKSTOP_ALERT_TOPIC", "expected projects/PROJECT/topics/TOPIC"));
+                return Err(env.invalid(
+                    "BACKSTOP_ALERT_TOPIC",
+                    "expected projects/PROJECT/topics/TOPIC",
+                ));
             }
             Ok(Box::new(PubSubAlerts::new(env, topic).await?))
         }

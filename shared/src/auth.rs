@@ -13,7 +13,9 @@ use crate::events::HttpRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("request has no `Authorization: Bearer <token>` header; callers must send a Google-signed OIDC token")]
+    #[error(
+        "request has no `Authorization: Bearer <token>` header; callers must send a Google-signed OIDC token"
+    )]
     MissingToken,
     #[error("OIDC token rejected: {0}")]
     Rejected(String),
@@ -52,7 +54,8 @@ pub struct OidcVerifier {
 
 impl OidcVerifier {
     pub fn new(config: &OidcConfig) -> Self {
-        let mut builder = Builder::new([config.audience.clone()]).with_email(config.service_account.clone());
+        let mut builder =
+            Builder::new([config.audience.clone()]).with_email(config.service_account.clone());
         if let Some(url) = &config.jwks_url {
             builder = builder.with_jwks_url(url.clone());
         }
@@ -65,7 +68,10 @@ impl OidcVerifier {
     pub async fn verify(&self, req: &HttpRequest) -> Result<String, AuthError> {
         let token = req
             .header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MissingToken)?;

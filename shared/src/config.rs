@@ -121,7 +121,9 @@ mod tests {
     #[test]
     fn missing_variable_is_named() {
         let env = Env::from_pairs([("OTHER", "x")]);
-        let err = env.required("BACKSTOP_GCS_BUCKET", "the backups bucket").unwrap_err();
+        let err = env
+            .required("BACKSTOP_GCS_BUCKET", "the backups bucket")
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "environment variable BACKSTOP_GCS_BUCKET is not set: the backups bucket"
@@ -132,7 +134,9 @@ mod tests {
     fn invalid_number_is_named_with_value() {
         let env = Env::from_pairs([("N", "ten")]);
         let err = env.parsed_or::<u32>("N", 3).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { ref name, ref value, .. } if name == "N" && value == "ten"));
+        assert!(
+            matches!(err, ConfigError::Invalid { ref name, ref value, .. } if name == "N" && value == "ten")
+        );
         assert_eq!(env.parsed_or::<u32>("UNSET", 3).unwrap(), 3);
     }
 

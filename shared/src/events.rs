@@ -22,7 +22,9 @@ pub const CLOUDEVENT_FINALIZED: &str = "google.cloud.storage.object.v1.finalized
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventError {
-    #[error("event body is {0} bytes, more than the {MAX_EVENT_BYTES} accepted; this is not a storage notification")]
+    #[error(
+        "event body is {0} bytes, more than the {MAX_EVENT_BYTES} accepted; this is not a storage notification"
+    )]
     TooLarge(usize),
     #[error("event body is not JSON: {0}")]
     NotJson(String),
@@ -42,7 +44,9 @@ pub struct HttpRequest {
 
 impl HttpRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -131,7 +135,10 @@ pub enum StorageEvent {
     /// A new object (or a new generation of one) is complete.
     Finalized(ObjectRef),
     /// Any other notification (delete, archive, metadata update): nothing to do.
-    Other { event_type: String, object: Option<String> },
+    Other {
+        event_type: String,
+        object: Option<String>,
+    },
 }
 
 /// The JSON API object resource, as notifications carry it.
@@ -196,8 +203,9 @@ pub fn storage_event_from_value(value: &Value) -> Result<StorageEvent, EventErro
 }
 
 fn cloudevent(ce_type: &str, data: &Value) -> Result<StorageEvent, EventError> {
-    let object: ObjectResource = serde_json::from_value(data.clone())
-        .map_err(|e| EventError::Malformed(format!("CloudEvent data is not a storage object: {e}")))?;
+    let object: ObjectResource = serde_json::from_value(data.clone()).map_err(|e| {
+        EventError::Malformed(format!("CloudEvent data is not a storage object: {e}"))
+    })?;
     if ce_type == CLOUDEVENT_FINALIZED {
         Ok(StorageEvent::Finalized(object.into_ref()))
     } else {
@@ -220,7 +228,9 @@ fn pubsub_push(message: &Value) -> Result<StorageEvent, EventError> {
         .map_err(|e| EventError::Malformed(format!("Pub/Sub message: {e}")))?;
     let attr = |k: &str| message.attributes.get(k).cloned();
     let event_type = attr("eventType").ok_or_else(|| {
-        EventError::Malformed("Pub/Sub message has no `eventType` attribute: not a GCS notification".into())
+        EventError::Malformed(
+            "Pub/Sub message has no `eventType` attribute: not a GCS notification".into(),
+        )
     })?;
     let from_data = match message.data.as_deref().filter(|d| !d.is_empty()) {
         Some(data) => {
@@ -228,7 +238,9 @@ fn pubsub_push(message: &Value) -> Result<StorageEvent, EventError> {
                 .decode(data)
                 .map_err(|e| EventError::Malformed(format!("message.data is not base64: {e}")))?;
             let object: ObjectResource = serde_json::from_slice(&raw).map_err(|e| {
-                EventError::Malformed(format!("message.data is not a storage object resource: {e}"))
+                EventError::Malformed(format!(
+                    "message.data is not a storage object resource: {e}"
+                ))
             })?;
             Some(object.into_ref())
         }
@@ -327,7 +339,9 @@ mod tests {
     fn pubsub_finalize_with_payload() {
         let v = push(
             json!({"eventType": "OBJECT_FINALIZE", "bucketId": "b", "objectId": "o/manifest.json", "objectGeneration": "7", "payloadFormat": "JSON_API_V1"}),
-            Some(json!({"bucket": "b", "name": "o/manifest.json", "generation": "7", "size": "12"})),
+            Some(
+                json!({"bucket": "b", "name": "o/manifest.json", "generation": "7", "size": "12"}),
+            ),
         );
         assert_eq!(
             storage_event_from_value(&v).unwrap(),
@@ -346,7 +360,9 @@ mod tests {
             json!({"eventType": "OBJECT_FINALIZE", "bucketId": "b", "objectId": "x", "objectGeneration": "3", "payloadFormat": "NONE"}),
             None,
         );
-        assert!(matches!(storage_event_from_value(&v).unwrap(), StorageEvent::Finalized(o) if o.generation == Some(3)));
+        assert!(
+            matches!(storage_event_from_value(&v).unwrap(), StorageEvent::Finalized(o) if o.generation == Some(3))
+        );
     }
 
     #[test]
@@ -355,40 +371,69 @@ mod tests {
             json!({"eventType": "OBJECT_DELETE", "bucketId": "b", "objectId": "x"}),
             None,
         );
-        assert!(matches!(storage_event_from_value(&v).unwrap(), StorageEvent::Other { event_type, .. } if event_type == "OBJECT_DELETE"));
+        assert!(
+            matches!(storage_event_from_value(&v).unwrap(), StorageEvent::Other { event_type, .. } if event_type == "OBJECT_DELETE")
+        );
     }
 
     #[test]
     fn malformed_pubsub_messages_are_rejected_with_reasons() {
         for (v, needle) in [
-            (push(json!({"bucketId": "b", "objectId": "x"}), None), "eventType"),
-            (push(json!({"eventType": "OBJECT_FINALIZE"}), None), "names no object"),
             (
-                push(json!({"eventType": "OBJECT_FINALIZE", "bucketId": "other"}), Some(json!({"bucket": "b", "name": "x"}))),
+                push(json!({"bucketId": "b", "objectId": "x"}), None),
+                "eventType",
+            ),
+            (
+                push(json!({"eventType": "OBJECT_FINALIZE"}), None),
+                "names no object",
+            ),
+            (
+                push(
+                    json!({"eventType": "OBJECT_FINALIZE", "bucketId": "other"}),
+                    Some(json!({"bucket": "b", "name": "x"})),
+                ),
                 "disagree",
             ),
-            (json!({"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": "%%%"}}), "base64"),
+            (
+                json!({"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": "%%%"}}),
+                "base64",
+            ),
             (json!({"hello": 1}), "expected a Pub/Sub push"),
         ] {
             let err = storage_event_from_value(&v).unwrap_err();
-            assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should mention {needle}"
+            );
         }
     }
 
     #[test]
     fn cloudevents_structured_and_binary() {
         let v = json!({"specversion": "1.0", "type": CLOUDEVENT_FINALIZED, "source": "//storage.googleapis.com/projects/_/buckets/b", "id": "1", "data": {"bucket": "b", "name": "n", "generation": 5}});
-        assert!(matches!(storage_event_from_value(&v).unwrap(), StorageEvent::Finalized(o) if o.generation == Some(5)));
-        let headers: BTreeMap<String, String> = [("ce-type".to_string(), CLOUDEVENT_FINALIZED.to_string())].into();
+        assert!(
+            matches!(storage_event_from_value(&v).unwrap(), StorageEvent::Finalized(o) if o.generation == Some(5))
+        );
+        let headers: BTreeMap<String, String> =
+            [("ce-type".to_string(), CLOUDEVENT_FINALIZED.to_string())].into();
         let body = json!({"bucket": "b", "name": "n"}).to_string();
-        assert!(matches!(parse_storage_event(&headers, body.as_bytes()).unwrap(), StorageEvent::Finalized(_)));
+        assert!(matches!(
+            parse_storage_event(&headers, body.as_bytes()).unwrap(),
+            StorageEvent::Finalized(_)
+        ));
     }
 
     #[test]
     fn huge_or_binary_bodies_are_refused() {
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
-        assert_eq!(parse_storage_event(&BTreeMap::new(), &big), Err(EventError::TooLarge(MAX_EVENT_BYTES + 1)));
-        assert!(matches!(parse_storage_event(&BTreeMap::new(), &[0xff, 0x00, 0x12]), Err(EventError::NotJson(_))));
+        assert_eq!(
+            parse_storage_event(&BTreeMap::new(), &big),
+            Err(EventError::TooLarge(MAX_EVENT_BYTES + 1))
+        );
+        assert!(matches!(
+            parse_storage_event(&BTreeMap::new(), &[0xff, 0x00, 0x12]),
+            Err(EventError::NotJson(_))
+        ));
     }
 
     #[test]
@@ -399,19 +444,37 @@ mod tests {
             "requestContext": {"http": {"method": "POST"}},
             "body": base64::engine::general_purpose::STANDARD.encode(&inner), "isBase64Encoded": true
         });
-        let Invocation::Http(req) = Invocation::classify(ev).unwrap() else { panic!("not http") };
+        let Invocation::Http(req) = Invocation::classify(ev).unwrap() else {
+            panic!("not http")
+        };
         assert_eq!(req.header("authorization"), Some("Bearer x"));
-        assert_eq!(parse_schedule(&req.body).unwrap(), ScheduleRequest { dry_run: Some(true) });
-        assert!(matches!(Invocation::classify(json!({"a": 1})).unwrap(), Invocation::Direct(_)));
+        assert_eq!(
+            parse_schedule(&req.body).unwrap(),
+            ScheduleRequest {
+                dry_run: Some(true)
+            }
+        );
+        assert!(matches!(
+            Invocation::classify(json!({"a": 1})).unwrap(),
+            Invocation::Direct(_)
+        ));
     }
 
     #[test]
     fn schedule_triggers() {
         assert_eq!(parse_schedule(b"").unwrap(), ScheduleRequest::default());
         let eb = json!({"version": "0", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
-        assert_eq!(schedule_from_value(&eb).unwrap(), ScheduleRequest::default());
+        assert_eq!(
+            schedule_from_value(&eb).unwrap(),
+            ScheduleRequest::default()
+        );
         let b64 = base64::engine::general_purpose::STANDARD.encode(br#"{"dry_run":false}"#);
-        assert_eq!(parse_schedule(b64.as_bytes()).unwrap(), ScheduleRequest { dry_run: Some(false) });
+        assert_eq!(
+            parse_schedule(b64.as_bytes()).unwrap(),
+            ScheduleRequest {
+                dry_run: Some(false)
+            }
+        );
         assert!(parse_schedule(b"[1,2]").is_err());
         assert!(parse_schedule(br#"{"dry_run": "maybe"}"#).is_err());
     }

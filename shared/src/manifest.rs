@@ -59,9 +59,13 @@ pub enum ManifestError {
     Malformed(String),
     #[error("manifest kind {0:?} is not {MANIFEST_KIND:?}: this object is not a Backstop manifest")]
     WrongKind(String),
-    #[error("manifest version {0} is newer than this Backstop understands (max {MANIFEST_VERSION}); upgrade Backstop")]
+    #[error(
+        "manifest version {0} is newer than this Backstop understands (max {MANIFEST_VERSION}); upgrade Backstop"
+    )]
     UnsupportedVersion(u32),
-    #[error("manifest describes backup {found} but was found at {expected}: it belongs to another backup")]
+    #[error(
+        "manifest describes backup {found} but was found at {expected}: it belongs to another backup"
+    )]
     WrongBackup { expected: String, found: String },
     #[error("manifest is larger than {MAX_MANIFEST_BYTES} bytes")]
     TooLarge,
@@ -176,8 +180,14 @@ pub(crate) mod tests {
             Manifest::parse(&serde_json::to_vec(&v).unwrap()),
             Err(ManifestError::WrongKind(_))
         ));
-        assert!(matches!(Manifest::parse(b"{not json"), Err(ManifestError::Malformed(_))));
-        assert!(matches!(Manifest::parse(b""), Err(ManifestError::Malformed(_))));
+        assert!(matches!(
+            Manifest::parse(b"{not json"),
+            Err(ManifestError::Malformed(_))
+        ));
+        assert!(matches!(
+            Manifest::parse(b""),
+            Err(ManifestError::Malformed(_))
+        ));
         v["kind"] = MANIFEST_KIND.into();
         v.as_object_mut().unwrap().remove("ciphertext");
         assert!(matches!(
@@ -190,6 +200,9 @@ pub(crate) mod tests {
     fn detects_manifest_of_another_backup() {
         let m = sample();
         let other: BackupId = "production/app/20261127T030001Z-000001".parse().unwrap();
-        assert!(matches!(m.check_location(&other), Err(ManifestError::WrongBackup { .. })));
+        assert!(matches!(
+            m.check_location(&other),
+            Err(ManifestError::WrongBackup { .. })
+        ));
     }
 }

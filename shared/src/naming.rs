@@ -23,11 +23,17 @@ const STAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("namespace {0:?} is invalid: use 1-63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit (see `backstop namespace` to derive one from a branch name)")]
+    #[error(
+        "namespace {0:?} is invalid: use 1-63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit (see `backstop namespace` to derive one from a branch name)"
+    )]
     Namespace(String),
-    #[error("database name {0:?} is invalid: use 1-63 characters from a-z, A-Z, 0-9, '.', '_' and '-'")]
+    #[error(
+        "database name {0:?} is invalid: use 1-63 characters from a-z, A-Z, 0-9, '.', '_' and '-'"
+    )]
     Database(String),
-    #[error("{0:?} is not a backup object name (expected <namespace>/<database>/<yyyymmddThhmmssZ-xxxxxx>/<file>)")]
+    #[error(
+        "{0:?} is not a backup object name (expected <namespace>/<database>/<yyyymmddThhmmssZ-xxxxxx>/<file>)"
+    )]
     NotABackup(String),
 }
 
@@ -42,7 +48,9 @@ fn valid_segment(s: &str, lower_only: bool) -> bool {
 }
 
 /// A validated namespace: `production`, or a branch slug.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Namespace(String);
 
@@ -90,7 +98,11 @@ pub struct BackupId {
 
 impl BackupId {
     /// A new id for a backup starting now, with a random suffix.
-    pub fn new(namespace: Namespace, database: &str, taken_at: DateTime<Utc>) -> Result<Self, NameError> {
+    pub fn new(
+        namespace: Namespace,
+        database: &str,
+        taken_at: DateTime<Utc>,
+    ) -> Result<Self, NameError> {
         let nonce = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         Self::with_nonce(namespace, database, taken_at, &nonce)
     }
@@ -136,7 +148,12 @@ impl BackupId {
     }
 
     pub fn drill_key(&self) -> String {
-        format!("{DRILLS_PREFIX}{}/{}-{}.json", self.namespace, self.database, self.stamp())
+        format!(
+            "{DRILLS_PREFIX}{}/{}-{}.json",
+            self.namespace,
+            self.database,
+            self.stamp()
+        )
     }
 
     /// Parses any object key inside a backup; returns the id and the file name.
@@ -255,7 +272,10 @@ mod tests {
     #[test]
     fn keys_round_trip_and_sort_by_time() {
         let a = id("production", 1_700_000_000, "00000a");
-        assert_eq!(a.data_key(), "production/app/20231114T221320Z-00000a/data.pgdump.pgp");
+        assert_eq!(
+            a.data_key(),
+            "production/app/20231114T221320Z-00000a/data.pgdump.pgp"
+        );
         let (parsed, file) = BackupId::parse_key(&a.manifest_key()).unwrap();
         assert_eq!(parsed, a);
         assert_eq!(file, MANIFEST_FILE);

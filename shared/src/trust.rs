@@ -15,11 +15,18 @@ pub fn key_settings(env: &Env, name: &str, hint: &str) -> Result<Vec<KeySource>,
     };
     items
         .iter()
-        .map(|s| s.parse::<KeySource>().map_err(|e| env.invalid(name, e.to_string())))
+        .map(|s| {
+            s.parse::<KeySource>()
+                .map_err(|e| env.invalid(name, e.to_string()))
+        })
         .collect()
 }
 
-async fn read_all(env: &Env, name: &str, sources: &[KeySource]) -> Result<Vec<Vec<u8>>, ConfigError> {
+async fn read_all(
+    env: &Env,
+    name: &str,
+    sources: &[KeySource],
+) -> Result<Vec<Vec<u8>>, ConfigError> {
     let kms = KmsOptions::from_env(env);
     let mut out = Vec::new();
     for source in sources {
@@ -35,7 +42,11 @@ async fn read_all(env: &Env, name: &str, sources: &[KeySource]) -> Result<Vec<Ve
 /// `BACKSTOP_RECIPIENTS`: the backup public key(s) data is encrypted to.
 pub async fn recipients_from_env(env: &Env) -> Result<Vec<RecipientKey>, ConfigError> {
     const NAME: &str = "BACKSTOP_RECIPIENTS";
-    let sources = key_settings(env, NAME, "the backup public key(s): file:/path/backup.pub.asc, or the armored key")?;
+    let sources = key_settings(
+        env,
+        NAME,
+        "the backup public key(s): file:/path/backup.pub.asc, or the armored key",
+    )?;
     read_all(env, NAME, &sources)
         .await?
         .iter()
@@ -47,7 +58,11 @@ pub async fn recipients_from_env(env: &Env) -> Result<Vec<RecipientKey>, ConfigE
 /// (several during a rotation).
 pub async fn signing_keys_from_env(env: &Env) -> Result<Vec<VerifyingKey>, ConfigError> {
     const NAME: &str = "BACKSTOP_SIGNING_PUBLIC_KEY";
-    let sources = key_settings(env, NAME, "the dump job's public signing key: file:/path/signing.pub.asc, or the armored key")?;
+    let sources = key_settings(
+        env,
+        NAME,
+        "the dump job's public signing key: file:/path/signing.pub.asc, or the armored key",
+    )?;
     read_all(env, NAME, &sources)
         .await?
         .iter()
