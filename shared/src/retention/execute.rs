@@ -1,0 +1,234 @@
+//! Talking to a store: collecting an inventory and applying a plan.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use super::inventory::{Inventory, ManifestVerifier};
+use super::plan::{DeleteOp, Plan, plan};
+use super::policy::PolicySet;
+use crate::store::{ObjectStore, ObjectStoreExt, StoreError};
+
+/// Manifests verified in parallel (each costs two small GETs).
+const VERIFY_CONCURRENCY: usize = 16;
+/// Backups deleted in parallel; a backup's own objects are always deleted one
+/// after the other, in order.
+const DELETE_CONCURRENCY: usize = 8;
+
+/// Lists the whole bucket and verifies every complete backup.
+///
+/// Any failed list page, or any store error while verifying, fails the whole
+/// collection: no inventory, so no plan, so nothing deleted.
+pub async fn collect(
+    store: &dyn ObjectStore,
+    verifier: &dyn ManifestVerifier,
+) -> Result<Inventory, StoreError> {
+    let objects = store.list_all("").await?;
+    let mut inventory = Inventory::from_listing(store.url(), objects);
+    let complete: Vec<_> = inventory
+        .backups
+        .values()
+        .filter(|e| e.is_complete())
+        .map(|e| (e.id.clone(), e.objects.clone()))
+        .collect();
+    let verdicts: Vec<_> = futures::stream::iter(complete)
+        .map(|(id, objects)| async move {
+            let verdict = verifier.verify(store, &id, &objects).await?;
+            Ok::<_, StoreError>((id, verdict))
+        })
+        .buffer_unordered(VERIFY_CONCURRENCY)
+        .try_collect()
+        .await?;
+    for (id, verdict) in verdicts {
+        inventory.set_verification(&id, verdict);
+    }
+    Ok(inventory)
+}
+
+/// A delete that failed; the backup's later objects were not attempted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeleteFailure {
+    pub backup: String,
+    pub key: String,
+    pub error: String,
+    pub transient: bool,
+    /// This backup's objects left in place because an earlier one failed.
+    pub not_attempted: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub store: String,
+    pub dry_run: bool,
+    /// Set when nothing was attempted, and why.
+    pub refused: Option<String>,
+    pub deleted: Vec<String>,
+    /// Already missing when deleted (an earlier run got there): counts as done.
+    pub already_gone: Vec<String>,
+    /// Dry run only: what would have been deleted, in order.
+    pub would_delete: Vec<String>,
+    pub failures: Vec<DeleteFailure>,
+}
+
+impl ApplyReport {
+    /// Every planned delete is done (or was already done); false for dry runs.
+    pub fn is_complete(&self) -> bool {
+        !self.dry_run && self.refused.is_none() && self.failures.is_empty()
+    }
+
+    /// Whether `backup` (as `BackupId::to_string`) was entirely removed.
+    pub fn removed(&self, plan: &Plan, backup: &str) -> bool {
+        if self.dry_run || self.refused.is_some() {
+            return false;
+        }
+        plan.deletes
+            .iter()
+            .any(|op| op.backup.to_string() == backup)
+            && !self.failures.iter().any(|f| f.backup == backup)
+    }
+}
+
+impl fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(why) = &self.refused {
+            return writeln!(f, "{}: nothing deleted: {why}", self.store);
+        }
+        if self.dry_run {
+            writeln!(
+                f,
+                "{}: dry run, would delete {} objects:",
+                self.store,
+                self.would_delete.len()
+            )?;
+            for key in &self.would_delete {
+                writeln!(f, "  {key}")?;
+            }
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "{}: deleted {} objects, {} already gone, {} failures",
+            self.store,
+            self.deleted.len(),
+            self.already_gone.len(),
+            self.failures.len()
+        )?;
+        for fail in &self.failures {
+            writeln!(
+                f,
+                "  FAILED {}: {} (left in place: {})",
+                fail.key,
+                fail.error,
+                if fail.not_attempted.is_empty() {
+                    "nothing else".to_string()
+                } else {
+                    fail.not_attempted.join(", ")
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Outcome {
+    deleted: Vec<String>,
+    already_gone: Vec<String>,
+    failure: Option<DeleteFailure>,
+}
+
+async fn delete_backup(store: &dyn ObjectStore, op: &DeleteOp) -> Outcome {
+    let mut out = Outcome::default();
+    for (i, key) in op.keys.iter().enumerate() {
+        match store.delete(key).await {
+            Ok(()) => out.deleted.push(key.clone()),
+            Err(StoreError::NotFound { .. }) => out.already_gone.push(key.clone()),
+            Err(e) => {
+                // Stop here: deleting the data while the manifest (or its
+                // signature) remains would leave a backup that looks complete
+                // but cannot be restored.
+                out.failure = Some(DeleteFailure {
+                    backup: op.backup.to_string(),
+                    key: key.clone(),
+                    transient: e.is_transient(),
+                    error: e.to_string(),
+                    not_attempted: op.keys[i + 1..].to_vec(),
+                });
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Performs the plan's deletes against `store` (nothing at all in a dry run,
+/// or when the plan was made from another store's listing).
+pub async fn apply(store: &dyn ObjectStore, plan: &Plan, dry_run: bool) -> ApplyReport {
+    let url = store.url();
+    let mut report = ApplyReport {
+        store: url.clone(),
+        dry_run,
+        refused: None,
+        deleted: Vec::new(),
+        already_gone: Vec::new(),
+        would_delete: Vec::new(),
+        failures: Vec::new(),
+    };
+    if plan.store != url {
+        report.refused = Some(format!(
+            "the plan was made from a listing of {}, not of this store",
+            plan.store
+        ));
+        return report;
+    }
+    if dry_run {
+        report.would_delete = plan.deletes.iter().flat_map(|op| op.keys.clone()).collect();
+        return report;
+    }
+    // Owned items: a closure taking borrowed `&DeleteOp`s makes this future
+    // not provably `Send` for every lifetime, which `#[async_trait]` callers
+    // (the Lambda handler) require.
+    let ops: Vec<(usize, DeleteOp)> = plan.deletes.iter().cloned().enumerate().collect();
+    let mut outcomes: Vec<(usize, Outcome)> = futures::stream::iter(ops)
+        .map(|(i, op)| async move { (i, delete_backup(store, &op).await) })
+        .buffer_unordered(DELETE_CONCURRENCY)
+        .collect()
+        .await;
+    // Report in plan order, whatever order the deletes finished in.
+    outcomes.sort_by_key(|(i, _)| *i);
+    for (_, o) in outcomes {
+        report.deleted.extend(o.deleted);
+        report.already_gone.extend(o.already_gone);
+        report.failures.extend(o.failure);
+    }
+    report
+}
+
+/// Everything one pruning run produced.
+#[derive(Debug, Clone)]
+pub struct Pruned {
+    pub inventory: Inventory,
+    pub plan: Plan,
+    pub applied: ApplyReport,
+}
+
+/// Collect, plan and apply for one store. An `Err` means the listing or a
+/// verification failed, and nothing was deleted.
+pub async fn prune(
+    store: &dyn ObjectStore,
+    verifier: &dyn ManifestVerifier,
+    policies: &PolicySet,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Pruned, StoreError> {
+    let inventory = collect(store, verifier).await?;
+    let plan = plan(&inventory, policies, now);
+    let applied = apply(store, &plan, dry_run).await;
+    Ok(Pruned {
+        inventory,
+        plan,
+        applied,
+    })
+}

@@ -1,0 +1,461 @@
+//! The plan: for every backup of one bucket, keep, delete or hold, and why.
+//!
+//! Pure and deterministic: same inventory, policies and clock, same plan.
+//! The safety rules, each covered by a property test:
+//!
+//! 1. Only complete, signature-verified backups count toward keep rules.
+//!    Junk (invalid, unverified or incomplete backups) can never push out
+//!    good ones. A verified backup that shrank sharply against the previous
+//!    one is marked *suspect* for the audit but still counts: excluding it
+//!    would be unstable (once its predecessor is pruned the next small backup
+//!    becomes suspect in turn, and after a legitimate purge only the newest
+//!    backup would survive), while the older full-size backups stay kept by
+//!    the weekly and monthly rules anyway.
+//! 2. The newest verified backup of each series (namespace + database) is
+//!    always kept, even when suspect, even when the policy would drop it.
+//!    The one exception is an *abandoned* namespace: a rule that is not
+//!    protected, that has `abandon_after`, and whose namespace's newest live
+//!    backup (complete in any verification state, or possibly in progress)
+//!    is older than that. An abandoned namespace is
+//!    removed entirely, as configured, since branch namespaces that stopped
+//!    producing backups are exactly what has to go. Protected rules, and
+//!    whatever rule applies to `production`, can never have `abandon_after`.
+//! 3. Invalid backups (failed verification) are never deleted automatically,
+//!    not even in an abandoned namespace: they are evidence (tampering, a
+//!    plaintext leak, a broken signer) and the audit reports them until a
+//!    person acts. Complete backups that were not checked are never deleted.
+//! 4. Incomplete backups younger than `incomplete_grace` are left alone (a
+//!    dump may be in progress); older ones are deleted as orphans.
+//! 5. A namespace that no rule matches is never touched.
+//! 6. Each backup's objects are deleted manifest first, then signature, then
+//!    data, so that a half-deleted backup never looks complete.
+//!
+//! "Nothing is deleted when a listing failed" is enforced by construction: a
+//! plan is made from an [`Inventory`], and [`super::collect`] returns none
+//! when any page of the listing failed.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::inventory::{BackupEntry, InvalidKind, Inventory, SeriesKey, Verification};
+use super::policy::{NamespaceRule, PolicySet};
+use crate::naming::BackupId;
+
+/// What is known about one backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum BackupStatus {
+    Verified,
+    /// Verified, but much smaller than the previous verified backup.
+    Suspect {
+        detail: String,
+    },
+    Invalid {
+        kind: InvalidKind,
+        reason: String,
+    },
+    /// Complete but not verified (no verifier ran).
+    NotChecked,
+    Incomplete {
+        missing: Vec<String>,
+    },
+}
+
+impl BackupStatus {
+    fn label(&self) -> String {
+        match self {
+            BackupStatus::Verified => "verified".into(),
+            BackupStatus::Suspect { .. } => "suspect".into(),
+            BackupStatus::Invalid { kind, .. } => format!("invalid ({kind})"),
+            BackupStatus::NotChecked => "not checked".into(),
+            BackupStatus::Incomplete { missing } => {
+                format!("incomplete (no {})", missing.join(", "))
+            }
+        }
+    }
+
+    /// Verified, suspect or not: the backup can be restored from.
+    pub fn is_verified(&self) -> bool {
+        matches!(self, BackupStatus::Verified | BackupStatus::Suspect { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteReason {
+    /// Not kept by any keep rule.
+    Expired,
+    /// The namespace was abandoned (see module docs).
+    Abandoned,
+    /// Incomplete and older than the grace period.
+    Orphan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldReason {
+    /// Incomplete but young: a dump may still be being written.
+    InProgress,
+    /// Failed verification: kept as evidence, reported.
+    Invalid,
+    /// Complete but not verified.
+    NotVerified,
+    /// No policy rule matches the namespace.
+    NoRule,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Decision {
+    Keep { reasons: Vec<String> },
+    Delete { reason: DeleteReason },
+    Hold { reason: HoldReason },
+}
+
+impl Decision {
+    pub fn is_delete(&self) -> bool {
+        matches!(self, Decision::Delete { .. })
+    }
+}
+
+fn id_string<S: serde::Serializer>(id: &BackupId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupPlan {
+    #[serde(serialize_with = "id_string")]
+    pub id: BackupId,
+    #[serde(flatten)]
+    pub status: BackupStatus,
+    pub decision: Decision,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeriesPlan {
+    pub series: SeriesKey,
+    /// The matching rule's pattern; `None`: no rule, nothing touched.
+    pub rule: Option<String>,
+    pub protected: bool,
+    /// Removed entirely (see module docs).
+    pub abandoned: bool,
+    /// Newest first.
+    pub backups: Vec<BackupPlan>,
+}
+
+impl SeriesPlan {
+    /// The newest backup that can be restored from, if any.
+    pub fn newest_verified(&self) -> Option<&BackupPlan> {
+        self.backups.iter().find(|b| b.status.is_verified())
+    }
+}
+
+/// The objects of one backup to delete, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeleteOp {
+    #[serde(serialize_with = "id_string")]
+    pub backup: BackupId,
+    pub reason: DeleteReason,
+    /// Manifest, then signature, then data (only those that exist).
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// The store the inventory was listed from; the executor refuses to
+    /// apply the plan anywhere else.
+    pub store: String,
+    pub now: DateTime<Utc>,
+    pub series: Vec<SeriesPlan>,
+    /// Oldest backup first.
+    pub deletes: Vec<DeleteOp>,
+}
+
+impl Plan {
+    pub fn count(&self, pred: impl Fn(&Decision) -> bool) -> usize {
+        self.series
+            .iter()
+            .flat_map(|s| &s.backups)
+            .filter(|b| pred(&b.decision))
+            .count()
+    }
+
+    /// The decision for one backup.
+    pub fn decision(&self, id: &BackupId) -> Option<&BackupPlan> {
+        self.series
+            .iter()
+            .find(|s| s.series == SeriesKey::of(id))
+            .and_then(|s| s.backups.iter().find(|b| &b.id == id))
+    }
+}
+
+/// Plans one bucket. Plan each bucket of each cloud separately, with the same
+/// policies: a replica may hold only some namespaces.
+pub fn plan(inventory: &Inventory, policies: &PolicySet, now: DateTime<Utc>) -> Plan {
+    let mut series_plans = Vec::new();
+    let mut deletes = Vec::new();
+    let all_series = inventory.series();
+    for (key, entries) in &all_series {
+        let rule = policies.rule_for(key.namespace.as_str());
+        let abandoned =
+            rule.is_some_and(|r| is_abandoned(r, &key.namespace, inventory, policies, now));
+        let backups = plan_series(entries, rule, abandoned, policies, now);
+        for (b, entry) in backups.iter().zip(entries) {
+            if let Decision::Delete { reason } = b.decision {
+                deletes.push(DeleteOp {
+                    backup: b.id.clone(),
+                    reason,
+                    keys: entry.objects.deletion_order(),
+                });
+            }
+        }
+        series_plans.push(SeriesPlan {
+            series: key.clone(),
+            rule: rule.map(|r| r.pattern.to_string()),
+            protected: rule.is_some_and(|r| r.protected),
+            abandoned,
+            backups,
+        });
+    }
+    deletes.sort_by(|a, b| a.backup.cmp(&b.backup));
+    Plan {
+        store: inventory.store.clone(),
+        now,
+        series: series_plans,
+        deletes,
+    }
+}
+
+/// Abandonment looks at the newest *live* backup of the namespace (any
+/// database): complete in any verification state, or incomplete but young
+/// enough to be in progress. Anything recent, even an invalid backup, means
+/// the namespace is alive; an orphan does not (it is deleted this run, and a
+/// later run must reach the same verdict).
+fn is_abandoned(
+    rule: &NamespaceRule,
+    ns: &crate::naming::Namespace,
+    inv: &Inventory,
+    policies: &PolicySet,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(after) = rule.abandon_after else {
+        return false;
+    };
+    if rule.protected {
+        return false;
+    }
+    let grace_cutoff = now - policies.incomplete_grace;
+    let newest = inv
+        .backups
+        .values()
+        .rev()
+        .find(|e| &e.id.namespace == ns && (e.is_complete() || e.id.taken_at >= grace_cutoff))
+        .map(|e| e.id.taken_at);
+    newest.is_some_and(|t| now - t > after)
+}
+
+fn total_rows(entry: &BackupEntry) -> u64 {
+    entry.manifest().map_or(0, |m| m.tables.values().sum())
+}
+
+/// Statuses, newest first, with suspects marked against the previous
+/// verified backup (chronologically).
+fn statuses(entries: &[&BackupEntry], ratio: f64) -> Vec<BackupStatus> {
+    let mut out = vec![BackupStatus::NotChecked; entries.len()];
+    let mut previous: Option<&BackupEntry> = None;
+    for (i, entry) in entries.iter().enumerate().rev() {
+        out[i] = if !entry.is_complete() {
+            BackupStatus::Incomplete {
+                missing: entry
+                    .objects
+                    .missing()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            }
+        } else {
+            match &entry.verification {
+                Verification::NotChecked => BackupStatus::NotChecked,
+                Verification::Invalid { kind, reason } => BackupStatus::Invalid {
+                    kind: *kind,
+                    reason: reason.clone(),
+                },
+                Verification::Verified { manifest } => {
+                    let status = match previous.and_then(|p| p.manifest().map(|m| (p, m))) {
+                        Some((prev_entry, prev)) if ratio > 0.0 => {
+                            let shrunk = |now: u64, before: u64| {
+                                before > 0 && (now as f64) < ratio * before as f64
+                            };
+                            let (rows, prev_rows) = (total_rows(entry), total_rows(prev_entry));
+                            if shrunk(manifest.plaintext_size, prev.plaintext_size) {
+                                BackupStatus::Suspect {
+                                    detail: format!(
+                                        "plaintext size {} bytes is under {:.0}% of the previous backup's {} bytes",
+                                        manifest.plaintext_size,
+                                        ratio * 100.0,
+                                        prev.plaintext_size
+                                    ),
+                                }
+                            } else if shrunk(rows, prev_rows) {
+                                BackupStatus::Suspect {
+                                    detail: format!(
+                                        "{rows} rows in total is under {:.0}% of the previous backup's {prev_rows}",
+                                        ratio * 100.0
+                                    ),
+                                }
+                            } else {
+                                BackupStatus::Verified
+                            }
+                        }
+                        _ => BackupStatus::Verified,
+                    };
+                    previous = Some(entry);
+                    status
+                }
+            }
+        };
+    }
+    out
+}
+
+fn plan_series(
+    entries: &[&BackupEntry],
+    rule: Option<&NamespaceRule>,
+    abandoned: bool,
+    policies: &PolicySet,
+    now: DateTime<Utc>,
+) -> Vec<BackupPlan> {
+    let statuses = statuses(entries, policies.shrink_alert_ratio);
+    let Some(rule) = rule else {
+        return entries
+            .iter()
+            .zip(statuses)
+            .map(|(e, status)| BackupPlan {
+                id: e.id.clone(),
+                status,
+                decision: Decision::Hold {
+                    reason: HoldReason::NoRule,
+                },
+            })
+            .collect();
+    };
+    let counted: Vec<usize> = (0..entries.len())
+        .filter(|&i| statuses[i].is_verified())
+        .collect();
+    let times: Vec<DateTime<Utc>> = counted.iter().map(|&i| entries[i].id.taken_at).collect();
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); entries.len()];
+    for (&i, r) in counted.iter().zip(rule.policy.apply(&times)) {
+        reasons[i] = r.iter().map(ToString::to_string).collect();
+    }
+    let newest_verified = statuses.iter().position(BackupStatus::is_verified);
+    if let Some(i) = newest_verified {
+        reasons[i].insert(0, "newest verified".into());
+    }
+    let grace_cutoff = now - policies.incomplete_grace;
+    entries
+        .iter()
+        .zip(statuses)
+        .zip(reasons)
+        .map(|((entry, status), reasons)| {
+            let decision = match &status {
+                BackupStatus::Invalid { .. } => Decision::Hold {
+                    reason: HoldReason::Invalid,
+                },
+                BackupStatus::NotChecked => Decision::Hold {
+                    reason: HoldReason::NotVerified,
+                },
+                // In-progress wins over abandonment: a dump being written
+                // right now means the namespace is not abandoned after all.
+                BackupStatus::Incomplete { .. } if entry.id.taken_at >= grace_cutoff => {
+                    Decision::Hold {
+                        reason: HoldReason::InProgress,
+                    }
+                }
+                BackupStatus::Incomplete { .. } => Decision::Delete {
+                    reason: if abandoned {
+                        DeleteReason::Abandoned
+                    } else {
+                        DeleteReason::Orphan
+                    },
+                },
+                BackupStatus::Verified | BackupStatus::Suspect { .. } if abandoned => {
+                    Decision::Delete {
+                        reason: DeleteReason::Abandoned,
+                    }
+                }
+                BackupStatus::Verified | BackupStatus::Suspect { .. } if !reasons.is_empty() => {
+                    Decision::Keep { reasons }
+                }
+                BackupStatus::Verified | BackupStatus::Suspect { .. } => Decision::Delete {
+                    reason: DeleteReason::Expired,
+                },
+            };
+            BackupPlan {
+                id: entry.id.clone(),
+                status,
+                decision,
+            }
+        })
+        .collect()
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: usize = self.deletes.iter().map(|d| d.keys.len()).sum();
+        writeln!(
+            f,
+            "retention plan for {} at {}: keep {}, delete {} ({} objects), hold {}",
+            self.store,
+            self.now.format("%Y-%m-%dT%H:%M:%SZ"),
+            self.count(|d| matches!(d, Decision::Keep { .. })),
+            self.count(Decision::is_delete),
+            keys,
+            self.count(|d| matches!(d, Decision::Hold { .. })),
+        )?;
+        for s in &self.series {
+            let rule = match &s.rule {
+                Some(r) => format!("rule {r:?}"),
+                None => "no rule: nothing touched".into(),
+            };
+            let flags = [(s.protected, ", protected"), (s.abandoned, ", ABANDONED")]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, t)| *t)
+                .collect::<String>();
+            writeln!(f, "{} ({rule}{flags})", s.series)?;
+            for b in &s.backups {
+                let (action, why) = match &b.decision {
+                    Decision::Keep { reasons } => ("keep", reasons.join(", ")),
+                    Decision::Delete { reason } => (
+                        "delete",
+                        match reason {
+                            DeleteReason::Expired => "not kept by policy".to_string(),
+                            DeleteReason::Abandoned => "namespace abandoned".to_string(),
+                            DeleteReason::Orphan => "orphaned: incomplete past grace".to_string(),
+                        },
+                    ),
+                    Decision::Hold { reason } => (
+                        "hold",
+                        match reason {
+                            HoldReason::InProgress => "may be in progress".to_string(),
+                            HoldReason::Invalid => {
+                                "evidence: not deleted automatically".to_string()
+                            }
+                            HoldReason::NotVerified => "not verified".to_string(),
+                            HoldReason::NoRule => "no rule".to_string(),
+                        },
+                    ),
+                };
+                writeln!(
+                    f,
+                    "  {action:<6} {}  {}: {why}",
+                    b.id.stamp(),
+                    b.status.label()
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

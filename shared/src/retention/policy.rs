@@ -1,0 +1,944 @@
+//! Retention policies: which backups of a series to keep, per namespace.
+//!
+//! Keep rules follow restic's `forget`: for each bucket kind (last, hourly,
+//! daily, ISO-weekly, monthly, yearly), walk the counted backups newest first
+//! and keep the newest backup of each of the last N distinct periods that have
+//! backups. Periods are UTC calendar periods. `keep_within` keeps everything
+//! newer than the newest counted backup minus the duration (relative to the
+//! latest backup, not to the clock, so a stalled namespace keeps its history).
+//! A backup kept by any rule is kept.
+//!
+//! The policy set is read from JSON (`BACKSTOP_RETENTION_POLICY`):
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "incomplete_grace": "6h",
+//!   "replica_grace": "6h",
+//!   "shrink_alert_ratio": 0.5,
+//!   "rules": [
+//!     { "match": "production", "protected": true, "replicated": true,
+//!       "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12,
+//!       "stale_after": "26h", "drill_max_age": "14d" },
+//!     { "match": "*", "keep_last": 2, "abandon_after": "14d" }
+//!   ]
+//! }
+//! ```
+//!
+//! Every field is optional; the above is exactly the default. `rules`, when
+//! given, replaces the default rules entirely. Rules are tried in order and
+//! the first whose `match` fits a namespace applies (`*` matches any run of
+//! characters). A namespace no rule matches is never touched (and the audit
+//! says so). Durations are strings of `<n><unit>` parts with units `w`, `d`,
+//! `h`, `min`, `s` (e.g. `26h`, `1d12h`); `m` is refused because restic reads
+//! it as months and a minute/month mix-up would be a disaster. Rule fields:
+//!
+//! | field | default | meaning |
+//! | --- | --- | --- |
+//! | `match` | required | namespace name or glob |
+//! | `keep_last`, `keep_hourly`, `keep_daily`, `keep_weekly`, `keep_monthly`, `keep_yearly` | 0 | restic counts |
+//! | `keep_within` | none | keep all newer than newest minus this |
+//! | `protected` | false | never abandoned; stale / missing findings are critical |
+//! | `replicated` | false | expected in the replica (S3) bucket too: parity is audited |
+//! | `abandon_after` | none | remove the namespace entirely once its newest backup is older |
+//! | `stale_after` | none | audit: newest verified backup older than this is stale |
+//! | `drill_max_age` | none | audit: last successful restore drill older than this |
+//!
+//! Unknown fields are refused (a typo such as `keep_dialy` must not silently
+//! keep nothing), as is a rule that keeps nothing, and any rule that would let
+//! the namespace `production` be abandoned.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
+use serde_json::{Map, Value};
+
+/// Name of the environment variable holding the policy JSON.
+pub const POLICY_ENV: &str = "BACKSTOP_RETENTION_POLICY";
+
+/// The namespace that no configuration may ever abandon.
+pub const PRODUCTION: &str = "production";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("retention policy ({POLICY_ENV}) is not valid JSON: {0}")]
+    Json(String),
+    #[error("retention policy ({POLICY_ENV}) field `{field}`: {reason}")]
+    Field { field: String, reason: String },
+}
+
+fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+    PolicyError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// restic-style keep counts for one series of backups.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RetentionPolicy {
+    pub keep_last: u32,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+    pub keep_within: Option<TimeDelta>,
+}
+
+/// Why a backup is kept, e.g. `daily 2026-11-20`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeepReason {
+    /// 1-based rank among the counted backups, newest first.
+    Last(u32),
+    Hourly(String),
+    Daily(String),
+    Weekly(String),
+    Monthly(String),
+    Yearly(String),
+    Within(TimeDelta),
+}
+
+impl fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeepReason::Last(n) => write!(f, "last #{n}"),
+            KeepReason::Hourly(p) => write!(f, "hourly {p}"),
+            KeepReason::Daily(p) => write!(f, "daily {p}"),
+            KeepReason::Weekly(p) => write!(f, "weekly {p}"),
+            KeepReason::Monthly(p) => write!(f, "monthly {p}"),
+            KeepReason::Yearly(p) => write!(f, "yearly {p}"),
+            KeepReason::Within(d) => write!(f, "within {}", format_duration(*d)),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Bucket {
+    Hourly,
+    Daily,
+    Weekly,
+    Monthly,
+    Yearly,
+}
+
+impl Bucket {
+    fn period(self, t: DateTime<Utc>) -> String {
+        match self {
+            Bucket::Hourly => t.format("%Y-%m-%dT%H").to_string(),
+            Bucket::Daily => t.format("%Y-%m-%d").to_string(),
+            Bucket::Weekly => {
+                let w = t.iso_week();
+                format!("{}-W{:02}", w.year(), w.week())
+            }
+            Bucket::Monthly => t.format("%Y-%m").to_string(),
+            Bucket::Yearly => t.format("%Y").to_string(),
+        }
+    }
+
+    fn reason(self, period: String) -> KeepReason {
+        match self {
+            Bucket::Hourly => KeepReason::Hourly(period),
+            Bucket::Daily => KeepReason::Daily(period),
+            Bucket::Weekly => KeepReason::Weekly(period),
+            Bucket::Monthly => KeepReason::Monthly(period),
+            Bucket::Yearly => KeepReason::Yearly(period),
+        }
+    }
+}
+
+impl RetentionPolicy {
+    /// Whether the policy keeps nothing at all (refused by validation: restic
+    /// also refuses to forget with an empty policy).
+    pub fn is_empty(&self) -> bool {
+        self.keep_last == 0
+            && self.keep_hourly == 0
+            && self.keep_daily == 0
+            && self.keep_weekly == 0
+            && self.keep_monthly == 0
+            && self.keep_yearly == 0
+            && self.keep_within.is_none()
+    }
+
+    /// Applies the keep rules to `times`, which must be sorted newest first.
+    /// Returns, for each input, why it is kept (empty: not kept).
+    pub fn apply(&self, times: &[DateTime<Utc>]) -> Vec<Vec<KeepReason>> {
+        debug_assert!(
+            times.windows(2).all(|w| w[0] >= w[1]),
+            "times must be newest first"
+        );
+        let mut reasons: Vec<Vec<KeepReason>> = vec![Vec::new(); times.len()];
+        for (i, r) in reasons.iter_mut().enumerate().take(self.keep_last as usize) {
+            r.push(KeepReason::Last(i as u32 + 1));
+        }
+        let buckets = [
+            (Bucket::Hourly, self.keep_hourly),
+            (Bucket::Daily, self.keep_daily),
+            (Bucket::Weekly, self.keep_weekly),
+            (Bucket::Monthly, self.keep_monthly),
+            (Bucket::Yearly, self.keep_yearly),
+        ];
+        for (bucket, count) in buckets {
+            let mut left = count;
+            let mut last: Option<String> = None;
+            for (i, t) in times.iter().enumerate() {
+                if left == 0 {
+                    break;
+                }
+                let period = bucket.period(*t);
+                // Newest first: the first backup seen in a period is its newest.
+                if last.as_deref() != Some(period.as_str()) {
+                    last = Some(period.clone());
+                    reasons[i].push(bucket.reason(period));
+                    left -= 1;
+                }
+            }
+        }
+        if let (Some(within), Some(newest)) = (self.keep_within, times.first()) {
+            let cutoff = *newest - within;
+            for (i, t) in times.iter().enumerate() {
+                if *t > cutoff {
+                    reasons[i].push(KeepReason::Within(within));
+                }
+            }
+        }
+        reasons
+    }
+
+    /// How far back calendar rules reach at most: a lifecycle rule deleting
+    /// younger objects fights this policy. `keep_last` is ignored (its reach
+    /// depends on the backup cadence).
+    pub fn horizon(&self) -> Option<TimeDelta> {
+        [
+            TimeDelta::hours(self.keep_hourly as i64),
+            TimeDelta::days(self.keep_daily as i64),
+            TimeDelta::days(7 * self.keep_weekly as i64),
+            TimeDelta::days(31 * self.keep_monthly as i64),
+            TimeDelta::days(366 * self.keep_yearly as i64),
+            self.keep_within.unwrap_or_default(),
+        ]
+        .into_iter()
+        .max()
+        .filter(|d| *d > TimeDelta::zero())
+    }
+}
+
+/// A namespace name or a glob where `*` matches any run of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespacePattern(String);
+
+impl NamespacePattern {
+    pub fn new(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '*')
+            });
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "{s:?} is not a namespace pattern: use a-z, 0-9, '.', '_', '-' and '*'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the pattern names exactly one namespace (no wildcard).
+    pub fn is_literal(&self) -> bool {
+        !self.0.contains('*')
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        glob_match(self.0.as_bytes(), name.as_bytes())
+    }
+}
+
+impl fmt::Display for NamespacePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    // Iterative with one backtrack point: linear enough for 63-byte names.
+    let (mut p, mut i) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while i < s.len() {
+        if p < pat.len() && pat[p] == b'*' {
+            star = Some(p);
+            mark = i;
+            p += 1;
+        } else if p < pat.len() && pat[p] == s[i] {
+            p += 1;
+            i += 1;
+        } else if let Some(sp) = star {
+            p = sp + 1;
+            mark += 1;
+            i = mark;
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
+}
+
+/// One entry of the policy set: which namespaces, and what to do with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRule {
+    pub pattern: NamespacePattern,
+    pub policy: RetentionPolicy,
+    /// Never abandoned; missing or stale backups are critical.
+    pub protected: bool,
+    /// Expected in the replica bucket as well (parity is audited).
+    pub replicated: bool,
+    /// Remove the namespace entirely once its newest backup is older.
+    pub abandon_after: Option<TimeDelta>,
+    /// Audit: the newest verified backup must be younger than this.
+    pub stale_after: Option<TimeDelta>,
+    /// Audit: the last successful restore drill must be younger than this.
+    pub drill_max_age: Option<TimeDelta>,
+}
+
+/// Ordered rules plus global thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySet {
+    pub rules: Vec<NamespaceRule>,
+    /// An incomplete backup younger than this may still be being written.
+    pub incomplete_grace: TimeDelta,
+    /// A backup younger than this may not have been replicated yet.
+    pub replica_grace: TimeDelta,
+    /// A verified backup smaller than this fraction of the previous one (in
+    /// plaintext bytes or total rows) is suspect. 0 disables the check.
+    pub shrink_alert_ratio: f64,
+}
+
+impl Default for PolicySet {
+    fn default() -> Self {
+        Self {
+            rules: vec![
+                NamespaceRule {
+                    pattern: NamespacePattern(PRODUCTION.into()),
+                    policy: RetentionPolicy {
+                        keep_daily: 7,
+                        keep_weekly: 4,
+                        keep_monthly: 12,
+                        ..RetentionPolicy::default()
+                    },
+                    protected: true,
+                    replicated: true,
+                    abandon_after: None,
+                    stale_after: Some(TimeDelta::hours(26)),
+                    drill_max_age: Some(TimeDelta::days(14)),
+                },
+                NamespaceRule {
+                    pattern: NamespacePattern("*".into()),
+                    policy: RetentionPolicy {
+                        keep_last: 2,
+                        ..RetentionPolicy::default()
+                    },
+                    protected: false,
+                    replicated: false,
+                    abandon_after: Some(TimeDelta::days(14)),
+                    stale_after: None,
+                    drill_max_age: None,
+                },
+            ],
+            incomplete_grace: TimeDelta::hours(6),
+            replica_grace: TimeDelta::hours(6),
+            shrink_alert_ratio: 0.5,
+        }
+    }
+}
+
+const TOP_FIELDS: &[&str] = &[
+    "version",
+    "incomplete_grace",
+    "replica_grace",
+    "shrink_alert_ratio",
+    "rules",
+];
+const RULE_FIELDS: &[&str] = &[
+    "match",
+    "protected",
+    "replicated",
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "keep_within",
+    "abandon_after",
+    "stale_after",
+    "drill_max_age",
+];
+
+impl PolicySet {
+    /// The first rule matching `namespace`, if any.
+    pub fn rule_for(&self, namespace: &str) -> Option<&NamespaceRule> {
+        self.rules.iter().find(|r| r.pattern.matches(namespace))
+    }
+
+    /// The longest calendar horizon of any rule (see [`RetentionPolicy::horizon`]).
+    pub fn max_horizon(&self) -> Option<TimeDelta> {
+        self.rules.iter().filter_map(|r| r.policy.horizon()).max()
+    }
+
+    /// The policy from the environment variable's value: unset or blank means
+    /// the default.
+    pub fn from_env_value(value: Option<&str>) -> Result<Self, PolicyError> {
+        match value.map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(Self::default()),
+            Some(json) => Self::from_json(json),
+        }
+    }
+
+    pub fn from_json(json: &str) -> Result<Self, PolicyError> {
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| PolicyError::Json(e.to_string()))?;
+        Self::from_value(&value)
+    }
+
+    pub fn from_value(value: &Value) -> Result<Self, PolicyError> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| field_err("(top level)", "expected a JSON object"))?;
+        check_fields(obj, "", TOP_FIELDS)?;
+        let defaults = Self::default();
+        if let Some(v) = obj.get("version")
+            && v.as_u64() != Some(1)
+        {
+            return Err(field_err("version", "only version 1 is understood"));
+        }
+        let incomplete_grace =
+            opt_duration(obj, "", "incomplete_grace")?.unwrap_or(defaults.incomplete_grace);
+        let replica_grace =
+            opt_duration(obj, "", "replica_grace")?.unwrap_or(defaults.replica_grace);
+        let shrink_alert_ratio = match obj.get("shrink_alert_ratio") {
+            None | Some(Value::Null) => defaults.shrink_alert_ratio,
+            Some(v) => match v.as_f64() {
+                Some(r) if (0.0..1.0).contains(&r) => r,
+                _ => {
+                    return Err(field_err(
+                        "shrink_alert_ratio",
+                        "expected a number from 0 (off) up to, not including, 1",
+                    ));
+                }
+            },
+        };
+        let rules = match obj.get("rules") {
+            None | Some(Value::Null) => defaults.rules,
+            Some(Value::Array(items)) if !items.is_empty() => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| parse_rule(item, &format!("rules[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => return Err(field_err("rules", "expected a non-empty array of rules")),
+        };
+        let set = Self {
+            rules,
+            incomplete_grace,
+            replica_grace,
+            shrink_alert_ratio,
+        };
+        set.validate()?;
+        Ok(set)
+    }
+
+    /// Cross-rule checks; single fields are checked while parsing.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let mut seen = BTreeSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("rules[{i}]");
+            if let Some(j) = self.rules[..i]
+                .iter()
+                .position(|r| r.pattern.as_str() == "*")
+            {
+                return Err(field_err(
+                    format!("{at}.match"),
+                    format!(
+                        "unreachable: rules[{j}] (\"*\") already matches every namespace; put catch-all rules last"
+                    ),
+                ));
+            }
+            if !seen.insert(rule.pattern.as_str()) {
+                return Err(field_err(
+                    format!("{at}.match"),
+                    format!("{:?} appears twice", rule.pattern.as_str()),
+                ));
+            }
+            if rule.policy.is_empty() {
+                return Err(field_err(
+                    at,
+                    "keeps nothing: set at least one keep_* count above 0 or keep_within",
+                ));
+            }
+            if rule.protected && rule.abandon_after.is_some() {
+                return Err(field_err(
+                    format!("{at}.abandon_after"),
+                    "a protected rule is never abandoned; remove abandon_after or protected",
+                ));
+            }
+        }
+        if let Some((i, rule)) = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.pattern.matches(PRODUCTION))
+            && rule.abandon_after.is_some()
+        {
+            return Err(field_err(
+                format!("rules[{i}].abandon_after"),
+                format!(
+                    "this rule ({:?}) is the one applied to {PRODUCTION:?}, which must never be abandoned; add a protected rule for {PRODUCTION:?} before it",
+                    rule.pattern.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective policy in the JSON format it is read from.
+    pub fn to_json(&self) -> Value {
+        let rules: Vec<Value> = self
+            .rules
+            .iter()
+            .map(|r| {
+                let mut m = Map::new();
+                m.insert("match".into(), r.pattern.as_str().into());
+                m.insert("protected".into(), r.protected.into());
+                m.insert("replicated".into(), r.replicated.into());
+                let p = &r.policy;
+                for (k, v) in [
+                    ("keep_last", p.keep_last),
+                    ("keep_hourly", p.keep_hourly),
+                    ("keep_daily", p.keep_daily),
+                    ("keep_weekly", p.keep_weekly),
+                    ("keep_monthly", p.keep_monthly),
+                    ("keep_yearly", p.keep_yearly),
+                ] {
+                    if v > 0 {
+                        m.insert(k.into(), v.into());
+                    }
+                }
+                for (k, v) in [
+                    ("keep_within", p.keep_within),
+                    ("abandon_after", r.abandon_after),
+                    ("stale_after", r.stale_after),
+                    ("drill_max_age", r.drill_max_age),
+                ] {
+                    m.insert(k.into(), v.map(format_duration).into());
+                }
+                Value::Object(m)
+            })
+            .collect();
+        serde_json::json!({
+            "version": 1,
+            "incomplete_grace": format_duration(self.incomplete_grace),
+            "replica_grace": format_duration(self.replica_grace),
+            "shrink_alert_ratio": self.shrink_alert_ratio,
+            "rules": rules,
+        })
+    }
+}
+
+fn check_fields(obj: &Map<String, Value>, at: &str, known: &[&str]) -> Result<(), PolicyError> {
+    for key in obj.keys() {
+        if !known.contains(&key.as_str()) {
+            return Err(field_err(
+                format!("{at}{}{key}", if at.is_empty() { "" } else { "." }),
+                format!("unknown field; expected one of: {}", known.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn path(at: &str, key: &str) -> String {
+    if at.is_empty() {
+        key.to_string()
+    } else {
+        format!("{at}.{key}")
+    }
+}
+
+fn opt_duration(
+    obj: &Map<String, Value>,
+    at: &str,
+    key: &str,
+) -> Result<Option<TimeDelta>, PolicyError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => parse_duration(s)
+            .map(Some)
+            .map_err(|e| field_err(path(at, key), e)),
+        Some(_) => Err(field_err(
+            path(at, key),
+            "expected a duration string such as \"26h\" or \"14d\"",
+        )),
+    }
+}
+
+fn opt_count(obj: &Map<String, Value>, at: &str, key: &str) -> Result<u32, PolicyError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                field_err(
+                    path(at, key),
+                    "expected a whole number of backups (0 or more)",
+                )
+            }),
+    }
+}
+
+fn opt_bool(obj: &Map<String, Value>, at: &str, key: &str) -> Result<bool, PolicyError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(field_err(path(at, key), "expected true or false")),
+    }
+}
+
+fn parse_rule(v: &Value, at: &str) -> Result<NamespaceRule, PolicyError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| field_err(at, "expected a JSON object"))?;
+    check_fields(obj, at, RULE_FIELDS)?;
+    let pattern = match obj.get("match") {
+        Some(Value::String(s)) => {
+            NamespacePattern::new(s).map_err(|e| field_err(path(at, "match"), e))?
+        }
+        Some(_) => {
+            return Err(field_err(
+                path(at, "match"),
+                "expected a namespace name or glob string",
+            ));
+        }
+        None => {
+            return Err(field_err(
+                path(at, "match"),
+                "missing: which namespaces does this rule apply to?",
+            ));
+        }
+    };
+    Ok(NamespaceRule {
+        pattern,
+        policy: RetentionPolicy {
+            keep_last: opt_count(obj, at, "keep_last")?,
+            keep_hourly: opt_count(obj, at, "keep_hourly")?,
+            keep_daily: opt_count(obj, at, "keep_daily")?,
+            keep_weekly: opt_count(obj, at, "keep_weekly")?,
+            keep_monthly: opt_count(obj, at, "keep_monthly")?,
+            keep_yearly: opt_count(obj, at, "keep_yearly")?,
+            keep_within: opt_duration(obj, at, "keep_within")?,
+        },
+        protected: opt_bool(obj, at, "protected")?,
+        replicated: opt_bool(obj, at, "replicated")?,
+        abandon_after: opt_duration(obj, at, "abandon_after")?,
+        stale_after: opt_duration(obj, at, "stale_after")?,
+        drill_max_age: opt_duration(obj, at, "drill_max_age")?,
+    })
+}
+
+/// Parses `26h`, `14d`, `1d12h`, `2w`, `30min`, `90s` (positive only).
+pub fn parse_duration(s: &str) -> Result<TimeDelta, String> {
+    let bad = |why: &str| {
+        format!(
+            "{s:?} is not a duration ({why}); write e.g. \"26h\", \"14d\", \"1d12h\", \"30min\""
+        )
+    };
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut total = TimeDelta::zero();
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad("expected a number"));
+        }
+        let n: i64 = rest[..digits]
+            .parse()
+            .map_err(|_| bad("number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let secs = match unit {
+            "w" => 7 * 86_400,
+            "d" => 86_400,
+            "h" => 3_600,
+            "min" => 60,
+            "s" => 1,
+            "m" => {
+                return Err(bad(
+                    "`m` is ambiguous: use `min` for minutes, or days for months",
+                ));
+            }
+            "" => return Err(bad("missing unit")),
+            _ => return Err(bad("units are w, d, h, min, s")),
+        };
+        let part = n
+            .checked_mul(secs)
+            .and_then(TimeDelta::try_seconds)
+            .ok_or_else(|| bad("too large"))?;
+        total = total.checked_add(&part).ok_or_else(|| bad("too large"))?;
+    }
+    if total <= TimeDelta::zero() {
+        return Err(bad("must be more than zero"));
+    }
+    Ok(total)
+}
+
+/// Formats a duration in the largest unit that divides it exactly, so that
+/// [`parse_duration`] reads it back unchanged.
+pub fn format_duration(d: TimeDelta) -> String {
+    let secs = d.num_seconds();
+    if secs != 0 && secs % 86_400 == 0 {
+        format!("{}d", secs / 86_400)
+    } else if secs != 0 && secs % 3_600 == 0 {
+        format!("{}h", secs / 3_600)
+    } else if secs != 0 && secs % 60 == 0 {
+        format!("{}min", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// A readable age such as `3d 4h` (reports).
+pub fn format_age(d: TimeDelta) -> String {
+    let secs = d.num_seconds();
+    if secs < 0 {
+        return format!("in the future by {}", format_age(-d));
+    }
+    let (days, hours, mins) = (secs / 86_400, (secs % 86_400) / 3_600, (secs % 3_600) / 60);
+    match (days, hours) {
+        (0, 0) => format!("{mins}min"),
+        (0, h) => format!("{h}h {mins}min"),
+        (d, h) => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(y: i32, m: u32, d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, h, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn default_policy_round_trips_through_json() {
+        let def = PolicySet::default();
+        let json = def.to_json().to_string();
+        assert_eq!(PolicySet::from_json(&json).unwrap(), def);
+        assert_eq!(PolicySet::from_json("{}").unwrap(), def);
+        assert_eq!(PolicySet::from_env_value(None).unwrap(), def);
+        assert_eq!(PolicySet::from_env_value(Some("  ")).unwrap(), def);
+        let doc_example = r#"{
+          "version": 1, "incomplete_grace": "6h", "replica_grace": "6h", "shrink_alert_ratio": 0.5,
+          "rules": [
+            { "match": "production", "protected": true, "replicated": true,
+              "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12,
+              "stale_after": "26h", "drill_max_age": "14d" },
+            { "match": "*", "keep_last": 2, "abandon_after": "14d" } ] }"#;
+        assert_eq!(PolicySet::from_json(doc_example).unwrap(), def);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"rules":[{"match":"*","keep_dialy":3}]}"#,
+                "rules[0].keep_dialy",
+            ),
+            (
+                r#"{"rules":[{"match":"*","keep_last":-1}]}"#,
+                "rules[0].keep_last",
+            ),
+            (
+                r#"{"rules":[{"match":"*","keep_last":"2"}]}"#,
+                "rules[0].keep_last",
+            ),
+            (r#"{"rules":[{"keep_last":2}]}"#, "rules[0].match"),
+            (
+                r#"{"rules":[{"match":"Prod!","keep_last":2}]}"#,
+                "rules[0].match",
+            ),
+            (r#"{"rules":[{"match":"*"}]}"#, "rules[0]"),
+            (
+                r#"{"rules":[{"match":"x","keep_last":1,"stale_after":"30m"}]}"#,
+                "rules[0].stale_after",
+            ),
+            (
+                r#"{"rules":[{"match":"x","keep_last":1,"stale_after":26}]}"#,
+                "rules[0].stale_after",
+            ),
+            (
+                r#"{"rules":[{"match":"production","protected":true,"keep_last":1,"abandon_after":"1d"}]}"#,
+                "rules[0].abandon_after",
+            ),
+            (
+                r#"{"rules":[{"match":"*","keep_last":1,"abandon_after":"1d"}]}"#,
+                "rules[0].abandon_after",
+            ),
+            (
+                r#"{"rules":[{"match":"prod*","keep_last":1,"abandon_after":"1d"}]}"#,
+                "rules[0].abandon_after",
+            ),
+            (
+                r#"{"rules":[{"match":"*","keep_last":1},{"match":"production","keep_last":1}]}"#,
+                "rules[1].match",
+            ),
+            (
+                r#"{"rules":[{"match":"a","keep_last":1},{"match":"a","keep_last":1}]}"#,
+                "rules[1].match",
+            ),
+            (r#"{"rules":[]}"#, "rules"),
+            (r#"{"incomplete_grace":"0h"}"#, "incomplete_grace"),
+            (r#"{"shrink_alert_ratio":1.5}"#, "shrink_alert_ratio"),
+            (r#"{"version":2}"#, "version"),
+            (r#"{"rule":[]}"#, "rule"),
+            (r#"[]"#, "(top level)"),
+        ];
+        for (json, field) in cases {
+            match PolicySet::from_json(json) {
+                Err(PolicyError::Field { field: f, reason }) => {
+                    assert_eq!(f, field, "{json}: {reason}");
+                    let msg = PolicyError::Field { field: f, reason }.to_string();
+                    assert!(msg.contains(field), "{msg}");
+                }
+                other => panic!("{json}: expected a field error, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            PolicySet::from_json("{"),
+            Err(PolicyError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn production_behind_a_protected_rule_lets_branches_be_abandoned() {
+        let set = PolicySet::from_json(
+            r#"{"rules":[{"match":"production","protected":true,"keep_daily":3},
+                          {"match":"feature-*","keep_last":1,"abandon_after":"3d"},
+                          {"match":"*","keep_last":5}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            set.rule_for("production").unwrap().pattern.as_str(),
+            "production"
+        );
+        assert_eq!(
+            set.rule_for("feature-x").unwrap().abandon_after,
+            Some(TimeDelta::days(3))
+        );
+        assert_eq!(set.rule_for("staging").unwrap().pattern.as_str(), "*");
+        assert_eq!(set.max_horizon(), Some(TimeDelta::days(3)));
+    }
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("26h"), Ok(TimeDelta::hours(26)));
+        assert_eq!(parse_duration("1d12h"), Ok(TimeDelta::hours(36)));
+        assert_eq!(parse_duration("2w"), Ok(TimeDelta::days(14)));
+        assert_eq!(parse_duration("30min"), Ok(TimeDelta::minutes(30)));
+        assert_eq!(parse_duration("90s"), Ok(TimeDelta::seconds(90)));
+        for bad in [
+            "",
+            "h",
+            "5",
+            "5m",
+            "5y",
+            "-5d",
+            "0s",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        for d in [
+            TimeDelta::hours(26),
+            TimeDelta::days(14),
+            TimeDelta::minutes(90),
+            TimeDelta::seconds(61),
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+        assert_eq!(format_duration(TimeDelta::hours(26)), "26h");
+        assert_eq!(format_age(TimeDelta::hours(50)), "2d 2h");
+    }
+
+    #[test]
+    fn globs_match_like_shell_stars() {
+        let p = |s| NamespacePattern::new(s).unwrap();
+        assert!(p("*").matches("anything"));
+        assert!(p("feature-*").matches("feature-x"));
+        assert!(!p("feature-*").matches("production"));
+        assert!(p("*-preview").matches("a-preview"));
+        assert!(p("a*b*c").matches("aXbYbc"));
+        assert!(!p("a*b*c").matches("aXbY"));
+        assert!(p("production").matches("production"));
+        assert!(!p("production").matches("production2"));
+        assert!(p("production").is_literal() && !p("p*").is_literal());
+    }
+
+    #[test]
+    fn restic_buckets_keep_newest_per_period() {
+        // Two backups a day for 10 days, newest first.
+        let times: Vec<_> = (0..20)
+            .map(|i| t(2026, 11, 20, 12) - TimeDelta::hours(12 * i))
+            .collect();
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            keep_daily: 3,
+            ..RetentionPolicy::default()
+        };
+        let r = policy.apply(&times);
+        let kept: Vec<usize> = (0..times.len()).filter(|&i| !r[i].is_empty()).collect();
+        // 12:00 on the 20th (last + daily), then 12:00 on the 19th and 18th.
+        assert_eq!(kept, vec![0, 2, 4]);
+        assert_eq!(
+            r[0].iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            ["last #1", "daily 2026-11-20"]
+        );
+    }
+
+    #[test]
+    fn iso_weeks_cross_years_and_within_is_relative_to_newest() {
+        let policy = RetentionPolicy {
+            keep_weekly: 2,
+            keep_within: Some(TimeDelta::days(2)),
+            ..RetentionPolicy::default()
+        };
+        // 2027-01-01 is a Friday in ISO week 2026-W53.
+        let times = vec![
+            t(2027, 1, 4, 0),
+            t(2027, 1, 1, 0),
+            t(2026, 12, 28, 0),
+            t(2026, 12, 27, 0),
+        ];
+        let r = policy.apply(&times);
+        assert_eq!(
+            r[0],
+            vec![
+                KeepReason::Weekly("2027-W01".into()),
+                KeepReason::Within(TimeDelta::days(2))
+            ]
+        );
+        assert_eq!(r[1], vec![KeepReason::Weekly("2026-W53".into())]);
+        assert!(r[2].is_empty() && r[3].is_empty());
+    }
+}
