@@ -10,7 +10,11 @@ mod restore_cmd;
 mod stack_cmd;
 
 #[derive(Parser)]
-#[command(name = "backstop", version, about = "Encrypted, verified, cross-cloud PostgreSQL backups")]
+#[command(
+    name = "backstop",
+    version,
+    about = "Encrypted, verified, cross-cloud PostgreSQL backups"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +31,8 @@ enum Command {
     Invoke(stack_cmd::InvokeArgs),
     /// Serves a function on a loopback HTTP port for the local Pub/Sub emulator's push subscription.
     Serve(stack_cmd::ServeArgs),
+    /// Prunes both clouds by policy and prints the audit report.
+    Retention(stack_cmd::RetentionArgs),
     /// Restores the newest verified backup into a new database and records a drill.
     Restore(Box<restore_cmd::RestoreArgs>),
     /// Dumps a database, encrypted and signed, into the GCS backups bucket.
@@ -42,6 +48,7 @@ async fn main() -> std::process::ExitCode {
         Command::Ping(args) => stack_cmd::ping(args).await,
         Command::Invoke(args) => stack_cmd::invoke(args).await,
         Command::Serve(args) => stack_cmd::serve(args).await,
+        Command::Retention(args) => stack_cmd::retention(args).await,
         Command::Restore(args) => restore_cmd::run(*args).await,
         Command::Dump(args) => dump_cmd::run(args).await,
     };

@@ -20,7 +20,11 @@ pub async fn ping(_args: PingArgs) -> anyhow::Result<()> {
     let s3 = S3Store::from_env(&env, "BACKSTOP_S3_BUCKET").await?;
     for store in [&gcs as &dyn ObjectStore, &s3 as &dyn ObjectStore] {
         let page = store.list_page("", None).await?;
-        println!("{}: reachable, {} object(s) on the first page", store.url(), page.objects.len());
+        println!(
+            "{}: reachable, {} object(s) on the first page",
+            store.url(),
+            page.objects.len()
+        );
     }
     Ok(())
 }
@@ -28,12 +32,18 @@ pub async fn ping(_args: PingArgs) -> anyhow::Result<()> {
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum FunctionName {
     Replicator,
+    Retention,
 }
 
 async fn build(name: FunctionName) -> anyhow::Result<Arc<dyn Function>> {
     let env = Env::from_process();
     Ok(match name {
-        FunctionName::Replicator => Arc::new(backstop::replicate::ReplicatorFunction::from_env(&env).await?),
+        FunctionName::Replicator => {
+            Arc::new(backstop::replicate::ReplicatorFunction::from_env(&env).await?)
+        }
+        FunctionName::Retention => {
+            Arc::new(backstop::retention::function::RetentionFunction::from_env(&env).await?)
+        }
     })
 }
 
@@ -53,7 +63,10 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     if code == std::process::ExitCode::SUCCESS {
         Ok(())
     } else {
-        anyhow::bail!("{} answered with an error status (see the JSON result above)", function.name())
+        anyhow::bail!(
+            "{} answered with an error status (see the JSON result above)",
+            function.name()
+        )
     }
 }
 
@@ -70,5 +83,46 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let function = build(args.function).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     backstop::function::serve_local(function, listener).await?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct RetentionArgs {
+    /// Plan and audit only; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the JSON report instead of the readable summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs retention and the audit once, as the scheduled function would.
+pub async fn retention(args: RetentionArgs) -> anyhow::Result<()> {
+    use backstop::retention::function::RetentionFunction;
+    let function = RetentionFunction::from_env(&Env::from_process()).await?;
+    let request = backstop::events::ScheduleRequest {
+        dry_run: Some(args.dry_run || function.dry_run),
+    };
+    let result = function.run(&request).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        let verb = if result.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        println!("{verb} {} object(s)", result.deleted.len());
+        for key in &result.deleted {
+            println!("  {key}");
+        }
+        println!("{}", result.report);
+    }
+    if result.report.has_critical() {
+        anyhow::bail!(
+            "the audit has {} critical finding(s)",
+            result.report.critical
+        );
+    }
     Ok(())
 }

@@ -19,6 +19,7 @@
 pub mod audit;
 pub mod drill;
 pub mod execute;
+pub mod function;
 pub mod inventory;
 pub mod plan;
 pub mod policy;

@@ -1,0 +1,252 @@
+//! Retention end to end on the local stack: a seeded history in both
+//! emulators is pruned to exactly the policy in both clouds, and the audit
+//! flags what was planted. Backup times come from object names, so history
+//! is seeded with backdated names.
+
+use std::sync::Arc;
+
+use backstop::crypto::sign_manifest;
+use backstop::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
+use backstop::naming::BackupId;
+use backstop::retention::function::{RetentionFunction, RunResult, SignatureVerifier};
+use backstop::retention::{BucketConfig, PolicySet};
+use backstop::store::{ObjectStore, ObjectStoreExt, PutOptions};
+use backstop_tests::backups::{TestKeys, backup_id, unique_namespace, write_backup};
+use backstop_tests::{gcs, s3};
+use bytes::Bytes;
+use chrono::{Duration, Utc};
+
+/// Copies a backup's three objects byte for byte (what the replicator does).
+async fn copy(from: &dyn ObjectStore, to: &dyn ObjectStore, id: &BackupId) {
+    for key in [id.data_key(), id.signature_key(), id.manifest_key()] {
+        let bytes = from.get_bytes(&key, 64 << 20).await.unwrap();
+        to.put_bytes(&key, bytes, PutOptions::default())
+            .await
+            .unwrap();
+    }
+}
+
+async fn function(
+    keys: &TestKeys,
+    policy: serde_json::Value,
+    bucket: Option<BucketConfig>,
+) -> RetentionFunction {
+    let env = backstop::config::Env::from_pairs(keys.env_pairs());
+    RetentionFunction {
+        primary: Arc::new(gcs().await),
+        replica: Some(Arc::new(s3().await)),
+        verifier: SignatureVerifier {
+            keys: backstop::trust::TrustedKeys::from_env(&env).await.unwrap(),
+        },
+        policies: PolicySet::from_json(&policy.to_string()).unwrap(),
+        dry_run: false,
+        bucket_config: bucket,
+        alerts: Arc::new(backstop::alerts::LogAlerts),
+        oidc: None,
+    }
+}
+
+/// Other tests share the buckets and may delete objects while we list; a
+/// run that saw such a change deletes nothing and reports a listing
+/// failure, so retry a few times.
+async fn run(f: &RetentionFunction, dry_run: bool) -> RunResult {
+    for _ in 0..5 {
+        let r = f
+            .run(&backstop::events::ScheduleRequest {
+                dry_run: Some(dry_run),
+            })
+            .await;
+        if !r.report.findings.iter().any(|x| x.code == "listing_failed") {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    panic!("listing kept failing");
+}
+
+async fn keys_in(store: &dyn ObjectStore, namespace: &str) -> Vec<String> {
+    store
+        .list_all(&format!("{namespace}/"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
+#[tokio::test]
+async fn history_is_pruned_to_exactly_the_policy_in_both_clouds() {
+    let keys = TestKeys::generate();
+    let ns = unique_namespace("prune");
+    let (g, s) = (gcs().await, s3().await);
+    let now = Utc::now();
+    let mut ids = Vec::new();
+    for day in 0..10 {
+        let id = backup_id(&ns, now - Duration::days(day) - Duration::minutes(5));
+        write_backup(&g, &id, &keys, 2000).await;
+        copy(&g, &s, &id).await;
+        ids.push(id);
+    }
+    let policy = serde_json::json!({"version": 1, "rules": [
+        {"match": ns, "protected": true, "replicated": true, "keep_daily": 3, "stale_after": "26h", "drill_max_age": "400d"}
+    ]});
+    let f = function(&keys, policy, None).await;
+
+    let dry = run(&f, true).await;
+    assert_eq!(
+        dry.deleted.iter().filter(|k| k.starts_with(&ns)).count(),
+        7 * 3 * 2,
+        "dry run plans 7 backups x 3 objects x 2 clouds"
+    );
+    assert_eq!(keys_in(&g, &ns).await.len(), 30, "dry run deleted nothing");
+
+    let done = run(&f, false).await;
+    assert_eq!(
+        done.deleted.iter().filter(|k| k.starts_with(&ns)).count(),
+        42
+    );
+    let mut expected: Vec<String> = ids[..3]
+        .iter()
+        .flat_map(|id| [id.data_key(), id.manifest_key(), id.signature_key()])
+        .collect();
+    expected.sort();
+    assert_eq!(
+        keys_in(&g, &ns).await,
+        expected,
+        "GCS holds exactly the 3 newest dailies"
+    );
+    assert_eq!(
+        keys_in(&s, &ns).await,
+        expected,
+        "S3 holds exactly the 3 newest dailies"
+    );
+
+    // A second run has nothing left to do.
+    let again = run(&f, false).await;
+    assert_eq!(
+        again.deleted.iter().filter(|k| k.starts_with(&ns)).count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn audit_flags_what_was_planted() {
+    let keys = TestKeys::generate();
+    let ns = unique_namespace("audit");
+    let stale_ns = unique_namespace("stale");
+    let (g, s) = (gcs().await, s3().await);
+    let now = Utc::now();
+
+    // Present in GCS only, three days old (its own day, so the daily policy keeps it): the replica is missing.
+    let lonely = backup_id(&ns, now - Duration::days(3));
+    write_backup(&g, &lonely, &keys, 1000).await;
+    // Present in both clouds, but the S3 copy is another backup (digests differ).
+    let mismatched = backup_id(&ns, now - Duration::hours(20));
+    write_backup(&g, &mismatched, &keys, 1000).await;
+    write_backup(&s, &mismatched, &keys, 1000).await;
+    // A validly signed manifest over a plaintext dump.
+    let plain = backup_id(&ns, now - Duration::hours(10));
+    let dump = Bytes::from_static(b"PGDMP\x01\x0e\x00 a plaintext pg_dump archive, not encrypted");
+    g.put_bytes(&plain.data_key(), dump.clone(), PutOptions::create())
+        .await
+        .unwrap();
+    let manifest = Manifest {
+        kind: MANIFEST_KIND.into(),
+        version: MANIFEST_VERSION,
+        namespace: plain.namespace.clone(),
+        database: plain.database.clone(),
+        backup_id: plain.to_string(),
+        server_version: "15".into(),
+        dump_format: "custom".into(),
+        started_at: plain.taken_at,
+        finished_at: plain.taken_at,
+        plaintext_size: dump.len() as u64,
+        ciphertext: CiphertextInfo {
+            object: "data.pgdump.pgp".into(),
+            size: dump.len() as u64,
+            sha256: "00".repeat(32),
+            crc32c: 0,
+        },
+        recipients: vec![keys.backup.working_fingerprint.clone()],
+        signer: keys.signing.fingerprint.clone(),
+        tables: Default::default(),
+        tool: "test".into(),
+    };
+    let (bytes, sig) = sign_manifest(&manifest, &keys.signer()).unwrap();
+    g.put_bytes(
+        &plain.signature_key(),
+        Bytes::from(sig),
+        PutOptions::create(),
+    )
+    .await
+    .unwrap();
+    g.put_bytes(
+        &plain.manifest_key(),
+        Bytes::from(bytes),
+        PutOptions::create(),
+    )
+    .await
+    .unwrap();
+    // A data object without manifest, older than the grace period.
+    let orphan = backup_id(&ns, now - Duration::days(2));
+    g.put_bytes(
+        &orphan.data_key(),
+        Bytes::from_static(b"\xc1partial"),
+        PutOptions::create(),
+    )
+    .await
+    .unwrap();
+    // A namespace whose newest backup is three days old.
+    let old = backup_id(&stale_ns, now - Duration::days(3));
+    write_backup(&g, &old, &keys, 1000).await;
+
+    let bucket =
+        BucketConfig::from_gcs_json(include_str!("../fixtures/bucket-seed-lifecycle.json"))
+            .unwrap();
+    let policy = serde_json::json!({"version": 1, "rules": [
+        {"match": ns, "protected": true, "replicated": true, "keep_daily": 30, "stale_after": "26h", "drill_max_age": "400d"},
+        {"match": stale_ns, "protected": true, "replicated": false, "keep_daily": 30, "stale_after": "26h", "drill_max_age": "400d"}
+    ]});
+    let f = function(&keys, policy, Some(bucket)).await;
+    let report = run(&f, true).await.report;
+    let has = |code: &str, namespace: &str, subject: Option<&BackupId>| {
+        report.findings.iter().any(|x| {
+            x.code == code
+                && x.namespace.as_deref() == Some(namespace)
+                && subject.is_none_or(|id| {
+                    x.subject
+                        .as_deref()
+                        .is_some_and(|s| s.contains(&id.to_string()))
+                })
+        })
+    };
+    let summary = report.to_string();
+    assert!(
+        has("missing_replica", &ns, Some(&lonely)),
+        "missing replica:\n{summary}"
+    );
+    assert!(
+        has("replica_mismatch", &ns, Some(&mismatched)),
+        "digest mismatch:\n{summary}"
+    );
+    assert!(
+        has("plaintext_backup", &ns, Some(&plain)),
+        "plaintext:\n{summary}"
+    );
+    assert!(
+        has("orphaned_backup", &ns, Some(&orphan)),
+        "orphan:\n{summary}"
+    );
+    assert!(
+        has("stale_backup", &stale_ns, None),
+        "stale namespace:\n{summary}"
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|x| x.code == "lifecycle_rule_cannot_fire"),
+        "lifecycle rule that cannot fire:\n{summary}"
+    );
+    assert!(report.has_critical());
+}
