@@ -76,7 +76,7 @@ impl OidcVerifier {
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MissingToken)?;
         let claims = self.verifier.verify(token).await.map_err(|e| {
-            if e.is_load_cert() {
+            if e.is_load_cert() && keys_unavailable(&e) {
                 AuthError::KeysUnavailable(e.to_string())
             } else {
                 AuthError::Rejected(e.to_string())
@@ -88,6 +88,17 @@ impl OidcVerifier {
             .unwrap_or_default()
             .to_string())
     }
+}
+
+/// Whether a key-loading failure is worth a retry (network error, 5xx from
+/// the JWKS endpoint). A token naming a `kid` that Google does not publish
+/// also fails while "loading the certificate", permanently: that token is
+/// badly signed (401), not a reason to have the caller retry (503).
+fn keys_unavailable(e: &google_cloud_auth::credentials::idtoken::verifier::Error) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|s| s.downcast_ref::<google_cloud_auth::errors::CredentialsError>())
+        .is_some_and(|c| c.is_transient())
 }
 
 /// A response to a Function URL request.

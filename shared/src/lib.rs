@@ -4,17 +4,19 @@
 //! configuration, build clients and call into it. Cloud SDK types stay at the
 //! edges (`store::gcs`, `store::s3`, ...) behind small traits.
 
+pub mod alerts;
+pub mod auth;
 pub mod config;
-pub mod store;
-pub mod telemetry;
+pub mod crypto;
+pub mod dump;
+pub mod events;
+pub mod function;
 pub mod manifest;
 pub mod naming;
-pub mod crypto;
-pub mod events;
-pub mod auth;
-pub mod alerts;
 pub mod pg;
-pub mod retention;
 pub mod replicate;
-pub mod function;
+pub mod restore;
+pub mod retention;
+pub mod store;
+pub mod telemetry;
 pub mod trust;

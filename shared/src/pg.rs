@@ -16,11 +16,15 @@ use crate::store::{ByteStream, byte_stream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("could not connect to PostgreSQL at {target}: {message}; check the URL, that the server runs and that the user may log in")]
+    #[error(
+        "could not connect to PostgreSQL at {target}: {message}; check the URL, that the server runs and that the user may log in"
+    )]
     Connect { target: String, message: String },
     #[error("PostgreSQL query failed ({what}): {message}")]
     Query { what: String, message: String },
-    #[error("could not start {program}: {message}; install the PostgreSQL client programs or set BACKSTOP_PG_BINDIR")]
+    #[error(
+        "could not start {program}: {message}; install the PostgreSQL client programs or set BACKSTOP_PG_BINDIR"
+    )]
     Spawn { program: String, message: String },
     #[error("{program} failed ({status}): {stderr}")]
     Exited {
@@ -70,7 +74,9 @@ pub fn database_name(url: &str) -> Result<String, PgError> {
         .ok_or_else(|| PgError::Url(redact_url(url)))?;
     let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
     let name = path.split('?').next().unwrap_or("");
-    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().to_string();
+    let name = percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .to_string();
     if name.is_empty() {
         return Err(PgError::Url(redact_url(url)));
     }
@@ -79,20 +85,27 @@ pub fn database_name(url: &str) -> Result<String, PgError> {
 
 /// The same server, another database.
 pub fn with_database(url: &str, database: &str) -> Result<String, PgError> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| PgError::Url(redact_url(url)))?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| PgError::Url(redact_url(url)))?;
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let query = path.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
-    let encoded = percent_encoding::utf8_percent_encode(database, percent_encoding::NON_ALPHANUMERIC);
+    let query = path
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    let encoded =
+        percent_encoding::utf8_percent_encode(database, percent_encoding::NON_ALPHANUMERIC);
     Ok(format!("{scheme}://{authority}/{encoded}{query}"))
 }
 
 pub async fn connect(url: &str) -> Result<Client, PgError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| PgError::Connect {
-            target: redact_url(url),
-            message: e.to_string(),
-        })?;
+    let (client, conn) =
+        tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(|e| PgError::Connect {
+                target: redact_url(url),
+                message: e.to_string(),
+            })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "PostgreSQL connection ended");
@@ -138,7 +151,11 @@ pub async fn row_counts(client: &Client) -> Result<BTreeMap<String, u64>, PgErro
     let mut counts = BTreeMap::new();
     for row in tables {
         let (schema, table): (String, String) = (row.get(0), row.get(1));
-        let sql = format!("SELECT count(*) FROM {}.{}", quote_ident(&schema), quote_ident(&table));
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_ident(&schema),
+            quote_ident(&table)
+        );
         let n: i64 = client
             .query_one(&sql, &[])
             .await
@@ -222,7 +239,11 @@ async fn tail_stderr(child: &mut Child) -> String {
 /// stream ends with an error (instead of a clean end) when `pg_dump` exits
 /// non-zero, so an upload fed by it is abandoned and no truncated dump can
 /// ever be committed.
-pub fn pg_dump_stream(tools: &PgTools, url: &str, snapshot: Option<&str>) -> Result<ByteStream, PgError> {
+pub fn pg_dump_stream(
+    tools: &PgTools,
+    url: &str,
+    snapshot: Option<&str>,
+) -> Result<ByteStream, PgError> {
     let program = tools.program("pg_dump");
     let mut cmd = Command::new(&program);
     cmd.arg("--format=custom").arg("--no-password");

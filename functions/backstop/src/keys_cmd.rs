@@ -473,6 +473,8 @@ fn generate_input(path: &Path, size: u64) -> anyhow::Result<()> {
 
 struct Measured {
     seconds: f64,
+    /// User + system CPU seconds.
+    cpu: f64,
     max_rss_kib: u64,
 }
 
@@ -486,7 +488,7 @@ fn measure(
     let time_out = dir.join("time.out");
     let mut cmd = Process::new("/usr/bin/time");
     cmd.arg("-f")
-        .arg("%e %M")
+        .arg("%e %M %U %S")
         .arg("-o")
         .arg(&time_out)
         .arg(program)
@@ -508,34 +510,34 @@ fn measure(
         );
     }
     let t = std::fs::read_to_string(&time_out)?;
-    let rss = t
+    let fields: Vec<f64> = t
+        .lines()
+        .last()
+        .unwrap_or("")
         .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("cannot parse /usr/bin/time output {t:?}"))?;
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if fields.len() != 4 {
+        bail!("cannot parse /usr/bin/time output {t:?}");
+    }
     Ok(Measured {
         seconds,
-        max_rss_kib: rss,
+        cpu: fields[2] + fields[3],
+        max_rss_kib: fields[1] as u64,
     })
 }
 
-fn best(runs: u32, mut f: impl FnMut() -> anyhow::Result<Measured>) -> anyhow::Result<Measured> {
-    let mut best: Option<Measured> = None;
-    for _ in 0..runs.max(1) {
-        let m = f()?;
-        best = Some(match best {
-            Some(b) if b.seconds <= m.seconds => Measured {
-                max_rss_kib: b.max_rss_kib.max(m.max_rss_kib),
-                ..b
-            },
-            Some(b) => Measured {
-                max_rss_kib: b.max_rss_kib.max(m.max_rss_kib),
-                ..m
-            },
-            None => m,
-        });
+/// The fastest run, with the highest peak RSS of all runs.
+fn best(runs: Vec<Measured>) -> Measured {
+    let max_rss_kib = runs.iter().map(|m| m.max_rss_kib).max().unwrap_or(0);
+    let fastest = runs
+        .into_iter()
+        .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+        .expect("at least one run");
+    Measured {
+        max_rss_kib,
+        ..fastest
     }
-    Ok(best.expect("at least one run"))
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
@@ -610,11 +612,27 @@ async fn bench_in(a: &BenchArgs, sizes: &[u64], dir: &Path) -> anyhow::Result<()
             .unwrap_or(1)
     );
     println!(
-        "# MB = 10^6 bytes of plaintext per second of wall time; RSS = peak resident set of the process"
+        "# MB/s: 10^6 bytes of plaintext per second of wall time (best run); CPU: user+system seconds; RSS: peak resident set"
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "# load average at start: {} (other processes skew wall-clock ratios; compare CPU too)",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
-        "{:>7}  {:<7}  {:>13}  {:>9}  {:>6}  {:>12}  {:>9}",
-        "size", "op", "backstop MB/s", "gpg MB/s", "ratio", "backstop RSS", "gpg RSS"
+        "{:>7}  {:<7}  {:>13}  {:>8}  {:>6}  {:>11}  {:>9}  {:>12}  {:>9}",
+        "size",
+        "op",
+        "backstop MB/s",
+        "gpg MB/s",
+        "ratio",
+        "backstop CPU",
+        "gpg CPU",
+        "backstop RSS",
+        "gpg RSS"
     );
     let env = [("GNUPGHOME", gnupg.as_path())];
     let sec_setting = format!("file:{}", sec_path.display());
@@ -622,7 +640,10 @@ async fn bench_in(a: &BenchArgs, sizes: &[u64], dir: &Path) -> anyhow::Result<()
     for &size in sizes {
         let input = dir.join("input.bin");
         generate_input(&input, size)?;
-        let runs = a.runs.unwrap_or(if size <= 256 << 20 { 3 } else { 1 });
+        let runs = a
+            .runs
+            .unwrap_or(if size <= 256 << 20 { 3 } else { 1 })
+            .max(1);
         let ours_ct = dir.join("ours.pgp");
         let gpg_ct = dir.join("gpg.pgp");
         let ours_pt = dir.join("ours.out");
@@ -637,65 +658,51 @@ async fn bench_in(a: &BenchArgs, sizes: &[u64], dir: &Path) -> anyhow::Result<()
             s(&pub_path),
         );
 
-        let enc_ours = best(runs, || {
+        // Runs alternate between the two sides so that both see the same
+        // background load; the best run of each side is reported.
+        let enc_gpg_args = [
+            "--batch",
+            "--yes",
+            "--quiet",
+            "--trust-model",
+            "always",
+            "--compress-algo",
+            "none",
+            "--cipher-algo",
+            "AES256",
+            "-r",
+            &fpr,
+            "-o",
+            &gpg_ct_s,
+            "--encrypt",
+            &input_s,
+        ];
+        let enc_ours_args = ["encrypt", "--recipient", &pub_s, &input_s, &ours_ct_s];
+        let (mut enc_ours, mut enc_gpg) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
             let _ = std::fs::remove_file(&ours_ct);
-            measure(
-                &exe,
-                &["encrypt", "--recipient", &pub_s, &input_s, &ours_ct_s],
-                &[],
-                dir,
-            )
-        })?;
-        let enc_gpg = best(runs, || {
-            measure(
-                &a.gpg,
-                &[
-                    "--batch",
-                    "--yes",
-                    "--quiet",
-                    "--trust-model",
-                    "always",
-                    "--compress-algo",
-                    "none",
-                    "--cipher-algo",
-                    "AES256",
-                    "-r",
-                    &fpr,
-                    "-o",
-                    &gpg_ct_s,
-                    "--encrypt",
-                    &input_s,
-                ],
-                &env,
-                dir,
-            )
-        })?;
+            enc_ours.push(measure(&exe, &enc_ours_args, &[], dir)?);
+            enc_gpg.push(measure(&a.gpg, &enc_gpg_args, &env, dir)?);
+        }
         std::fs::remove_file(&input)?;
-        let dec_ours = best(runs, || {
+        let dec_ours_args = ["decrypt", "--key", &sec_setting, &ours_ct_s, &ours_pt_s];
+        let dec_gpg_args = [
+            "--batch",
+            "--yes",
+            "--quiet",
+            "-o",
+            &gpg_pt_s,
+            "--decrypt",
+            &gpg_ct_s,
+        ];
+        let (mut dec_ours, mut dec_gpg) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
             let _ = std::fs::remove_file(&ours_pt);
-            measure(
-                &exe,
-                &["decrypt", "--key", &sec_setting, &ours_ct_s, &ours_pt_s],
-                &[],
-                dir,
-            )
-        })?;
-        let dec_gpg = best(runs, || {
-            measure(
-                &a.gpg,
-                &[
-                    "--batch",
-                    "--yes",
-                    "--quiet",
-                    "-o",
-                    &gpg_pt_s,
-                    "--decrypt",
-                    &gpg_ct_s,
-                ],
-                &env,
-                dir,
-            )
-        })?;
+            dec_ours.push(measure(&exe, &dec_ours_args, &[], dir)?);
+            dec_gpg.push(measure(&a.gpg, &dec_gpg_args, &env, dir)?);
+        }
+        let (enc_ours, enc_gpg, dec_ours, dec_gpg) =
+            (best(enc_ours), best(enc_gpg), best(dec_ours), best(dec_gpg));
         let sizes_ok = [&ours_pt, &gpg_pt].iter().all(|p| {
             std::fs::metadata(p)
                 .map(|m| m.len() == size)
@@ -713,12 +720,14 @@ async fn bench_in(a: &BenchArgs, sizes: &[u64], dir: &Path) -> anyhow::Result<()
         ] {
             let mbps = |m: &Measured| size as f64 / 1e6 / m.seconds;
             println!(
-                "{:>7}  {:<7}  {:>13.0}  {:>9.0}  {:>5.2}x  {:>9.1}MiB  {:>6.1}MiB",
+                "{:>7}  {:<7}  {:>13.0}  {:>8.0}  {:>5.2}x  {:>10.2}s  {:>8.2}s  {:>9.1}MiB  {:>6.1}MiB",
                 human(size),
                 op,
                 mbps(ours),
                 mbps(gpg),
                 mbps(ours) / mbps(gpg),
+                ours.cpu,
+                gpg.cpu,
                 ours.max_rss_kib as f64 / 1024.0,
                 gpg.max_rss_kib as f64 / 1024.0,
             );

@@ -3,7 +3,7 @@
 //! a few chunks whatever the size, and dropping the output stream stops
 //! every stage (each `send` then fails and the thread exits).
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use bytes::Bytes;
@@ -119,28 +119,22 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(DEPTH);
     tokio::task::spawn_blocking(move || {
         loop {
-            let mut buf = bytes::BytesMut::zeroed(chunk);
-            let mut filled = 0;
-            while filled < chunk {
-                match reader.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
+            // `read_to_end` into spare capacity: no zeroing of the buffer.
+            let mut buf = Vec::with_capacity(chunk);
+            match io::Read::by_ref(&mut reader)
+                .take(chunk as u64)
+                .read_to_end(&mut buf)
+            {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() || n < chunk {
                         return;
                     }
                 }
-            }
-            if filled == 0 {
-                return;
-            }
-            buf.truncate(filled);
-            if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                return;
-            }
-            if filled < chunk {
-                return;
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
             }
         }
     });

@@ -169,23 +169,19 @@ impl Framer {
         self.plaintext_len += data.len() as u64;
         while !data.is_empty() {
             let want = LIT_CHUNK - self.lit.len();
-            let n = want.min(data.len());
-            // Frame straight from the input when a whole chunk is available.
-            if self.lit.is_empty() && data.len() >= LIT_CHUNK {
-                self.write_lit_header(BodyLen::Partial(LIT_CHUNK as u64), emit);
-                self.write_inner(&data[..LIT_CHUNK], emit);
-                data = &data[LIT_CHUNK..];
-                continue;
+            if data.len() < want {
+                self.lit.extend_from_slice(data);
+                return;
             }
-            self.lit.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.lit.len() == LIT_CHUNK {
-                self.write_lit_header(BodyLen::Partial(LIT_CHUNK as u64), emit);
-                let lit = std::mem::take(&mut self.lit);
-                self.write_inner(&lit, emit);
-                self.lit = lit;
-                self.lit.clear();
-            }
+            // A whole literal chunk is available: frame it straight from
+            // the input (only the pending head was copied before).
+            self.write_lit_header(BodyLen::Partial(LIT_CHUNK as u64), emit);
+            let lit = std::mem::take(&mut self.lit);
+            self.write_inner(&lit, emit);
+            self.lit = lit;
+            self.lit.clear();
+            self.write_inner(&data[..want], emit);
+            data = &data[want..];
         }
     }
 

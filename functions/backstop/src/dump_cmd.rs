@@ -1,0 +1,87 @@
+//! `backstop dump`: one encrypted, signed backup of a database into the GCS
+//! backups bucket. Prints the result as JSON on stdout; logs go to stderr.
+
+use std::path::PathBuf;
+
+use backstop::config::{ConfigError, Env};
+use backstop::crypto::KmsOptions;
+use backstop::dump::{DATABASE_URL_VAR, DumpConfig, DumpSettings, run_dump};
+use backstop::store::gcs::GcsStore;
+
+const BUCKET_VAR: &str = "BACKSTOP_GCS_BUCKET";
+
+/// Dumps a database with `pg_dump -Fc`, encrypts it to the backup public
+/// key(s) and uploads it to the GCS bucket, then writes the signed manifest.
+/// The job only creates objects: it never reads or deletes backups.
+#[derive(clap::Args, Debug)]
+pub struct DumpArgs {
+    /// Database to dump: postgres://user[:password]@host:port/dbname.
+    #[arg(long, env = "BACKSTOP_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Namespace of the backup: `production` or a branch namespace.
+    #[arg(long, env = "BACKSTOP_NAMESPACE", default_value = backstop::dump::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// GCS bucket that receives the backup.
+    #[arg(long, env = "BACKSTOP_GCS_BUCKET")]
+    pub bucket: Option<String>,
+    /// Backup public key(s), comma-separated: file:/path/backup.pub.asc or armored text.
+    #[arg(long, env = "BACKSTOP_RECIPIENTS", hide_env_values = true)]
+    pub recipients: Option<String>,
+    /// Manifest signing secret key: file:/path/key.asc or gcpkms:<key name>:/path/key.asc.kms.
+    #[arg(long, env = "BACKSTOP_SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+    /// Directory of pg_dump (its major version >= the server's); else PG_BINDIR, else PATH.
+    #[arg(long, env = "BACKSTOP_PG_BINDIR")]
+    pub pg_bindir: Option<PathBuf>,
+}
+
+pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
+    let env = Env::from_process();
+    let missing = |name: &str, hint: &str| ConfigError::Missing {
+        name: name.into(),
+        hint: hint.into(),
+    };
+    // Checked in the order an operator sets them up, before any key is read,
+    // so a misconfigured job fails fast and names the variable.
+    if args
+        .database_url
+        .as_deref()
+        .is_none_or(|u| u.trim().is_empty())
+    {
+        return Err(missing(
+            DATABASE_URL_VAR,
+            "the database to dump, postgres://user@host:port/dbname (or pass --database-url)",
+        )
+        .into());
+    }
+    let bucket = args
+        .bucket
+        .filter(|b| !b.trim().is_empty())
+        .ok_or_else(|| {
+            missing(
+                BUCKET_VAR,
+                "the GCS bucket that receives backups (or pass --bucket)",
+            )
+        })?;
+    let settings = DumpSettings {
+        database_url: args.database_url,
+        namespace: Some(args.namespace),
+        recipients: args.recipients,
+        signing_key: args.signing_key,
+        pg_bindir: args
+            .pg_bindir
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
+    };
+    let config = DumpConfig::load(settings, &KmsOptions::from_env(&env)).await?;
+    // The store reads its bucket from the environment; --bucket wins.
+    let gcs_env = Env::from_pairs(
+        std::env::vars()
+            .filter(|(k, _)| k != BUCKET_VAR)
+            .chain([(BUCKET_VAR.to_string(), bucket)]),
+    );
+    let store = GcsStore::from_env(&gcs_env, BUCKET_VAR).await?;
+    let summary = run_dump(&config, &store).await?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! `backstop restore`: the newest verified backup of a namespace into a new
+//! (or empty) database, then the row-count drill. Prints the result as JSON
+//! on stdout; logs and the progress line go to stderr.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use backstop::config::Env;
+use backstop::restore::{Clouds, NoProgress, Progress, RestoreConfig, RestoreSettings, restore};
+use backstop::store::ObjectStore;
+use backstop::store::gcs::GcsStore;
+use backstop::store::s3::S3Store;
+
+const GCS_BUCKET_VAR: &str = "BACKSTOP_GCS_BUCKET";
+const S3_BUCKET_VAR: &str = "BACKSTOP_S3_BUCKET";
+
+/// Restores the newest complete, signature-verified backup of a namespace
+/// (GCS first, S3 when GCS is unreachable) into a new database, then checks
+/// per-table row counts against the manifest and records the drill.
+///
+/// Target: --target-url URL, or --server-url URL with --branch NAME (a
+/// deterministic, safe database name derived from the branch) or
+/// --target-db NAME. Exit status: 0 restored and drill passed; 1 anything
+/// else (the JSON result says what).
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// Source namespace whose backups are restored.
+    #[arg(long, default_value = "production")]
+    pub namespace: String,
+    /// Only backups of this database within the namespace.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// A chosen backup (<namespace>/<database>/<stamp>) instead of the newest.
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Target database URL: postgres://user[:password]@host:port/dbname.
+    #[arg(long, env = "BACKSTOP_TARGET_DATABASE_URL", hide_env_values = true)]
+    pub target_url: Option<String>,
+    /// URL of the target server for creating databases (e.g. .../postgres).
+    #[arg(long, env = "BACKSTOP_TARGET_SERVER_URL", hide_env_values = true)]
+    pub server_url: Option<String>,
+    /// Branch name; the database name is derived from it (with --server-url).
+    #[arg(long, conflicts_with = "target_db")]
+    pub branch: Option<String>,
+    /// Database name on --server-url.
+    #[arg(long)]
+    pub target_db: Option<String>,
+    /// Replace a target that already holds tables (swapped in only after a
+    /// successful restore and drill).
+    #[arg(long)]
+    pub replace: bool,
+    /// GCS backups bucket (the primary).
+    #[arg(long, env = GCS_BUCKET_VAR)]
+    pub gcs_bucket: Option<String>,
+    /// S3 replica bucket (used when GCS is unreachable).
+    #[arg(long, env = S3_BUCKET_VAR)]
+    pub s3_bucket: Option<String>,
+    /// Backup secret key: file:/path/backup.sec.asc or gcpkms:<key name>:/path/backup.sec.asc.kms.
+    #[arg(long, env = "BACKSTOP_BACKUP_KEY", hide_env_values = true)]
+    pub backup_key: Option<String>,
+    /// Public key(s) manifests must be signed with: file:/path/signing.pub.asc or armored text.
+    #[arg(long, env = "BACKSTOP_SIGNING_PUBLIC_KEY", hide_env_values = true)]
+    pub signing_public_key: Option<String>,
+    /// The database backups are taken from; never used as a target.
+    #[arg(long, env = "BACKSTOP_SOURCE_DATABASE_URL", hide_env_values = true)]
+    pub source_database_url: Option<String>,
+    /// Directory of pg_restore (its major version >= the dump's); else PG_BINDIR, else PATH.
+    #[arg(long, env = "BACKSTOP_PG_BINDIR")]
+    pub pg_bindir: Option<PathBuf>,
+    /// Do not write a drill record.
+    #[arg(long)]
+    pub no_drill_record: bool,
+    /// No progress line even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// A one-line progress display on stderr: bytes, rate, ETA.
+struct TermProgress {
+    state: Mutex<TermState>,
+}
+
+struct TermState {
+    label: String,
+    total: u64,
+    started: Instant,
+    last_draw: Option<Instant>,
+    drawn: bool,
+}
+
+fn human(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+impl TermProgress {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(TermState {
+                label: String::new(),
+                total: 0,
+                started: Instant::now(),
+                last_draw: None,
+                drawn: false,
+            }),
+        }
+    }
+
+    fn draw(s: &mut TermState, done: u64, force: bool) {
+        let now = Instant::now();
+        if !force
+            && s.last_draw
+                .is_some_and(|t| now - t < Duration::from_millis(200))
+        {
+            return;
+        }
+        s.last_draw = Some(now);
+        let secs = (now - s.started).as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let pct = if s.total > 0 {
+            done as f64 * 100.0 / s.total as f64
+        } else {
+            0.0
+        };
+        let eta = if rate > 0.0 && s.total > done {
+            duration((s.total - done) as f64 / rate)
+        } else {
+            "-".into()
+        };
+        let line = format!(
+            "\r\x1b[K{}: {} / {} ({pct:.0}%) {}/s ETA {eta}",
+            s.label,
+            human(done as f64),
+            human(s.total as f64),
+            human(rate)
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(line.as_bytes());
+        let _ = err.flush();
+        s.drawn = true;
+    }
+}
+
+impl Progress for TermProgress {
+    fn phase(&self, phase: &str) {
+        let mut s = self.state.lock().expect("progress");
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{}{phase}...", if s.drawn { "\r\x1b[K" } else { "" });
+        s.drawn = false;
+    }
+
+    fn start(&self, backup: &str, total: u64) {
+        let mut s = self.state.lock().expect("progress");
+        s.label = format!("restoring {backup}");
+        s.total = total;
+        s.started = Instant::now();
+        s.last_draw = None;
+        Self::draw(&mut s, 0, true);
+    }
+
+    fn advance(&self, done: u64) {
+        let mut s = self.state.lock().expect("progress");
+        Self::draw(&mut s, done, false);
+    }
+
+    fn finish(&self) {
+        let mut s = self.state.lock().expect("progress");
+        if s.drawn {
+            let elapsed = s.started.elapsed().as_secs_f64();
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "\r\x1b[K{}: {} in {}",
+                s.label,
+                human(s.total as f64),
+                duration(elapsed)
+            );
+            s.drawn = false;
+        }
+    }
+}
+
+/// The process environment with `name` set to `value` (command-line values
+/// win over the environment for the store constructors, which read it).
+fn env_with(name: &str, value: &str) -> Env {
+    Env::from_pairs(
+        std::env::vars()
+            .filter(|(k, _)| k != name)
+            .chain([(name.to_string(), value.to_string())]),
+    )
+}
+
+pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
+    let env = Env::from_process();
+    let settings = RestoreSettings {
+        namespace: Some(args.namespace),
+        database: args.database,
+        backup: args.backup,
+        target_url: args.target_url.filter(|u| !u.trim().is_empty()),
+        server_url: args.server_url.filter(|u| !u.trim().is_empty()),
+        branch: args.branch,
+        target_db: args.target_db,
+        replace: args.replace,
+        source_database_url: args.source_database_url,
+        backup_key: args.backup_key,
+        signing_public_key: args.signing_public_key,
+        pg_bindir: args
+            .pg_bindir
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
+    };
+    let mut config = RestoreConfig::load(settings, &env).await?;
+    config.write_drill = !args.no_drill_record;
+
+    let gcs = match args.gcs_bucket.filter(|b| !b.trim().is_empty()) {
+        Some(bucket) => {
+            match GcsStore::from_env(&env_with(GCS_BUCKET_VAR, &bucket), GCS_BUCKET_VAR).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build the GCS client; trying the S3 replica only");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let s3 = match args.s3_bucket.filter(|b| !b.trim().is_empty()) {
+        Some(bucket) => {
+            Some(S3Store::from_env(&env_with(S3_BUCKET_VAR, &bucket), S3_BUCKET_VAR).await?)
+        }
+        None => None,
+    };
+    if gcs.is_none() && s3.is_none() {
+        anyhow::bail!(
+            "no backup store: set {GCS_BUCKET_VAR} (or --gcs-bucket) and/or {S3_BUCKET_VAR} (or --s3-bucket)"
+        );
+    }
+    let clouds = Clouds {
+        primary: gcs.as_ref().map(|s| s as &dyn ObjectStore),
+        replica: s3.as_ref().map(|s| s as &dyn ObjectStore),
+    };
+    let progress: Box<dyn Progress> = if !args.no_progress && std::io::stderr().is_terminal() {
+        Box::new(TermProgress::new())
+    } else {
+        Box::new(NoProgress)
+    };
+    match restore(&config, clouds, progress.as_ref()).await {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.success {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "restore drill failed: {}",
+                    report
+                        .drill
+                        .error
+                        .as_deref()
+                        .unwrap_or("row counts differ from the manifest")
+                )
+            }
+        }
+        Err(e) => {
+            let json = serde_json::json!({
+                "success": false,
+                "kind": e.kind(),
+                "error": e.to_string(),
+            });
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            Err(e.into())
+        }
+    }
+}

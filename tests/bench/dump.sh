@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Benchmark of the dump job, side by side with the shell pipeline it replaces,
+# in one run, against the same database and the same GCS emulator:
+#
+#   backstop dump                     (release build)
+#   pg_dump -Fc | gpg --encrypt --compress-algo none -r KEY | curl -T - <GCS upload>
+#
+# Prints the wall time of each, their ratio, the object sizes and the peak RSS
+# of `backstop dump` (/usr/bin/time -v). Targets: backstop at least as fast as
+# the pipeline, peak RSS under 64 MiB whatever the database size.
+#
+#   tests/stack/stack.sh run -- tests/bench/dump.sh [SIZE_MIB]     (default 1024)
+#
+# The database (one table of md5 text, which compresses about 2:1) is created
+# once per stack; set BENCH_KEEP_DB=1 to keep it after the run.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+SIZE_MIB="${1:-${BENCH_SIZE_MIB:-1024}}"
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+    printf '[bench] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+[ -n "${BACKSTOP_STACK:-}" ] || die "run inside the local stack: tests/stack/stack.sh run -- $0 $*"
+for tool in gpg curl psql /usr/bin/time; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
+done
+PG_DUMP="${PG_BINDIR:+$PG_BINDIR/}pg_dump"
+PSQL=(psql -X -q -v ON_ERROR_STOP=1)
+
+log "building backstop (release)"
+cargo build --release -q -p backstop-cli
+BIN="${CARGO_TARGET_DIR:-target}/release/backstop"
+[ -x "$BIN" ] || die "$BIN not built"
+
+WORK="$(mktemp -d)"
+export GNUPGHOME="$WORK/gnupg"
+DB="bench_dump_${SIZE_MIB}m"
+URL="${BACKSTOP_TEST_DATABASE_URL%/*}/$DB"
+cleanup() {
+    gpgconf --kill gpg-agent >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+    if [ "${BENCH_KEEP_DB:-0}" != 1 ]; then
+        "${PSQL[@]}" "$BACKSTOP_TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+
+# ---- the database -----------------------------------------------------------
+if [ "$("${PSQL[@]}" -tA "$BACKSTOP_TEST_DATABASE_URL" -c "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != 1 ]; then
+    # ~190 bytes per row on disk (4 md5 strings, 128 characters, plus overheads).
+    ROWS=$((SIZE_MIB * 1024 * 1024 / 190))
+    log "creating database $DB: $ROWS rows (~${SIZE_MIB} MiB), two loaders in parallel"
+    t0=$SECONDS
+    "${PSQL[@]}" "$BACKSTOP_TEST_DATABASE_URL" -c "CREATE DATABASE $DB"
+    "${PSQL[@]}" "$URL" -c "CREATE UNLOGGED TABLE blobs (id bigint, a text, b text, c text, d text)"
+    half=$((ROWS / 2))
+    load() {
+        "${PSQL[@]}" "$URL" -c "INSERT INTO blobs
+            SELECT i, md5(i::text), md5((i + 1)::text || 'b'), md5((i + 2)::text || 'c'), md5((i + 3)::text || 'd')
+            FROM generate_series($1, $2) AS i"
+    }
+    load 1 "$half" &
+    p1=$!
+    load $((half + 1)) "$ROWS" &
+    p2=$!
+    wait "$p1"
+    wait "$p2"
+    "${PSQL[@]}" "$URL" -c "ALTER TABLE blobs SET LOGGED" -c "VACUUM ANALYZE blobs"
+    log "created in $((SECONDS - t0)) s"
+fi
+DB_BYTES="$("${PSQL[@]}" -tA "$URL" -c "SELECT pg_database_size(current_database())")"
+log "database $DB: $((DB_BYTES / 1024 / 1024)) MiB; warming the cache"
+"${PSQL[@]}" -tA "$URL" -c "SELECT count(*) FROM blobs" >/dev/null
+
+# ---- keys (stock gpg, no passphrase) ----------------------------------------
+mkdir -m 700 "$GNUPGHOME"
+G=(gpg --batch --quiet --no-tty --pinentry-mode loopback --passphrase '')
+"${G[@]}" --quick-gen-key 'Bench backup <backup@bench.invalid>' ed25519 cert never
+BACKUP_FPR="$(gpg --list-keys --with-colons 'backup@bench.invalid' 2>/dev/null | awk -F: '/^fpr/ {print $10; exit}')"
+"${G[@]}" --quick-add-key "$BACKUP_FPR" cv25519 encr never
+"${G[@]}" --quick-gen-key 'Bench signing <sign@bench.invalid>' ed25519 sign never
+SIGN_FPR="$(gpg --list-keys --with-colons 'sign@bench.invalid' 2>/dev/null | awk -F: '/^fpr/ {print $10; exit}')"
+gpg --armor --export "$BACKUP_FPR" >"$WORK/backup.pub.asc"
+"${G[@]}" --armor --export-secret-keys "$SIGN_FPR" >"$WORK/signing.sec.asc"
+
+GCS="${STORAGE_EMULATOR_HOST%/}"
+case "$GCS" in http://* | https://*) ;; *) GCS="http://$GCS" ;; esac
+BUCKET="$BACKSTOP_GCS_BUCKET"
+NS="bench-$(date +%s)"
+now() { date +%s.%N; }
+
+# ---- backstop dump ----------------------------------------------------------
+log "backstop dump"
+t0="$(now)"
+BACKSTOP_DATABASE_URL="$URL" BACKSTOP_NAMESPACE="$NS" \
+    BACKSTOP_RECIPIENTS="file:$WORK/backup.pub.asc" BACKSTOP_SIGNING_KEY="file:$WORK/signing.sec.asc" \
+    BACKSTOP_PG_BINDIR="${PG_BINDIR:-}" RUST_LOG="${RUST_LOG:-info}" \
+    /usr/bin/time -v -o "$WORK/time.txt" "$BIN" dump >"$WORK/result.json" 2>"$WORK/backstop.log" ||
+    {
+        cat "$WORK/backstop.log" >&2
+        die "backstop dump failed"
+    }
+t1="$(now)"
+BACKSTOP_SECS="$(echo "$t1 - $t0" | bc -l)"
+RSS_KIB="$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")"
+BACKSTOP_OBJ_BYTES="$(sed -n 's/.*"ciphertext_bytes": \([0-9]*\).*/\1/p' "$WORK/result.json")"
+PLAIN_BYTES="$(sed -n 's/.*"plaintext_bytes": \([0-9]*\).*/\1/p' "$WORK/result.json")"
+grep -h 'dump complete' "$WORK/backstop.log" >&2 || true
+
+# ---- pg_dump | gpg | curl ---------------------------------------------------
+log "pg_dump -Fc | gpg --encrypt | curl -T - (same emulator)"
+NAME="$NS/baseline/data.pgdump.gpg"
+t0="$(now)"
+"$PG_DUMP" -Fc --no-password "--dbname=$URL" |
+    /usr/bin/time -f '%M' -o "$WORK/gpg_rss.txt" \
+        gpg --batch --quiet --trust-model always --compress-algo none --cipher-algo AES256 -r "$BACKUP_FPR" --encrypt |
+    curl -sS -f -X POST -H 'Content-Type: application/octet-stream' -T - \
+        "$GCS/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(printf %s "$NAME" | sed 's,/,%2F,g')" \
+        -o "$WORK/baseline.json"
+t1="$(now)"
+BASE_SECS="$(echo "$t1 - $t0" | bc -l)"
+BASE_OBJ_BYTES="$(sed -n 's/.*"size": *"\{0,1\}\([0-9]*\).*/\1/p' "$WORK/baseline.json" | head -n 1)"
+
+# ---- report ------------------------------------------------------------------
+MIB=1048576
+printf '\n== dump benchmark: database %s (%d MiB on disk, pg_dump -Fc output %d MiB), %s cores ==\n' \
+    "$DB" $((DB_BYTES / MIB)) $((PLAIN_BYTES / MIB)) "$(nproc)"
+printf '%-40s %9.2f s  %8.1f MB/s  object %6d MiB  peak RSS %6.1f MiB\n' \
+    "backstop dump" "$BACKSTOP_SECS" "$(echo "$PLAIN_BYTES / $BACKSTOP_SECS / 1000000" | bc -l)" \
+    $((BACKSTOP_OBJ_BYTES / MIB)) "$(echo "$RSS_KIB / 1024" | bc -l)"
+printf '%-40s %9.2f s  %8.1f MB/s  object %6d MiB  (gpg peak RSS %.1f MiB)\n' \
+    "pg_dump -Fc | gpg --encrypt | curl" "$BASE_SECS" "$(echo "$PLAIN_BYTES / $BASE_SECS / 1000000" | bc -l)" \
+    $((${BASE_OBJ_BYTES:-0} / MIB)) "$(echo "$(cat "$WORK/gpg_rss.txt") / 1024" | bc -l)"
+printf 'ratio backstop / pipeline wall time: %.3f (<= 1.0 is the target)\n' "$(echo "$BACKSTOP_SECS / $BASE_SECS" | bc -l)"
+printf 'backstop peak RSS: %.1f MiB (target < 64 MiB)\n' "$(echo "$RSS_KIB / 1024" | bc -l)"

@@ -1,0 +1,847 @@
+//! The restore job on the local stack: real PostgreSQL, fake-gcs-server,
+//! moto S3, `pg_restore`, and stock `gpg` for the break-glass procedure.
+//!
+//!   tests/stack/stack.sh run -- cargo test -p backstop-tests --test restore
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Command;
+use std::time::Duration;
+
+use backstop::config::Env;
+use backstop::crypto::inspect::DigestState;
+use backstop::crypto::{
+    BackupSecretKey, CryptoError, GeneratedKey, KeyAlgorithm, KmsOptions, SigningKey, VerifyingKey,
+    generate_backup_key, generate_signing_key, sign_manifest,
+};
+use backstop::dump::{DumpConfig, DumpSettings, run_dump};
+use backstop::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use backstop::naming::{BackupId, Namespace};
+use backstop::pg::{self, PgTools};
+use backstop::restore::{
+    Clouds, NoProgress, RestoreConfig, RestoreError, RestoreReport, RestoreSettings, Target,
+    database_for_branch, restore,
+};
+use backstop::retention::DrillRecord;
+use backstop::store::gcs::GcsStore;
+use backstop::store::{
+    ByteStream, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions,
+    StoreResult, byte_stream,
+};
+use backstop_tests::{gcs, s3, stack_env};
+use bytes::Bytes;
+use futures::StreamExt;
+
+const SEED_SQL: &str = include_str!("../fixtures/seed.sql");
+
+/// Tables whose whole content is compared (table, ORDER BY key).
+const CHECKED_TABLES: [(&str, &str); 5] = [
+    ("public.customers", "id"),
+    ("sales.orders", "id"),
+    ("sales.events", "id"),
+    ("inventory.items", "sku"),
+    ("\"Audit\".\"Événements\"", "id"),
+];
+
+// ---- helpers ---------------------------------------------------------------
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "bs-{tag}-{:012x}",
+            rand::random::<u64>() & 0xffff_ffff_ffff
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let gnupg = self.0.join("gnupg");
+        if gnupg.exists() {
+            let _ = Command::new("gpgconf")
+                .args(["--kill", "gpg-agent"])
+                .env("GNUPGHOME", &gnupg)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn server_url() -> String {
+    stack_env()
+        .optional("BACKSTOP_TEST_DATABASE_URL")
+        .expect("BACKSTOP_TEST_DATABASE_URL from the stack")
+}
+
+fn pg_bindir() -> PathBuf {
+    PathBuf::from(
+        stack_env()
+            .optional("PG_BINDIR")
+            .expect("PG_BINDIR from the stack"),
+    )
+}
+
+fn unique(tag: &str) -> String {
+    format!("{tag}_{:08x}", rand::random::<u32>())
+}
+
+async fn create_database(name: &str) -> String {
+    let admin = pg::connect(&server_url()).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", pg::quote_ident(name)))
+        .await
+        .unwrap();
+    pg::with_database(&server_url(), name).unwrap()
+}
+
+async fn drop_database(name: &str) {
+    let admin = pg::connect(&server_url()).await.unwrap();
+    let _ = admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            pg::quote_ident(name)
+        ))
+        .await;
+}
+
+async fn database_exists(name: &str) -> bool {
+    let admin = pg::connect(&server_url()).await.unwrap();
+    admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+async fn row_counts(url: &str) -> BTreeMap<String, u64> {
+    pg::row_counts(&pg::connect(url).await.unwrap())
+        .await
+        .unwrap()
+}
+
+/// md5 of every checked table's rows in key order, and the large objects.
+async fn checksums(url: &str) -> Vec<(String, String)> {
+    let client = pg::connect(url).await.unwrap();
+    let mut out = Vec::new();
+    for (table, key) in CHECKED_TABLES {
+        let sql = format!("SELECT md5(string_agg(t::text, ',' ORDER BY {key})) FROM {table} t");
+        let sum: String = client.query_one(&sql, &[]).await.unwrap().get(0);
+        out.push((table.to_string(), sum));
+    }
+    let lo: String = client
+        .query_one(
+            "SELECT coalesce(md5(string_agg(md5(lo_get(oid)), ',' ORDER BY oid)), '') FROM pg_largeobject_metadata",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    out.push(("large objects".into(), lo));
+    out
+}
+
+/// A seeded source database, fresh keys and one backup of it in GCS.
+struct Fixture {
+    dir: TempDir,
+    backup_key: GeneratedKey,
+    signing_key: GeneratedKey,
+    namespace: Namespace,
+    source_db: String,
+    source_url: String,
+    id: BackupId,
+}
+
+impl Fixture {
+    async fn new(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let backup_key = generate_backup_key(
+            "Restore test backup <backup@example.invalid>",
+            KeyAlgorithm::Curve25519,
+        )
+        .unwrap();
+        let signing_key = generate_signing_key(
+            "Restore test signing <sign@example.invalid>",
+            KeyAlgorithm::Curve25519,
+        )
+        .unwrap();
+        for (name, text) in [
+            ("backup.pub.asc", backup_key.public_armored.as_str()),
+            ("backup.sec.asc", backup_key.secret_armored.as_str()),
+            ("signing.sec.asc", signing_key.secret_armored.as_str()),
+            ("signing.pub.asc", signing_key.public_armored.as_str()),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let source_db = unique(&format!("rs_src_{tag}"));
+        let source_url = create_database(&source_db).await;
+        pg::connect(&source_url)
+            .await
+            .unwrap()
+            .batch_execute(SEED_SQL)
+            .await
+            .expect("seed.sql runs");
+        let namespace =
+            Namespace::new(&format!("it-restore-{tag}-{:08x}", rand::random::<u32>())).unwrap();
+        let settings = DumpSettings {
+            database_url: Some(source_url.clone()),
+            namespace: Some(namespace.to_string()),
+            recipients: Some(format!(
+                "file:{}",
+                dir.path().join("backup.pub.asc").display()
+            )),
+            signing_key: Some(format!(
+                "file:{}",
+                dir.path().join("signing.sec.asc").display()
+            )),
+            pg_bindir: Some(pg_bindir()),
+        };
+        let config = DumpConfig::load(settings, &KmsOptions::default())
+            .await
+            .unwrap();
+        let summary = run_dump(&config, &gcs().await)
+            .await
+            .expect("dump succeeds");
+        let id: BackupId = summary.backup_id.parse().unwrap();
+        Fixture {
+            dir,
+            backup_key,
+            signing_key,
+            namespace,
+            source_db,
+            source_url,
+            id,
+        }
+    }
+
+    fn config(&self, target: Target) -> RestoreConfig {
+        RestoreConfig {
+            namespace: self.namespace.clone(),
+            database: None,
+            backup: None,
+            target,
+            replace: false,
+            source_database_url: None,
+            tools: PgTools {
+                bindir: Some(pg_bindir()),
+            },
+            secret_key: BackupSecretKey::from_armored(&self.backup_key.secret_armored).unwrap(),
+            signing_keys: vec![
+                VerifyingKey::from_armored(&self.signing_key.public_armored).unwrap(),
+            ],
+            write_drill: true,
+        }
+    }
+
+    fn on_server(&self, database: &str) -> Target {
+        Target::OnServer {
+            server_url: server_url(),
+            database: database.to_string(),
+        }
+    }
+
+    async fn manifest(&self, store: &dyn ObjectStore) -> Manifest {
+        Manifest::parse(
+            &store
+                .get_bytes(&self.id.manifest_key(), MAX_MANIFEST_BYTES)
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    async fn cleanup(self, extra: &[&str]) {
+        drop_database(&self.source_db).await;
+        for db in extra {
+            drop_database(db).await;
+        }
+    }
+}
+
+async fn restore_with(
+    config: &RestoreConfig,
+    primary: &dyn ObjectStore,
+    replica: Option<&dyn ObjectStore>,
+) -> Result<RestoreReport, RestoreError> {
+    restore(
+        config,
+        Clouds {
+            primary: Some(primary),
+            replica,
+        },
+        &NoProgress,
+    )
+    .await
+}
+
+async fn drill_record(store: &dyn ObjectStore, id: &BackupId) -> DrillRecord {
+    DrillRecord::parse(&store.get_bytes(&id.drill_key(), 1 << 20).await.unwrap()).unwrap()
+}
+
+/// Asserts that the restored database equals the source, table by table.
+async fn assert_same_content(source_url: &str, target_url: &str) {
+    assert_eq!(
+        row_counts(target_url).await,
+        row_counts(source_url).await,
+        "row counts differ"
+    );
+    assert_eq!(
+        checksums(target_url).await,
+        checksums(source_url).await,
+        "table contents differ"
+    );
+}
+
+/// A store whose data objects end late: after the last byte, the stream
+/// waits before it ends. The decrypted dump is then complete while the
+/// digest and MDC checks (which need the end of the stream) are still
+/// pending: exactly the window in which a `pg_restore` that had been given
+/// every byte would commit unverified data.
+#[derive(Debug)]
+struct SlowEnd<S>(S);
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+// Written out as `#[async_trait]` expands it (the tests crate does not
+// depend on async-trait).
+impl<S: ObjectStore> ObjectStore for SlowEnd<S> {
+    fn url(&self) -> String {
+        self.0.url()
+    }
+
+    fn put<'a, 'b, 'r>(
+        &'a self,
+        key: &'b str,
+        body: ByteStream,
+        opts: PutOptions,
+    ) -> BoxFut<'r, StoreResult<ObjectMeta>>
+    where
+        'a: 'r,
+        'b: 'r,
+        Self: 'r,
+    {
+        self.0.put(key, body, opts)
+    }
+
+    fn get<'a, 'b, 'r>(&'a self, key: &'b str) -> BoxFut<'r, StoreResult<GetResult>>
+    where
+        'a: 'r,
+        'b: 'r,
+        Self: 'r,
+    {
+        Box::pin(async move {
+            let got = self.0.get(key).await?;
+            if !key.ends_with(backstop::naming::DATA_FILE) {
+                return Ok(got);
+            }
+            let late_end = futures::stream::once(async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                None
+            });
+            let body = got
+                .body
+                .map(Some)
+                .chain(late_end)
+                .filter_map(|x| async move { x });
+            Ok(GetResult {
+                meta: got.meta,
+                body: byte_stream(body),
+            })
+        })
+    }
+
+    fn head<'a, 'b, 'r>(&'a self, key: &'b str) -> BoxFut<'r, StoreResult<ObjectMeta>>
+    where
+        'a: 'r,
+        'b: 'r,
+        Self: 'r,
+    {
+        self.0.head(key)
+    }
+
+    fn list_page<'a, 'b, 'r>(
+        &'a self,
+        prefix: &'b str,
+        page_token: Option<String>,
+    ) -> BoxFut<'r, StoreResult<ListPage>>
+    where
+        'a: 'r,
+        'b: 'r,
+        Self: 'r,
+    {
+        self.0.list_page(prefix, page_token)
+    }
+
+    fn delete<'a, 'b, 'r>(&'a self, key: &'b str) -> BoxFut<'r, StoreResult<()>>
+    where
+        'a: 'r,
+        'b: 'r,
+        Self: 'r,
+    {
+        self.0.delete(key)
+    }
+}
+
+// ---- tests -----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_then_restore_gives_equal_tables_and_a_drill_record() {
+    let fx = Fixture::new("eq").await;
+    let gcs = gcs().await;
+    let target = unique("rs_dst_eq");
+    let report = restore_with(&fx.config(fx.on_server(&target)), &gcs, None)
+        .await
+        .expect("restore succeeds");
+    assert!(report.success, "{report:?}");
+    assert_eq!(report.backup_id, fx.id.to_string());
+    assert_eq!(report.cloud, "gcs");
+    assert!(report.fallback_reason.is_none());
+    assert!(report.created_database);
+    assert!(!report.replaced);
+    assert_eq!(report.target_database, target);
+    assert!(report.drill.mismatches.is_empty());
+    assert_eq!(report.drill.tables_checked, 9);
+    assert_eq!(
+        report.rows,
+        1000 + 5000 + 20000 + 3 + 30000 + 15000 + 15000 + 120000
+    );
+    let target_url = pg::with_database(&server_url(), &target).unwrap();
+    assert_same_content(&fx.source_url, &target_url).await;
+
+    // The drill record is where the audit looks for it.
+    let record = drill_record(&gcs, &fx.id).await;
+    assert!(record.success);
+    assert_eq!(record.target_database, target);
+    assert_eq!(record.namespace, fx.namespace);
+    assert_eq!(
+        report.drill_record.as_deref(),
+        Some(format!("{}/{}", gcs.url(), fx.id.drill_key()).as_str())
+    );
+
+    // A second restore into the now non-empty target is refused ...
+    let err = restore_with(&fx.config(fx.on_server(&target)), &gcs, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RestoreError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("--replace"), "{err}");
+
+    // ... unless --replace: the target is swapped for a fresh restore.
+    let admin = pg::connect(&target_url).await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE public.scratch (x int)")
+        .await
+        .unwrap();
+    drop(admin);
+    let mut replace = fx.config(Target::Url(target_url.clone()));
+    replace.replace = true;
+    let report = restore_with(&replace, &gcs, None)
+        .await
+        .expect("replace succeeds");
+    assert!(
+        report.success && report.replaced && !report.created_database,
+        "{report:?}"
+    );
+    assert!(!row_counts(&target_url).await.contains_key("public.scratch"));
+    assert_same_content(&fx.source_url, &target_url).await;
+
+    // The source database is never a target: named by BACKSTOP_SOURCE_DATABASE_URL ...
+    let mut onto_source = fx.config(Target::Url(fx.source_url.clone()));
+    onto_source.replace = true;
+    onto_source.source_database_url = Some(fx.source_url.clone());
+    let err = restore_with(&onto_source, &gcs, None).await.unwrap_err();
+    assert!(matches!(err, RestoreError::Refused { .. }), "{err}");
+    // ... and without it, --replace of a database named like the backup's source is refused.
+    onto_source.source_database_url = None;
+    let err = restore_with(&onto_source, &gcs, None).await.unwrap_err();
+    assert!(matches!(err, RestoreError::Refused { .. }), "{err}");
+    assert!(
+        err.to_string().contains("BACKSTOP_SOURCE_DATABASE_URL"),
+        "{err}"
+    );
+    assert_eq!(
+        row_counts(&fx.source_url).await.get("sales.orders"),
+        Some(&120000)
+    );
+
+    fx.cleanup(&[&target]).await;
+}
+
+/// Replaces the data object with `data` (and optionally the manifest and
+/// signature), as an attacker or a bit flip would.
+async fn tamper(fx: &Fixture, gcs: &GcsStore, data: Vec<u8>, resign: bool) {
+    if resign {
+        let mut manifest = fx.manifest(gcs).await;
+        let mut d = DigestState::new();
+        d.update(&data);
+        let d = d.finish();
+        manifest.ciphertext.size = d.size;
+        manifest.ciphertext.sha256 = d.sha256;
+        manifest.ciphertext.crc32c = d.crc32c;
+        let key = SigningKey::from_armored(&fx.signing_key.secret_armored).unwrap();
+        let (bytes, sig) = sign_manifest(&manifest, &key).unwrap();
+        gcs.put_bytes(
+            &fx.id.signature_key(),
+            Bytes::from(sig),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+        gcs.put_bytes(
+            &fx.id.manifest_key(),
+            Bytes::from(bytes),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    gcs.put_bytes(&fx.id.data_key(), Bytes::from(data), PutOptions::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_backup_fails_and_leaves_the_target_untouched() {
+    let fx = Fixture::new("tamper").await;
+    let gcs = gcs().await;
+    let original = gcs
+        .get_bytes(&fx.id.data_key(), 256 << 20)
+        .await
+        .unwrap()
+        .to_vec();
+    let flip = |at: usize| {
+        let mut d = original.clone();
+        d[at] ^= 0x01;
+        d
+    };
+    // Every data object ends 3 s after its last byte (see `SlowEnd`). An
+    // intact backup restores through it ...
+    let slow = SlowEnd(gcs.clone());
+    let intact = unique("rs_dst_tamper_intact");
+    let report = restore_with(&fx.config(fx.on_server(&intact)), &slow, None)
+        .await
+        .expect("an intact backup restores");
+    assert!(report.success);
+
+    // ... and a tampered one never reaches the target.
+    let existing = unique("rs_dst_tamper_empty");
+    let existing_url = create_database(&existing).await;
+
+    // (1) The last byte (inside the MDC): every byte pg_restore needs decrypts
+    //     fine, only the checks at the end of the stream fail, 3 s after the
+    //     last byte arrived. (The hold-back itself is pinned deterministically
+    //     by the unit test `a_failing_stream_never_lets_pg_restore_see_...`.)
+    // (2) A byte in the middle: garbled plaintext, digest mismatch.
+    // (3) The last byte again, but with a manifest re-signed over the tampered
+    //     data (a signing-key compromise): only the MDC catches it.
+    let cases = [
+        ("last byte", flip(original.len() - 1), false),
+        ("middle byte", flip(original.len() / 2), false),
+        ("re-signed", flip(original.len() - 1), true),
+    ];
+    for (what, data, resign) in cases {
+        tamper(&fx, &gcs, data, resign).await;
+
+        // Into a new database: it is dropped again, as if never created.
+        let fresh = unique("rs_dst_tamper_new");
+        let err = restore_with(&fx.config(fx.on_server(&fresh)), &slow, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RestoreError::Data { .. } | RestoreError::PgRestore { .. }
+            ),
+            "{what}: unexpected error {err}"
+        );
+        if what != "middle byte" {
+            assert!(matches!(err, RestoreError::Data { .. }), "{what}: {err}");
+        }
+        if resign {
+            assert!(
+                matches!(
+                    err,
+                    RestoreError::Data {
+                        source: CryptoError::IntegrityCheckFailed
+                    }
+                ),
+                "{what}: {err}"
+            );
+        }
+        assert!(
+            !database_exists(&fresh).await,
+            "{what}: the database created for the restore is left behind"
+        );
+
+        // Into an existing empty database: the transaction rolled back.
+        let err = restore_with(&fx.config(Target::Url(existing_url.clone())), &slow, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RestoreError::Data { .. } | RestoreError::PgRestore { .. }
+            ),
+            "{what}: {err}"
+        );
+        assert!(
+            row_counts(&existing_url).await.is_empty(),
+            "{what}: the target holds tables after a failed restore"
+        );
+
+        // The failed drill is on record for the audit.
+        let record = drill_record(&gcs, &fx.id).await;
+        assert!(
+            !record.success && record.error.is_some(),
+            "{what}: {record:?}"
+        );
+    }
+
+    // A non-empty target with --replace keeps its old contents on failure.
+    let keep = unique("rs_dst_tamper_keep");
+    let keep_url = create_database(&keep).await;
+    pg::connect(&keep_url)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE precious (x int); INSERT INTO precious VALUES (1), (2)")
+        .await
+        .unwrap();
+    let mut replace = fx.config(Target::Url(keep_url.clone()));
+    replace.replace = true;
+    assert!(restore_with(&replace, &slow, None).await.is_err());
+    assert_eq!(
+        row_counts(&keep_url).await,
+        BTreeMap::from([("public.precious".to_string(), 2)])
+    );
+
+    fx.cleanup(&[&intact, &existing, &keep]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_gcs_falls_back_to_s3() {
+    let fx = Fixture::new("s3").await;
+    let gcs = gcs().await;
+    let s3 = s3().await;
+    // The replicator's job, done by hand: copy the backup to S3 (manifest last).
+    for key in [
+        fx.id.data_key(),
+        fx.id.signature_key(),
+        fx.id.manifest_key(),
+    ] {
+        let got = gcs.get(&key).await.unwrap();
+        s3.put(&key, got.body, PutOptions::default()).await.unwrap();
+    }
+    // GCS "down": a client pointing at a closed port.
+    let dead = GcsStore::from_env(
+        &Env::from_pairs([
+            ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9"),
+            ("BACKSTOP_GCS_BUCKET", gcs.bucket()),
+        ]),
+        "BACKSTOP_GCS_BUCKET",
+    )
+    .await
+    .unwrap();
+    let target = unique("rs_dst_s3");
+    let report = restore_with(&fx.config(fx.on_server(&target)), &dead, Some(&s3))
+        .await
+        .expect("restore from S3");
+    assert!(report.success, "{report:?}");
+    assert_eq!(report.cloud, "s3");
+    assert_eq!(report.store, s3.url());
+    let reason = report.fallback_reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("gcs") && reason.contains("unavailable"),
+        "{reason}"
+    );
+    assert_same_content(
+        &fx.source_url,
+        &pg::with_database(&server_url(), &target).unwrap(),
+    )
+    .await;
+    // With GCS down, the drill record goes to the replica.
+    assert!(drill_record(&s3, &fx.id).await.success);
+    assert_eq!(
+        report.drill_record.as_deref(),
+        Some(format!("{}/{}", s3.url(), fx.id.drill_key()).as_str())
+    );
+
+    // A chosen backup id is found on S3 as well.
+    let target2 = unique("rs_dst_s3_chosen");
+    let mut chosen = fx.config(fx.on_server(&target2));
+    chosen.backup = Some(fx.id.clone());
+    let report = restore_with(&chosen, &dead, Some(&s3))
+        .await
+        .expect("chosen backup from S3");
+    assert!(report.success && report.cloud == "s3", "{report:?}");
+
+    fx.cleanup(&[&target, &target2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_branch_name_restores_into_a_safely_named_database() {
+    let fx = Fixture::new("branch").await;
+    let gcs = gcs().await;
+    let branch = format!(
+        "feature/it's\"; DROP DATABASE postgres; --Ünïcødé🦊/{}",
+        "x".repeat(100)
+    );
+    assert!(branch.chars().count() > 100);
+    // Through the same settings the CLI uses (keys from files, env names).
+    let settings = RestoreSettings {
+        namespace: Some(fx.namespace.to_string()),
+        server_url: Some(server_url()),
+        branch: Some(branch.clone()),
+        backup_key: Some(format!(
+            "file:{}",
+            fx.dir.path().join("backup.sec.asc").display()
+        )),
+        signing_public_key: Some(format!(
+            "file:{}",
+            fx.dir.path().join("signing.pub.asc").display()
+        )),
+        pg_bindir: Some(pg_bindir()),
+        ..RestoreSettings::default()
+    };
+    let config = RestoreConfig::load(settings, &Env::default())
+        .await
+        .unwrap();
+    let expected = database_for_branch(&branch);
+    assert!(
+        expected.len() <= 63 && expected.starts_with("feature-it-s-drop-database-postgres-"),
+        "{expected}"
+    );
+    assert_eq!(database_for_branch(&branch), expected, "deterministic");
+    let report = restore_with(&config, &gcs, None)
+        .await
+        .expect("restore succeeds");
+    assert!(report.success, "{report:?}");
+    assert_eq!(report.target_database, expected);
+    assert!(database_exists(&expected).await);
+    assert!(database_exists("postgres").await);
+    assert_same_content(
+        &fx.source_url,
+        &pg::with_database(&server_url(), &expected).unwrap(),
+    )
+    .await;
+
+    // An explicit hostile name is quoted, not interpreted.
+    let explicit = format!("x\"; DROP DATABASE {}; --ü", fx.source_db);
+    assert!(explicit.len() <= 63);
+    let report = restore_with(&fx.config(fx.on_server(&explicit)), &gcs, None)
+        .await
+        .expect("restore succeeds");
+    assert!(report.success);
+    assert!(database_exists(&explicit).await && database_exists(&fx.source_db).await);
+
+    // Names PostgreSQL would truncate are refused rather than silently shortened.
+    let err = restore_with(&fx.config(fx.on_server(&"a".repeat(64))), &gcs, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RestoreError::Refused { .. }), "{err}");
+
+    fx.cleanup(&[&expected, &explicit]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_script_restores_with_only_gpg_and_pg_restore() {
+    let fx = Fixture::new("glass").await;
+    let env = stack_env();
+    let gnupg = fx.dir.path().join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    // The README's key step: import the backup secret key and the signing public key.
+    let status = Command::new("gpg")
+        .env("GNUPGHOME", &gnupg)
+        .args(["--batch", "--quiet", "--import"])
+        .arg(fx.dir.path().join("backup.sec.asc"))
+        .arg(fx.dir.path().join("signing.pub.asc"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let target = unique("rs_dst_glass");
+    let target_url = create_database(&target).await;
+    let workdir = fx.dir.path().join("work");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("break-glass.sh");
+    let path = format!(
+        "{}:{}",
+        pg_bindir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(fx.namespace.as_str())
+        .arg(&target_url)
+        .env("GNUPGHOME", &gnupg)
+        .env("GCS_BUCKET", env.optional("BACKSTOP_GCS_BUCKET").unwrap())
+        .env(
+            "GCS_ENDPOINT",
+            env.optional("STORAGE_EMULATOR_HOST").unwrap(),
+        )
+        .env("WORKDIR", &workdir)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "break-glass.sh failed: {stderr}");
+    assert!(stderr.contains(&format!("backup: {}", fx.id)), "{stderr}");
+    assert!(stderr.contains("Good signature"), "{stderr}");
+    assert_same_content(&fx.source_url, &target_url).await;
+
+    // The same script refuses a backup whose data was modified.
+    let gcs = gcs().await;
+    let mut data = gcs
+        .get_bytes(&fx.id.data_key(), 256 << 20)
+        .await
+        .unwrap()
+        .to_vec();
+    let last = data.len() - 1;
+    data[last] ^= 1;
+    gcs.put_bytes(&fx.id.data_key(), Bytes::from(data), PutOptions::default())
+        .await
+        .unwrap();
+    let target2 = unique("rs_dst_glass_bad");
+    let target2_url = create_database(&target2).await;
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(fx.namespace.as_str())
+        .arg(&target2_url)
+        .env("GNUPGHOME", &gnupg)
+        .env("GCS_BUCKET", env.optional("BACKSTOP_GCS_BUCKET").unwrap())
+        .env(
+            "GCS_ENDPOINT",
+            env.optional("STORAGE_EMULATOR_HOST").unwrap(),
+        )
+        .env("WORKDIR", &workdir)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                pg_bindir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FAILED"),
+        "sha256sum reports the mismatch"
+    );
+    assert!(row_counts(&target2_url).await.is_empty());
+
+    fx.cleanup(&[&target, &target2]).await;
+}
