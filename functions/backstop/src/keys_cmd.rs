@@ -440,7 +440,7 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 fn human(n: u64) -> String {
-    if n >= 1 << 30 && n % (1 << 30) == 0 {
+    if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
         format!("{}GiB", n >> 30)
     } else if n >= 1 << 20 {
         format!("{}MiB", n >> 20)

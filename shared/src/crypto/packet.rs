@@ -224,14 +224,7 @@ mod tests {
                 parse_new_len(&v),
                 Parsed::Done(BodyLen::Fixed(len as u64), v.len())
             );
-            assert_eq!(
-                parse_new_len(&v[..v.len() - 1]),
-                if v.len() == 1 {
-                    Parsed::NeedMore
-                } else {
-                    Parsed::NeedMore
-                }
-            );
+            assert_eq!(parse_new_len(&v[..v.len() - 1]), Parsed::NeedMore);
         }
         assert_eq!(
             parse_new_len(&[0xe0 | 20]),

@@ -279,10 +279,10 @@ where
         // Finish a partial block.
         if self.pos > 0 {
             let n = (BLOCK - self.pos).min(data.len());
-            for i in 0..n {
-                let c = data[i];
+            for (i, byte) in data[..n].iter_mut().enumerate() {
+                let c = *byte;
                 self.cur[self.pos + i] = c;
-                data[i] = c ^ self.ks[self.pos + i];
+                *byte = c ^ self.ks[self.pos + i];
             }
             self.pos += n;
             data = &mut data[n..];

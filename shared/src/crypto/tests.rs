@@ -320,6 +320,7 @@ async fn tamper_table_data() {
     junk.extend_from_slice(b"junk");
 
     // (case, data, manifest, verifier expects, decrypt expects)
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, Vec<u8>, &Manifest, Expect, Option<Expect>)> = vec![
         (
             "byte flipped at start (packet header)",
