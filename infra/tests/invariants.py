@@ -346,7 +346,7 @@ GCP_PART_PERMISSIONS: dict[str, dict[str, set[str]]] = {
     "scheduler_invoker": {},
 }
 
-_DRILLS = r'resource\.name\.startsWith\("projects/_/buckets/[^"]+/objects/drills/"\)'
+_DRILLS = r'resource\.name\.startsWith\("projects/_/buckets/[^"]+/objects/_drills/"\)'
 # (part, permission) -> the IAM condition the grant must carry.
 GCP_REQUIRED_CONDITIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("restore", "storage.objects.create"): (rf"^\s*{_DRILLS}\s*$", "only under drills/"),
