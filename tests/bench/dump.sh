@@ -11,6 +11,10 @@
 #
 #   tests/stack/stack.sh run -- tests/bench/dump.sh [SIZE_MIB]     (default 1024)
 #
+# MB/s is pg_dump output (plaintext) per second. Both sides are bound by
+# pg_dump's own zlib compression (one core); BENCH_REPEAT=N runs each side N
+# times, alternating, and compares the fastest runs.
+#
 # The database (one table of md5 text, which compresses about 2:1) is created
 # once per stack; set BENCH_KEEP_DB=1 to keep it after the run.
 set -euo pipefail
@@ -92,47 +96,73 @@ BUCKET="$BACKSTOP_GCS_BUCKET"
 NS="bench-$(date +%s)"
 now() { date +%s.%N; }
 
-# ---- backstop dump ----------------------------------------------------------
-log "backstop dump"
-t0="$(now)"
-BACKSTOP_DATABASE_URL="$URL" BACKSTOP_NAMESPACE="$NS" \
-    BACKSTOP_RECIPIENTS="file:$WORK/backup.pub.asc" BACKSTOP_SIGNING_KEY="file:$WORK/signing.sec.asc" \
-    BACKSTOP_PG_BINDIR="${PG_BINDIR:-}" RUST_LOG="${RUST_LOG:-info}" \
-    /usr/bin/time -v -o "$WORK/time.txt" "$BIN" dump >"$WORK/result.json" 2>"$WORK/backstop.log" ||
-    {
-        cat "$WORK/backstop.log" >&2
-        die "backstop dump failed"
-    }
-t1="$(now)"
-BACKSTOP_SECS="$(echo "$t1 - $t0" | bc -l)"
-RSS_KIB="$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")"
-BACKSTOP_OBJ_BYTES="$(sed -n 's/.*"ciphertext_bytes": \([0-9]*\).*/\1/p' "$WORK/result.json")"
-PLAIN_BYTES="$(sed -n 's/.*"plaintext_bytes": \([0-9]*\).*/\1/p' "$WORK/result.json")"
-grep -h 'dump complete' "$WORK/backstop.log" >&2 || true
+# ---- the two sides ------------------------------------------------------------
+# Each side runs BENCH_REPEAT times (default 2), alternating (A B B A ...), and
+# the fastest run of each is compared: the machine may be shared.
+REPEAT="${BENCH_REPEAT:-2}"
+BEST_BACKSTOP=""
+BEST_BASE=""
+RSS_KIB=0
+min() { if [ -z "$1" ] || [ "$(echo "$2 < $1" | bc -l)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
-# ---- pg_dump | gpg | curl ---------------------------------------------------
-log "pg_dump -Fc | gpg --encrypt | curl -T - (same emulator)"
-NAME="$NS/baseline/data.pgdump.gpg"
-t0="$(now)"
-"$PG_DUMP" -Fc --no-password "--dbname=$URL" |
-    /usr/bin/time -f '%M' -o "$WORK/gpg_rss.txt" \
-        gpg --batch --quiet --trust-model always --compress-algo none --cipher-algo AES256 -r "$BACKUP_FPR" --encrypt |
-    curl -sS -f -X POST -H 'Content-Type: application/octet-stream' -T - \
-        "$GCS/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(printf %s "$NAME" | sed 's,/,%2F,g')" \
-        -o "$WORK/baseline.json"
-t1="$(now)"
-BASE_SECS="$(echo "$t1 - $t0" | bc -l)"
-BASE_OBJ_BYTES="$(sed -n 's/.*"size": *"\{0,1\}\([0-9]*\).*/\1/p' "$WORK/baseline.json" | head -n 1)"
+run_backstop() {
+    log "backstop dump (run $1)"
+    local t0 t1 rss
+    t0="$(now)"
+    BACKSTOP_DATABASE_URL="$URL" BACKSTOP_NAMESPACE="$NS" \
+        BACKSTOP_RECIPIENTS="file:$WORK/backup.pub.asc" BACKSTOP_SIGNING_KEY="file:$WORK/signing.sec.asc" \
+        BACKSTOP_PG_BINDIR="${PG_BINDIR:-}" RUST_LOG="${RUST_LOG:-info}" \
+        /usr/bin/time -v -o "$WORK/time.txt" "$BIN" dump >"$WORK/result.json" 2>"$WORK/backstop.log" ||
+        {
+            cat "$WORK/backstop.log" >&2
+            die "backstop dump failed"
+        }
+    t1="$(now)"
+    BEST_BACKSTOP="$(min "$BEST_BACKSTOP" "$(echo "$t1 - $t0" | bc -l)")"
+    # ru_maxrss of backstop (its pg_dump child is smaller and counted apart).
+    rss="$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")"
+    [ "$rss" -gt "$RSS_KIB" ] && RSS_KIB="$rss"
+    BACKSTOP_OBJ_BYTES="$(sed -n 's/.*"ciphertext_bytes": \([0-9]*\).*/\1/p' "$WORK/result.json")"
+    PLAIN_BYTES="$(sed -n 's/.*"plaintext_bytes": \([0-9]*\).*/\1/p' "$WORK/result.json")"
+    printf '[bench]   %.2f s, peak RSS %d KiB, load %s\n' "$(echo "$t1 - $t0" | bc -l)" "$rss" "$(cut -d' ' -f1-3 /proc/loadavg)" >&2
+}
+
+run_baseline() {
+    log "pg_dump -Fc | gpg --encrypt | curl -T - (run $1)"
+    local t0 t1 name="$NS/baseline-$1/data.pgdump.gpg"
+    t0="$(now)"
+    "$PG_DUMP" -Fc --no-password "--dbname=$URL" |
+        /usr/bin/time -f '%M' -o "$WORK/gpg_rss.txt" \
+            gpg --batch --quiet --trust-model always --compress-algo none --cipher-algo AES256 -r "$BACKUP_FPR" --encrypt |
+        curl -sS -f -X POST -H 'Content-Type: application/octet-stream' -T - \
+            "$GCS/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(printf %s "$name" | sed 's,/,%2F,g')" \
+            -o "$WORK/baseline.json"
+    t1="$(now)"
+    BEST_BASE="$(min "$BEST_BASE" "$(echo "$t1 - $t0" | bc -l)")"
+    BASE_OBJ_BYTES="$(sed -n 's/.*"size": *"\{0,1\}\([0-9]*\).*/\1/p' "$WORK/baseline.json" | head -n 1)"
+    printf '[bench]   %.2f s, load %s\n' "$(echo "$t1 - $t0" | bc -l)" "$(cut -d' ' -f1-3 /proc/loadavg)" >&2
+}
+
+for i in $(seq 1 "$REPEAT"); do
+    if [ $((i % 2)) = 1 ]; then
+        run_backstop "$i"
+        run_baseline "$i"
+    else
+        run_baseline "$i"
+        run_backstop "$i"
+    fi
+done
+grep -h 'dump complete' "$WORK/backstop.log" >&2 || true
 
 # ---- report ------------------------------------------------------------------
 MIB=1048576
-printf '\n== dump benchmark: database %s (%d MiB on disk, pg_dump -Fc output %d MiB), %s cores ==\n' \
-    "$DB" $((DB_BYTES / MIB)) $((PLAIN_BYTES / MIB)) "$(nproc)"
-printf '%-40s %9.2f s  %8.1f MB/s  object %6d MiB  peak RSS %6.1f MiB\n' \
-    "backstop dump" "$BACKSTOP_SECS" "$(echo "$PLAIN_BYTES / $BACKSTOP_SECS / 1000000" | bc -l)" \
+printf '\n== dump benchmark: database %s (%d MiB on disk, pg_dump -Fc output %d MiB), %s cores, best of %d ==\n' \
+    "$DB" $((DB_BYTES / MIB)) $((PLAIN_BYTES / MIB)) "$(nproc)" "$REPEAT"
+printf '%-36s %8.2f s  %6.1f MB/s  object %5d MiB  peak RSS %5.1f MiB\n' \
+    "backstop dump" "$BEST_BACKSTOP" "$(echo "$PLAIN_BYTES / $BEST_BACKSTOP / 1000000" | bc -l)" \
     $((BACKSTOP_OBJ_BYTES / MIB)) "$(echo "$RSS_KIB / 1024" | bc -l)"
-printf '%-40s %9.2f s  %8.1f MB/s  object %6d MiB  (gpg peak RSS %.1f MiB)\n' \
-    "pg_dump -Fc | gpg --encrypt | curl" "$BASE_SECS" "$(echo "$PLAIN_BYTES / $BASE_SECS / 1000000" | bc -l)" \
+printf '%-36s %8.2f s  %6.1f MB/s  object %5d MiB  (gpg peak RSS %.1f MiB)\n' \
+    "pg_dump -Fc | gpg --encrypt | curl" "$BEST_BASE" "$(echo "$PLAIN_BYTES / $BEST_BASE / 1000000" | bc -l)" \
     $((${BASE_OBJ_BYTES:-0} / MIB)) "$(echo "$(cat "$WORK/gpg_rss.txt") / 1024" | bc -l)"
-printf 'ratio backstop / pipeline wall time: %.3f (<= 1.0 is the target)\n' "$(echo "$BACKSTOP_SECS / $BASE_SECS" | bc -l)"
+printf 'ratio backstop / pipeline wall time: %.3f (<= 1.0 is the target)\n' "$(echo "$BEST_BACKSTOP / $BEST_BASE" | bc -l)"
 printf 'backstop peak RSS: %.1f MiB (target < 64 MiB)\n' "$(echo "$RSS_KIB / 1024" | bc -l)"
