@@ -27,6 +27,9 @@ use super::seipd::{CfbDecryptor, Opener, Unwrapper};
 use super::{CryptoError, hex_upper};
 use crate::store::ByteStream;
 
+/// Decrypted chunks handed from the opener to the unwrapper.
+const OPEN_CHUNK: usize = 1 << 20;
+
 /// Finds our session key packet and decrypts the session key.
 fn session_key(
     pkesks: &[PkeskInfo],
@@ -98,35 +101,43 @@ pub fn decrypt_stream(input: ByteStream, key: &BackupSecretKey) -> ByteStream {
     let open = move || {
         let mut inspector = PacketInspector::any_recipient();
         let mut opener: Option<Opener> = None;
+        let mut pending = BytesMut::new();
+        let stopped = std::cell::Cell::new(false);
+        let mut on_encrypted = |pkesks: &[PkeskInfo], mut data: &[u8]| -> Result<(), CryptoError> {
+            let op = match opener.as_mut() {
+                Some(op) => op,
+                None => {
+                    let (alg, sk) = session_key(pkesks, &key)?;
+                    opener.insert(Opener::new(CfbDecryptor::new(alg, &sk)?))
+                }
+            };
+            while !data.is_empty() {
+                if pending.capacity() == 0 {
+                    pending.reserve(OPEN_CHUNK);
+                }
+                let n = (OPEN_CHUNK - pending.len()).min(data.len());
+                let start = pending.len();
+                pending.extend_from_slice(&data[..n]);
+                op.open_in_place(&mut pending[start..]);
+                data = &data[n..];
+                if pending.len() == OPEN_CHUNK {
+                    let full = pending.split().freeze();
+                    if opened_tx.send(Item::Data(full)).is_err() {
+                        stopped.set(true);
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        };
         let result = loop {
             match input_rx.blocking_recv() {
                 Some(Item::Data(b)) => {
-                    // Decrypt in place, in the input's own buffer when we are
-                    // its only owner (no copy), and pass slices on.
-                    let mut buf = b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
-                    let base = buf.as_ptr() as usize;
-                    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
-                    let fed = inspector.feed_with(&buf, &mut |pkesks, data| {
-                        if opener.is_none() {
-                            let (alg, sk) = session_key(pkesks, &key)?;
-                            opener = Some(Opener::new(CfbDecryptor::new(alg, &sk)?));
-                        }
-                        let start = data.as_ptr() as usize - base;
-                        ranges.push(start..start + data.len());
-                        Ok(())
-                    });
-                    if let Err(e) = fed {
+                    if let Err(e) = inspector.feed_with(&b, &mut on_encrypted) {
                         break Err(e);
                     }
-                    let Some(op) = opener.as_mut() else { continue };
-                    for r in &ranges {
-                        op.open_in_place(&mut buf[r.clone()]);
-                    }
-                    let frozen = buf.freeze();
-                    for r in ranges {
-                        if opened_tx.send(Item::Data(frozen.slice(r))).is_err() {
-                            return;
-                        }
+                    if stopped.get() {
+                        return;
                     }
                 }
                 Some(Item::End(_)) => break inspector.finish().map(|_| ()),
@@ -134,10 +145,20 @@ pub fn decrypt_stream(input: ByteStream, key: &BackupSecretKey) -> ByteStream {
                 None => break Err(pipeline::vanished("input")),
             }
         };
-        let _ = opened_tx.send(match result {
-            Ok(()) => Item::End(0),
+        let item = match result {
+            Ok(()) => {
+                if !pending.is_empty()
+                    && opened_tx
+                        .send(Item::Data(pending.split().freeze()))
+                        .is_err()
+                {
+                    return;
+                }
+                Item::End(0)
+            }
             Err(e) => Item::Fail(e),
-        });
+        };
+        let _ = opened_tx.send(item);
     };
 
     let unwrap = move || {
