@@ -55,7 +55,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# rclone remotes for the same two endpoints, from the environment.
+# rclone remotes for the same two endpoints, from the environment. rclone's
+# S3 client (aws-sdk-go v1) cannot combine AWS_CA_BUNDLE with its own HTTP
+# transport ("LoadCustomCABundleError"), and plain-HTTP endpoints need no CA.
+RCLONE_BIN="$(command -v rclone)"
+rclone() { env -u AWS_CA_BUNDLE "$RCLONE_BIN" -q "$@"; }
 export RCLONE_CONFIG_GCS_TYPE="google cloud storage"
 export RCLONE_CONFIG_GCS_ENDPOINT="$STORAGE_EMULATOR_HOST/storage/v1/"
 export RCLONE_CONFIG_GCS_ANONYMOUS=true
@@ -109,7 +113,7 @@ REP_HANDLER_S="$(python3 -c "import json; print(json.load(open('$WORK/rep.out'))
 # ---- (b) rclone copyto -----------------------------------------------------------
 log "rclone copyto ..."
 t0=$(now_ns)
-/usr/bin/time -v -o "$WORK/rclone.time" rclone copyto \
+/usr/bin/time -v -o "$WORK/rclone.time" env -u AWS_CA_BUNDLE rclone -q copyto \
     "gcs:$BACKSTOP_GCS_BUCKET/$BENCH_DATA_KEY" "s3:$BACKSTOP_S3_BUCKET/rclone-bench/$BENCH_DATA_KEY" \
     2>"$WORK/rclone.err" || {
     tail -n 20 "$WORK/rclone.err" >&2
