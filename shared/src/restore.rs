@@ -1432,6 +1432,7 @@ async fn restore_inner(
         tables_checked: cand.manifest.tables.len() as u64,
         mismatches: Vec::new(),
         error: None,
+        restored_from: Some(cand.cloud.to_string()),
     };
     let restored = match result {
         Ok(r) => r,

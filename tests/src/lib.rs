@@ -99,6 +99,7 @@ pub async fn drain_sha256(mut body: ByteStream) -> io::Result<(u64, String)> {
     Ok((size, hex::encode(hasher.finalize())))
 }
 pub mod backups;
+pub mod counting;
 pub mod lambda_api;
 pub mod oidc;
 pub mod pubsub;

@@ -420,6 +420,7 @@ async fn dump_then_restore_gives_equal_tables_and_a_drill_record() {
     // The drill record is where the audit looks for it.
     let record = drill_record(&gcs, &fx.id).await;
     assert!(record.success);
+    assert_eq!(record.restored_from.as_deref(), Some("gcs"));
     assert_eq!(record.target_database, target);
     assert_eq!(record.namespace, fx.namespace);
     assert_eq!(
@@ -667,7 +668,9 @@ async fn unreachable_gcs_falls_back_to_s3() {
     )
     .await;
     // With GCS down, the drill record goes to the replica.
-    assert!(drill_record(&s3, &fx.id).await.success);
+    let record = drill_record(&s3, &fx.id).await;
+    assert!(record.success);
+    assert_eq!(record.restored_from.as_deref(), Some("s3"));
     assert_eq!(
         report.drill_record.as_deref(),
         Some(format!("{}/{}", s3.url(), fx.id.drill_key()).as_str())

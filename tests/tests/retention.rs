@@ -9,7 +9,7 @@ use backstop::crypto::sign_manifest;
 use backstop::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
 use backstop::naming::BackupId;
 use backstop::retention::function::{RetentionFunction, RunResult, SignatureVerifier};
-use backstop::retention::{BucketConfig, PolicySet};
+use backstop::retention::{BucketConfig, DrillRecord, PolicySet};
 use backstop::store::{ObjectStore, ObjectStoreExt, PutOptions};
 use backstop_tests::backups::{TestKeys, backup_id, unique_namespace, write_backup};
 use backstop_tests::{gcs, s3};
@@ -249,4 +249,56 @@ async fn audit_flags_what_was_planted() {
         "lifecycle rule that cannot fire:\n{summary}"
     );
     assert!(report.has_critical());
+}
+
+#[tokio::test]
+async fn a_drill_recorded_on_the_replica_counts_for_the_audit() {
+    let keys = TestKeys::generate();
+    let ns = unique_namespace("drill");
+    let (g, s) = (gcs().await, s3().await);
+    let id = backup_id(&ns, Utc::now() - Duration::hours(2));
+    write_backup(&g, &id, &keys, 1000).await;
+    copy(&g, &s, &id).await;
+    let policy = serde_json::json!({"version": 1, "rules": [
+        {"match": ns, "protected": true, "replicated": true, "keep_daily": 7, "stale_after": "26h", "drill_max_age": "2d"}
+    ]});
+    let f = function(&keys, policy, None).await;
+    let drill_findings = |r: &RunResult| -> Vec<String> {
+        r.report
+            .findings
+            .iter()
+            .filter(|x| x.namespace.as_deref() == Some(ns.as_str()) && x.code.contains("drill"))
+            .map(|x| x.code.clone())
+            .collect()
+    };
+    assert_eq!(
+        drill_findings(&run(&f, true).await),
+        ["no_restore_drill"],
+        "never drilled"
+    );
+
+    // The restore ran while GCS was down, so its record went to S3 only.
+    let record = DrillRecord {
+        backup_id: id.to_string(),
+        namespace: id.namespace.clone(),
+        target_database: "drill_target".into(),
+        started_at: Utc::now() - Duration::minutes(10),
+        finished_at: Utc::now() - Duration::minutes(5),
+        success: true,
+        tables_checked: 1,
+        mismatches: Vec::new(),
+        error: None,
+        restored_from: Some("s3".into()),
+    };
+    s.put_bytes(
+        &record.key().unwrap(),
+        Bytes::from(record.to_bytes()),
+        PutOptions::create(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        drill_findings(&run(&f, true).await).is_empty(),
+        "the drill recorded on S3 is seen"
+    );
 }

@@ -45,6 +45,10 @@ pub struct DrillRecord {
     /// Why the drill failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The cloud the backup was read from (`gcs` or `s3`): a drill that had
+    /// to fall back to the replica also proves the replica restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }
 
 impl DrillRecord {
@@ -136,6 +140,7 @@ mod tests {
                 actual: Some(2),
             }],
             error: None,
+            restored_from: Some("s3".into()),
         };
         assert_eq!(DrillRecord::parse(&r.to_bytes()).unwrap(), r);
         assert_eq!(

@@ -232,10 +232,28 @@ impl RetentionFunction {
             }
             None => None,
         };
-        let (drills, extra_findings) = match &primary {
-            Ok(p) => load_drills(self.primary.as_ref(), &p.inventory, 5).await,
-            Err(_) => (Vec::new(), Vec::new()),
-        };
+        // A restore that fell back to the replica wrote its drill record
+        // there (the primary was unreachable), so drills are read from both.
+        let mut drills = Vec::new();
+        let mut extra_findings = Vec::new();
+        let listed = [(self.primary.as_ref(), &primary)]
+            .into_iter()
+            .chain(self.replica.as_deref().zip(replica.as_ref()));
+        for (store, pruned) in listed {
+            if let Ok(p) = pruned {
+                let (records, findings) = load_drills(store, &p.inventory, 5).await;
+                drills.extend(records);
+                extra_findings.extend(findings);
+            }
+        }
+        drills.sort_by(|a, b| {
+            (&a.backup_id, a.started_at, &a.target_database).cmp(&(
+                &b.backup_id,
+                b.started_at,
+                &b.target_database,
+            ))
+        });
+        drills.dedup();
         let errors: Vec<String> = [Some(&primary), replica.as_ref()]
             .into_iter()
             .flatten()

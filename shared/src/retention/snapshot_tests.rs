@@ -39,6 +39,7 @@ fn drill(namespace: &str, finished: DateTime<Utc>, success: bool) -> DrillRecord
         tables_checked: 12,
         mismatches: Vec::new(),
         error: (!success).then(|| "pg_restore exited with status 1".into()),
+        restored_from: Some("gcs".into()),
     }
 }
 

@@ -3,12 +3,10 @@
 //! requests signed by a local key, and under a local stand-in of the AWS
 //! Lambda Runtime API.
 //!
-//! These tests run `target/<profile>/replicator`, next to this test
-//! executable; cargo does not build other packages' binaries for a test, so
-//! build it first: `tests/run-all` does (`cargo build --workspace --bins`
-//! happens as part of its clippy/nextest steps), by hand:
+//! They live in the `replicator` package so that cargo builds the binary
+//! they run (`CARGO_BIN_EXE_replicator`). Inside the local stack:
 //!
-//!   cargo build -p replicator && tests/stack/stack.sh run -- cargo test -p backstop-tests --test replicator_runtime
+//!   tests/stack/stack.sh run -- cargo test -p replicator --test runtime
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -41,8 +39,9 @@ const SAMPLES: [&str; 3] = [
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
+        .ancestors()
+        .nth(2)
+        .expect("functions/replicator is two levels below the repository root")
         .to_path_buf()
 }
 
@@ -54,20 +53,8 @@ fn load_sample(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(sample_path(name)).unwrap()).unwrap()
 }
 
-/// `target/<profile>/replicator`: this test runs from `target/<profile>/deps`.
-/// `cargo nextest run --workspace` (tests/run-all) builds the workspace's
-/// binaries before running any test, so the binary matches the sources.
 fn replicator_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let bin = deps.parent().unwrap().join("replicator");
-    std::fs::metadata(&bin).unwrap_or_else(|e| {
-        panic!(
-            "{} is missing ({e}): build it first with `cargo build -p replicator`",
-            bin.display()
-        )
-    });
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_replicator"))
 }
 
 /// The backup every sample names: production/app/20261127T030000Z-5a3c01.
