@@ -1,0 +1,170 @@
+//! The pipeline step of the README, as processes against the local stack:
+//! `backstop keygen`, `backstop dump`, then `backstop restore --branch` into
+//! a per-branch database. Checks the JSON results and exit statuses a CI/CD
+//! pipeline relies on: success, the derived database name, the drill, and
+//! the refusal of a non-empty target without `--replace`.
+//!
+//!   tests/stack/stack.sh run -- cargo test -p backstop-cli --test restore_cli
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run inside the local stack (tests/run-all or tests/stack/stack.sh run -- cargo test)")
+    })
+}
+
+fn pg_tool(name: &str) -> PathBuf {
+    Path::new(&var("PG_BINDIR")).join(name)
+}
+
+/// The stack's server URL with another database name.
+fn database_url(db: &str) -> String {
+    let server = var("BACKSTOP_TEST_DATABASE_URL");
+    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{db}")
+}
+
+fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new(pg_tool("psql"))
+        .args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(database_url(db))
+        .args(["-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn backstop(args: &[&str], env: &[(&str, String)]) -> (Output, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run backstop");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "backstop {args:?} printed no JSON result ({e}): stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, json)
+}
+
+#[test]
+fn dump_then_restore_a_branch_database_from_the_command_line() {
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let keys = tempfile::tempdir().unwrap();
+    let (out, _) = backstop(&["keygen", "--out", keys.path().to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = |f: &str| format!("file:{}", keys.path().join(f).display());
+
+    let source = format!("cli_src_{tag}");
+    psql("postgres", &format!("CREATE DATABASE {source}"));
+    psql(
+        &source,
+        "CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL); \
+         INSERT INTO people SELECT g, 'Zoë ' || g FROM generate_series(1, 2500) g",
+    );
+
+    let namespace = format!("cli-{tag}");
+    let env = vec![
+        ("BACKSTOP_RECIPIENTS", key("backup.pub.asc")),
+        ("BACKSTOP_SIGNING_KEY", key("signing.sec.asc")),
+        ("BACKSTOP_SIGNING_PUBLIC_KEY", key("signing.pub.asc")),
+        ("BACKSTOP_BACKUP_KEY", key("backup.sec.asc")),
+        ("BACKSTOP_PG_BINDIR", var("PG_BINDIR")),
+    ];
+    let (out, dumped) = backstop(
+        &[
+            "dump",
+            "--database-url",
+            &database_url(&source),
+            "--namespace",
+            &namespace,
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backup_id = dumped["backup_id"]
+        .as_str()
+        .expect("backup_id in the dump result");
+    assert!(
+        backup_id.starts_with(&format!("{namespace}/{source}/")),
+        "{dumped}"
+    );
+
+    // A branch name a pipeline might hand over, quotes and all.
+    let branch = format!("feature/Fix-Login'; DROP DATABASE postgres; -- {tag}");
+    let server = database_url("postgres");
+    let restore_args = [
+        "restore",
+        "--namespace",
+        &namespace,
+        "--server-url",
+        &server,
+        "--branch",
+        &branch,
+        "--no-progress",
+    ];
+    let (out, restored) = backstop(&restore_args, &env);
+    assert!(out.status.success(), "restore: {restored}");
+    assert_eq!(restored["success"], true);
+    assert_eq!(restored["backup_id"], backup_id);
+    assert_eq!(restored["cloud"], "gcs");
+    assert_eq!(restored["rows"], 2500);
+    assert_eq!(restored["drill"]["success"], true);
+    let target = restored["target_database"].as_str().unwrap().to_string();
+    assert!(
+        target.starts_with("feature-fix-login-")
+            && target
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "derived database name {target:?}"
+    );
+    assert_eq!(
+        psql(&target, "SELECT count(*) || ' ' || max(name) FROM people"),
+        "2500 Zoë 999"
+    );
+
+    // The same step again: the branch database now holds tables.
+    let (out, refused) = backstop(&restore_args, &env);
+    assert!(!out.status.success());
+    assert_eq!(refused["success"], false);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--replace"),
+        "{refused}"
+    );
+
+    // With --replace it is restored afresh.
+    psql(&target, "DELETE FROM people WHERE id > 10");
+    let mut replace_args = restore_args.to_vec();
+    replace_args.push("--replace");
+    let (out, replaced) = backstop(&replace_args, &env);
+    assert!(out.status.success(), "restore --replace: {replaced}");
+    assert_eq!(replaced["replaced"], true);
+    assert_eq!(psql(&target, "SELECT count(*) FROM people"), "2500");
+
+    for db in [&source, &target] {
+        psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"));
+    }
+}
