@@ -192,9 +192,15 @@ async fn main() -> anyhow::Result<()> {
         result.report.warning,
         result.report.info
     );
+    let mut by_code = std::collections::BTreeMap::<&str, usize>::new();
+    for f in &result.report.findings {
+        *by_code.entry(f.code.as_str()).or_default() += 1;
+    }
+    eprintln!("[bench-retention] findings by code: {by_code:?}");
     println!(
         "{}",
         json!({
+            "findings_by_code": by_code,
             "backups_per_cloud": backups,
             "namespaces": namespaces,
             "wall_seconds": wall,
