@@ -92,6 +92,34 @@ pub fn unique_namespace(test: &str) -> String {
     format!("{test}-{:08x}", rand::random::<u32>())
 }
 
+/// The manifest the dump job would write for `id` over `ciphertext`: one
+/// synthetic table of `plaintext_size / 100` rows, signed by `keys`.
+pub fn synthetic_manifest(
+    id: &BackupId,
+    keys: &TestKeys,
+    plaintext_size: u64,
+    ciphertext: CiphertextInfo,
+    recipients: Vec<String>,
+) -> Manifest {
+    Manifest {
+        kind: MANIFEST_KIND.into(),
+        version: MANIFEST_VERSION,
+        namespace: id.namespace.clone(),
+        database: id.database.clone(),
+        backup_id: id.to_string(),
+        server_version: "15.18".into(),
+        dump_format: "custom".into(),
+        started_at: id.taken_at,
+        finished_at: id.taken_at,
+        plaintext_size,
+        ciphertext,
+        recipients,
+        signer: keys.signing.fingerprint.clone(),
+        tables: [("public.synthetic".to_string(), plaintext_size / 100)].into(),
+        tool: "backstop-tests".into(),
+    }
+}
+
 /// Writes a complete backup of `plaintext_len` pseudo-random bytes at `id`:
 /// data, signature, then manifest (the commit marker). Returns the manifest.
 pub async fn write_backup(
@@ -110,28 +138,18 @@ pub async fn write_backup(
         .summary
         .get()
         .expect("summary after the stream ended");
-    let manifest = Manifest {
-        kind: MANIFEST_KIND.into(),
-        version: MANIFEST_VERSION,
-        namespace: id.namespace.clone(),
-        database: id.database.clone(),
-        backup_id: id.to_string(),
-        server_version: "15.18".into(),
-        dump_format: "custom".into(),
-        started_at: id.taken_at,
-        finished_at: id.taken_at,
-        plaintext_size: summary.plaintext_size,
-        ciphertext: CiphertextInfo {
+    let manifest = synthetic_manifest(
+        id,
+        keys,
+        summary.plaintext_size,
+        CiphertextInfo {
             object: DATA_FILE.into(),
             size: summary.ciphertext.size,
             sha256: summary.ciphertext.sha256.clone(),
             crc32c: summary.ciphertext.crc32c,
         },
-        recipients: summary.recipients.clone(),
-        signer: keys.signing.fingerprint.clone(),
-        tables: [("public.synthetic".to_string(), plaintext_len / 100)].into(),
-        tool: "backstop-tests".into(),
-    };
+        summary.recipients.clone(),
+    );
     let (bytes, signature) = sign_manifest(&manifest, &keys.signer()).expect("sign");
     store
         .put_bytes(

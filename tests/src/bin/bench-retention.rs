@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use backstop::crypto::{encrypt_stream, sign_manifest};
 use backstop::events::ScheduleRequest;
-use backstop::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
+use backstop::manifest::CiphertextInfo;
 use backstop::naming::{BackupId, DATA_FILE};
 use backstop::retention::PolicySet;
 use backstop::retention::function::{RetentionFunction, SignatureVerifier};
 use backstop::store::{ObjectStore, ObjectStoreExt, PutOptions};
-use backstop_tests::backups::{TestKeys, backup_id};
+use backstop_tests::backups::{TestKeys, backup_id, synthetic_manifest};
 use backstop_tests::counting::CountingStore;
 use backstop_tests::pseudo_random_stream;
 use bytes::Bytes;
@@ -30,6 +30,7 @@ use serde_json::json;
 /// Objects per list page, as both adapters request by default.
 const PAGE_SIZE: u64 = 1000;
 const SEED_CONCURRENCY: usize = 32;
+const PLAINTEXT_SIZE: u64 = 4096;
 
 /// The three objects of one backup, ready to upload.
 fn backup_objects(
@@ -39,23 +40,13 @@ fn backup_objects(
     ciphertext: &CiphertextInfo,
     recipients: &[String],
 ) -> [(String, Bytes); 3] {
-    let manifest = Manifest {
-        kind: MANIFEST_KIND.into(),
-        version: MANIFEST_VERSION,
-        namespace: id.namespace.clone(),
-        database: id.database.clone(),
-        backup_id: id.to_string(),
-        server_version: "15.18".into(),
-        dump_format: "custom".into(),
-        started_at: id.taken_at,
-        finished_at: id.taken_at,
-        plaintext_size: 4096,
-        ciphertext: ciphertext.clone(),
-        recipients: recipients.to_vec(),
-        signer: keys.signing.fingerprint.clone(),
-        tables: [("public.synthetic".to_string(), 40)].into(),
-        tool: "bench-retention".into(),
-    };
+    let manifest = synthetic_manifest(
+        id,
+        keys,
+        PLAINTEXT_SIZE,
+        ciphertext.clone(),
+        recipients.to_vec(),
+    );
     let (manifest, signature) = sign_manifest(&manifest, &keys.signer()).expect("sign");
     [
         (id.data_key(), data.clone()),
@@ -80,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
 
     // One small real ciphertext shared by every backup: what the verifier
     // checks (signature, size, the first packets) is all there.
-    let (plain, _) = pseudo_random_stream(4096, 4096, 7);
+    let (plain, _) = pseudo_random_stream(PLAINTEXT_SIZE, 4096, 7);
     let encrypted = encrypt_stream(plain, &[keys.recipient()])?;
     let data: Bytes = encrypted
         .stream
