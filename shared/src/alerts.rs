@@ -43,31 +43,49 @@ pub trait AlertSink: Send + Sync + std::fmt::Debug {
 
 /// Publishes to Pub/Sub with the official client (the emulator when
 /// `PUBSUB_EMULATOR_HOST` is set).
+///
+/// The publisher is built on the first alert, not at start-up: alerts are
+/// rare, and building a gRPC client (credentials, TLS roots) would add to
+/// every cold start of the functions that carry this sink.
 #[derive(Debug)]
 pub struct PubSubAlerts {
     topic: String,
-    publisher: google_cloud_pubsub::client::Publisher,
+    emulator: Option<String>,
+    publisher: tokio::sync::OnceCell<google_cloud_pubsub::client::Publisher>,
 }
 
 impl PubSubAlerts {
-    pub async fn new(env: &Env, topic: String) -> Result<Self, ConfigError> {
-        let mut builder = google_cloud_pubsub::client::Publisher::builder(topic.clone());
-        if let Some(host) = env.optional("PUBSUB_EMULATOR_HOST") {
-            let endpoint = if host.starts_with("http") {
+    pub fn new(env: &Env, topic: String) -> Self {
+        let emulator = env.optional("PUBSUB_EMULATOR_HOST").map(|host| {
+            if host.starts_with("http") {
                 host
             } else {
                 format!("http://{host}")
-            };
-            builder = builder.with_endpoint(endpoint).with_credentials(
-                google_cloud_auth::credentials::anonymous::Builder::new().build(),
-            );
+            }
+        });
+        Self {
+            topic,
+            emulator,
+            publisher: tokio::sync::OnceCell::new(),
         }
-        let publisher = builder.build().await.map_err(|e| ConfigError::Invalid {
-            name: "BACKSTOP_ALERT_TOPIC".into(),
-            value: topic.clone(),
-            reason: format!("could not build the Pub/Sub publisher: {e}"),
-        })?;
-        Ok(Self { topic, publisher })
+    }
+
+    async fn publisher(&self) -> Result<&google_cloud_pubsub::client::Publisher, String> {
+        self.publisher
+            .get_or_try_init(|| async {
+                let mut builder =
+                    google_cloud_pubsub::client::Publisher::builder(self.topic.clone());
+                if let Some(endpoint) = &self.emulator {
+                    builder = builder.with_endpoint(endpoint.clone()).with_credentials(
+                        google_cloud_auth::credentials::anonymous::Builder::new().build(),
+                    );
+                }
+                builder
+                    .build()
+                    .await
+                    .map_err(|e| format!("could not build the Pub/Sub publisher: {e}"))
+            })
+            .await
     }
 }
 
@@ -86,15 +104,18 @@ impl AlertSink for PubSubAlerts {
                     severity.as_str().unwrap_or_default().to_string(),
                 ),
             ]);
-        self.publisher
+        let failed = |message: String| AlertError {
+            topic: self.topic.clone(),
+            code: alert.code.clone(),
+            message,
+        };
+        self.publisher()
+            .await
+            .map_err(failed)?
             .publish(msg)
             .await
             .map(|_| ())
-            .map_err(|e| AlertError {
-                topic: self.topic.clone(),
-                code: alert.code.clone(),
-                message: e.to_string(),
-            })
+            .map_err(|e| failed(e.to_string()))
     }
 }
 
@@ -111,7 +132,7 @@ impl AlertSink for LogAlerts {
 }
 
 /// The configured sink: Pub/Sub when `BACKSTOP_ALERT_TOPIC` is set.
-pub async fn from_env(env: &Env) -> Result<Box<dyn AlertSink>, ConfigError> {
+pub fn from_env(env: &Env) -> Result<Box<dyn AlertSink>, ConfigError> {
     match env.optional("BACKSTOP_ALERT_TOPIC") {
         Some(topic) => {
             if !topic.starts_with("projects/") || !topic.contains("/topics/") {
@@ -120,7 +141,7 @@ pub async fn from_env(env: &Env) -> Result<Box<dyn AlertSink>, ConfigError> {
                     "expected projects/PROJECT/topics/TOPIC",
                 ));
             }
-            Ok(Box::new(PubSubAlerts::new(env, topic).await?))
+            Ok(Box::new(PubSubAlerts::new(env, topic)))
         }
         None => Ok(Box::new(LogAlerts)),
     }

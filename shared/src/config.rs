@@ -27,6 +27,23 @@ pub struct Env {
 }
 
 impl Env {
+    /// Runs one configuration step (typically building a cloud client) on a
+    /// task of its own, so that independent steps started together run on
+    /// every core: each SDK client parses the system's CA certificates when
+    /// it is built, which is most of a function's cold start.
+    pub async fn spawn<T, F, Fut>(&self, step: F) -> Result<T, ConfigError>
+    where
+        F: FnOnce(Env) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ConfigError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::spawn(step(self.clone())).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("configuration task cancelled: {e}"),
+        }
+    }
+
     /// Snapshot of the process environment.
     pub fn from_process() -> Self {
         Self {

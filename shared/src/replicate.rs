@@ -427,15 +427,17 @@ impl ReplicatorFunction {
     pub async fn from_env(env: &crate::config::Env) -> Result<Self, crate::config::ConfigError> {
         use crate::store::gcs::GcsStore;
         use crate::store::s3::S3Store;
-        let source = GcsStore::from_env(env, "BACKSTOP_GCS_BUCKET").await?;
+        let (source, target, keys) = tokio::try_join!(
+            env.spawn(|env| async move { GcsStore::from_env(&env, "BACKSTOP_GCS_BUCKET").await }),
+            env.spawn(|env| async move { S3Store::from_env(&env, "BACKSTOP_S3_BUCKET").await }),
+            env.spawn(|env| async move { crate::trust::TrustedKeys::from_env(&env).await }),
+        )?;
         let source_bucket = source.bucket().to_string();
-        let target = S3Store::from_env(env, "BACKSTOP_S3_BUCKET").await?;
-        let keys = crate::trust::TrustedKeys::from_env(env).await?;
         let mut namespaces = env.list("BACKSTOP_REPLICATE_NAMESPACES");
         if namespaces.is_empty() {
             namespaces.push("production".into());
         }
-        let alerts: Arc<dyn AlertSink> = Arc::from(crate::alerts::from_env(env).await?);
+        let alerts: Arc<dyn AlertSink> = Arc::from(crate::alerts::from_env(env)?);
         let oidc = crate::auth::OidcVerifier::new(&crate::auth::OidcConfig::from_env(env)?);
         Ok(Self {
             replicator: Replicator {

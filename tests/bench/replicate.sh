@@ -40,7 +40,7 @@ for tool in rclone python3 /usr/bin/time; do
 done
 
 log "building replicator and bench-backup (release)"
-cargo build --release -q -p replicator -p backstop-tests --bin bench-backup
+cargo build --release -q -p replicator -p backstop-tests --bin replicator --bin bench-backup
 BIN_DIR="${CARGO_TARGET_DIR:-target}/release"
 REPLICATOR="$BIN_DIR/replicator"
 [ -x "$REPLICATOR" ] || die "$REPLICATOR not built"

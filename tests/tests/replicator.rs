@@ -152,9 +152,7 @@ async fn tampered_backup_is_not_replicated_and_alerts() {
     let alert_topic = format!("alerts-{namespace}");
     pubsub::create_topic(&alert_topic).await;
     pubsub::create_pull_subscription(&alert_topic, &alert_topic).await;
-    let alerts = PubSubAlerts::new(&stack_env(), pubsub::topic_path(&alert_topic))
-        .await
-        .unwrap();
+    let alerts = PubSubAlerts::new(&stack_env(), pubsub::topic_path(&alert_topic));
     let source: Arc<dyn ObjectStore> = Arc::new(gcs().await);
     let rep = replicator(&keys, &namespace, Arc::new(alerts), source.clone()).await;
 

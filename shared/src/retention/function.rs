@@ -209,7 +209,7 @@ impl RetentionFunction {
             policies,
             dry_run: env.flag("BACKSTOP_DRY_RUN", false)?,
             bucket_config,
-            alerts: Arc::from(crate::alerts::from_env(env).await?),
+            alerts: Arc::from(crate::alerts::from_env(env)?),
             oidc,
         })
     }
