@@ -47,21 +47,32 @@ impl OidcConfig {
     }
 }
 
+/// Verifies Google-signed OIDC tokens. The underlying verifier (and its
+/// HTTP client for Google's JWKS) is built on the first HTTP request, so that
+/// direct invocations, which carry no token, do not pay for it at cold start.
 #[derive(Debug)]
 pub struct OidcVerifier {
-    verifier: Verifier,
+    config: OidcConfig,
+    verifier: std::sync::OnceLock<Verifier>,
 }
 
 impl OidcVerifier {
     pub fn new(config: &OidcConfig) -> Self {
-        let mut builder =
-            Builder::new([config.audience.clone()]).with_email(config.service_account.clone());
-        if let Some(url) = &config.jwks_url {
-            builder = builder.with_jwks_url(url.clone());
-        }
         Self {
-            verifier: builder.build(),
+            config: config.clone(),
+            verifier: std::sync::OnceLock::new(),
         }
+    }
+
+    fn verifier(&self) -> &Verifier {
+        self.verifier.get_or_init(|| {
+            let mut builder = Builder::new([self.config.audience.clone()])
+                .with_email(self.config.service_account.clone());
+            if let Some(url) = &self.config.jwks_url {
+                builder = builder.with_jwks_url(url.clone());
+            }
+            builder.build()
+        })
     }
 
     /// Checks the request's bearer token; returns the verified email.
@@ -75,7 +86,7 @@ impl OidcVerifier {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MissingToken)?;
-        let claims = self.verifier.verify(token).await.map_err(|e| {
+        let claims = self.verifier().verify(token).await.map_err(|e| {
             if e.is_load_cert() && keys_unavailable(&e) {
                 AuthError::KeysUnavailable(e.to_string())
             } else {

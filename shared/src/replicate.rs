@@ -145,11 +145,16 @@ impl Replicator {
     pub async fn replicate(&self, id: &BackupId) -> Result<Outcome, ReplicateError> {
         let started = Instant::now();
         let backup_id = id.to_string();
-        let manifest_bytes = match self
-            .source
-            .get_bytes(&id.manifest_key(), MAX_MANIFEST_BYTES)
-            .await
-        {
+        // The three small reads go out together (a redelivered event needs
+        // nothing else); the target's copy is only looked at once the
+        // source's manifest has verified.
+        let (manifest_key, signature_key) = (id.manifest_key(), id.signature_key());
+        let (source_manifest, source_signature, target_manifest) = tokio::join!(
+            self.source.get_bytes(&manifest_key, MAX_MANIFEST_BYTES),
+            self.source.get_bytes(&signature_key, MAX_MANIFEST_BYTES),
+            self.target.get_bytes(&manifest_key, MAX_MANIFEST_BYTES),
+        );
+        let manifest_bytes = match source_manifest {
             Ok(b) => b,
             Err(StoreError::NotFound { .. }) => {
                 return Ok(Outcome::Ignored {
@@ -160,11 +165,7 @@ impl Replicator {
             }
             Err(e) => return Err(retry(&backup_id, e)),
         };
-        let signature = match self
-            .source
-            .get_bytes(&id.signature_key(), MAX_MANIFEST_BYTES)
-            .await
-        {
+        let signature = match source_signature {
             Ok(s) => s,
             Err(StoreError::NotFound { .. }) => {
                 return self
@@ -183,11 +184,7 @@ impl Replicator {
             Err(e) => return self.reject(id, "manifest_invalid", e.to_string()).await,
         };
 
-        match self
-            .target
-            .get_bytes(&id.manifest_key(), MAX_MANIFEST_BYTES)
-            .await
-        {
+        match target_manifest {
             Ok(existing) if existing == manifest_bytes => {
                 return Ok(Outcome::AlreadyReplicated { backup_id });
             }

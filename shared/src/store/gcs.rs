@@ -27,9 +27,47 @@ use crate::config::{ConfigError, Env};
 #[derive(Debug, Clone)]
 pub struct GcsStore {
     storage: Storage,
-    control: StorageControl,
+    control: LazyControl,
     bucket: String,
     page_size: i32,
+}
+
+/// The `StorageControl` client, built on first use: the replicator and the
+/// dump job never list, stat or delete, and building another client (its
+/// credentials, its TLS roots) would only add to their cold start.
+#[derive(Debug, Clone)]
+struct LazyControl {
+    /// `None`: production (gRPC, Application Default Credentials).
+    emulator: Option<String>,
+    client: Arc<tokio::sync::OnceCell<StorageControl>>,
+}
+
+impl LazyControl {
+    fn built(client: StorageControl) -> Self {
+        Self {
+            emulator: None,
+            client: Arc::new(tokio::sync::OnceCell::new_with(Some(client))),
+        }
+    }
+
+    async fn get(&self, store: &str, op: &'static str, key: &str) -> StoreResult<&StorageControl> {
+        self.client
+            .get_or_try_init(|| async {
+                match &self.emulator {
+                    Some(endpoint) => Ok(StorageControl::from_stub(
+                        super::gcs_json::JsonApiControl::new(endpoint),
+                    )),
+                    None => StorageControl::builder().build().await,
+                }
+            })
+            .await
+            .map_err(|e| StoreError::Permanent {
+                store: store.to_string(),
+                op,
+                key: key.to_string(),
+                message: format!("could not build the Cloud Storage control client: {e}"),
+            })
+    }
 }
 
 /// The emulator endpoint from `STORAGE_EMULATOR_HOST`, with a scheme.
@@ -46,6 +84,10 @@ pub fn emulator_endpoint(env: &Env) -> Option<String> {
 
 impl GcsStore {
     pub fn new(storage: Storage, control: StorageControl, bucket: impl Into<String>) -> Self {
+        Self::with_control(storage, LazyControl::built(control), bucket)
+    }
+
+    fn with_control(storage: Storage, control: LazyControl, bucket: impl Into<String>) -> Self {
         Self {
             storage,
             control,
@@ -67,26 +109,23 @@ impl GcsStore {
                 "could not build the Cloud Storage client ({e}); configure Application Default Credentials or set STORAGE_EMULATOR_HOST for a local emulator"
             ),
         };
-        let (storage, control) = match emulator_endpoint(env) {
-            Some(endpoint) => {
-                let storage = Storage::builder()
-                    .with_endpoint(endpoint.clone())
-                    .with_credentials(
-                        google_cloud_auth::credentials::anonymous::Builder::new().build(),
-                    )
-                    .build()
-                    .await
-                    .map_err(creds_err)?;
-                let control =
-                    StorageControl::from_stub(super::gcs_json::JsonApiControl::new(&endpoint));
-                (storage, control)
-            }
-            None => (
-                Storage::builder().build().await.map_err(creds_err)?,
-                StorageControl::builder().build().await.map_err(creds_err)?,
-            ),
+        let emulator = emulator_endpoint(env);
+        let storage = match &emulator {
+            Some(endpoint) => Storage::builder()
+                .with_endpoint(endpoint.clone())
+                .with_credentials(
+                    google_cloud_auth::credentials::anonymous::Builder::new().build(),
+                ),
+            None => Storage::builder(),
+        }
+        .build()
+        .await
+        .map_err(creds_err)?;
+        let control = LazyControl {
+            emulator,
+            client: Arc::default(),
         };
-        Ok(Self::new(storage, control, bucket))
+        Ok(Self::with_control(storage, control, bucket))
     }
 
     pub fn with_page_size(mut self, page_size: i32) -> Self {
@@ -96,10 +135,6 @@ impl GcsStore {
 
     pub fn bucket(&self) -> &str {
         &self.bucket
-    }
-
-    pub fn control(&self) -> &StorageControl {
-        &self.control
     }
 
     pub fn bucket_path(&self) -> String {
@@ -303,6 +338,8 @@ impl ObjectStore for GcsStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         let o = self
             .control
+            .get(&self.url(), "head", key)
+            .await?
             .get_object()
             .set_bucket(self.bucket_path())
             .set_object(key)
@@ -315,6 +352,8 @@ impl ObjectStore for GcsStore {
     async fn list_page(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
         let resp = self
             .control
+            .get(&self.url(), "list", prefix)
+            .await?
             .list_objects()
             .set_parent(self.bucket_path())
             .set_prefix(prefix)
@@ -331,6 +370,8 @@ impl ObjectStore for GcsStore {
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.control
+            .get(&self.url(), "delete", key)
+            .await?
             .delete_object()
             .set_bucket(self.bucket_path())
             .set_object(key)

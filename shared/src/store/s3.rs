@@ -54,7 +54,16 @@ impl S3Store {
     /// them: local servers get multipart full-object checksums wrong.
     pub async fn from_env(env: &Env, bucket_var: &str) -> Result<Self, ConfigError> {
         let bucket = env.required(bucket_var, "the S3 bucket that holds backup replicas")?;
-        let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if env.optional("AWS_ACCESS_KEY_ID").is_some() {
+            // What the default chain would pick first anyway (and what Lambda
+            // provides), without building the chain's STS, SSO and IMDS
+            // clients: each parses the CA certificates, at every cold start.
+            loader = loader.credentials_provider(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            );
+        }
+        let shared = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&shared)
             .request_checksum_calculation(
                 aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
