@@ -312,6 +312,14 @@ pub enum DumpError {
         url: String,
         error: PgError,
     },
+    #[error(
+        "could not count the rows of database {database} in the dump's snapshot: {error}; the backup {backup_id} is incomplete: no manifest was written (its data object is left for retention)"
+    )]
+    RowCounts {
+        database: String,
+        backup_id: String,
+        error: PgError,
+    },
     #[error("could not start pg_dump: {error}; nothing was written")]
     PgDumpStart { error: PgError },
     #[error(
@@ -353,7 +361,7 @@ impl DumpError {
                 error.is_transient()
             }
             DumpError::Snapshot { error, .. } => matches!(error, PgError::Connect { .. }),
-            DumpError::PgDump { .. } => true,
+            DumpError::PgDump { .. } | DumpError::RowCounts { .. } => true,
             _ => false,
         }
     }
@@ -362,7 +370,7 @@ impl DumpError {
     pub fn stage(&self) -> &'static str {
         match self {
             DumpError::Config(_) | DumpError::Name { .. } => "config",
-            DumpError::Snapshot { .. } => "snapshot",
+            DumpError::Snapshot { .. } | DumpError::RowCounts { .. } => "snapshot",
             DumpError::PgDumpStart { .. } | DumpError::PgDump { .. } => "pg_dump",
             DumpError::Encrypt { .. } => "encrypt",
             DumpError::Upload { .. } | DumpError::Inconsistent { .. } => "upload",
@@ -491,7 +499,7 @@ async fn dump_inner(
             url: pg::redact_url(&config.database_url),
             error: source,
         })?;
-    tracing::debug!(snapshot = %snapshot.id, tables = snapshot.tables.len(), "snapshot exported");
+    tracing::debug!(snapshot = %snapshot.id, "snapshot exported");
 
     let dump = pg::pg_dump_stream(&config.tools, &config.database_url, Some(&snapshot.id))
         .map_err(|source| DumpError::PgDumpStart { error: source })?;
@@ -501,17 +509,20 @@ async fn dump_inner(
             backup_id: id.to_string(),
             error: source,
         })?;
-    let put = store
-        .put(
+    // Counting rows in the snapshot overlaps with the dump instead of
+    // delaying its start.
+    let (put, tables) = tokio::join!(
+        store.put(
             &data_key,
             encrypted.stream,
             PutOptions::create().with_content_type("application/octet-stream"),
-        )
-        .await;
+        ),
+        snapshot.row_counts(),
+    );
     // pg_dump has finished (or was killed with the upload): the snapshot is
     // no longer needed.
     let pg_state = source_state.lock().expect("source state").clone();
-    let (server_version, tables) = (snapshot.server_version.clone(), snapshot.tables.clone());
+    let server_version = snapshot.server_version.clone();
     if let Err(e) = snapshot.release().await {
         tracing::warn!(error = %e, "could not end the snapshot transaction (the dump is not affected)");
     }
@@ -537,6 +548,11 @@ async fn dump_inner(
             });
         }
     };
+    let tables = tables.map_err(|source| DumpError::RowCounts {
+        database: database.to_string(),
+        backup_id: id.to_string(),
+        error: source,
+    })?;
     let inconsistent = |reason: String| DumpError::Inconsistent {
         key: data_key.clone(),
         reason,

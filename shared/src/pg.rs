@@ -180,12 +180,11 @@ pub struct ExportedSnapshot {
     client: Client,
     pub id: String,
     pub server_version: String,
-    pub tables: BTreeMap<String, u64>,
 }
 
 impl ExportedSnapshot {
-    /// Opens a repeatable-read transaction, exports its snapshot and counts
-    /// rows in it, so the manifest's counts match the dump exactly.
+    /// Opens a repeatable-read transaction and exports its snapshot, for
+    /// `pg_dump --snapshot` and for [`Self::row_counts`].
     pub async fn take(url: &str) -> Result<Self, PgError> {
         let client = connect(url).await?;
         client
@@ -198,13 +197,17 @@ impl ExportedSnapshot {
             .map_err(query_err("export snapshot"))?
             .get(0);
         let server_version = server_version(&client).await?;
-        let tables = row_counts(&client).await?;
         Ok(Self {
             client,
             id,
             server_version,
-            tables,
         })
+    }
+
+    /// Rows per table as the snapshot sees them, so the manifest's counts
+    /// match the dump exactly. Runs while `pg_dump` reads the same snapshot.
+    pub async fn row_counts(&self) -> Result<BTreeMap<String, u64>, PgError> {
+        row_counts(&self.client).await
     }
 
     /// Ends the transaction once `pg_dump` no longer needs the snapshot.
