@@ -65,10 +65,28 @@ impl ManifestVerifier for SignatureVerifier {
         id: &BackupId,
         objects: &BackupObjects,
     ) -> Result<Verification, StoreError> {
-        let (manifest_key, signature_key) = (id.manifest_key(), id.signature_key());
-        let (manifest, signature) = tokio::try_join!(
+        // The three reads go out together. Of the data object only the first
+        // chunk is read: enough to tell an encrypted message from a plaintext
+        // dump, even one a buggy writer signed (the full digests are checked
+        // by the replicator and restore).
+        let (manifest_key, signature_key, data_key) =
+            (id.manifest_key(), id.signature_key(), id.data_key());
+        let first_chunk = async {
+            let mut body = store.get(&data_key).await?.body;
+            body.next()
+                .await
+                .transpose()
+                .map_err(|e| StoreError::Transient {
+                    store: store.url(),
+                    op: "read",
+                    key: data_key.clone(),
+                    message: e.to_string(),
+                })
+        };
+        let (manifest, signature, first) = tokio::try_join!(
             store.get_bytes(&manifest_key, MAX_MANIFEST_BYTES),
             store.get_bytes(&signature_key, MAX_MANIFEST_BYTES),
+            first_chunk,
         )?;
         if signature.is_empty() {
             return Ok(invalid(
@@ -91,28 +109,7 @@ impl ManifestVerifier for SignatureVerifier {
                 ),
             ));
         }
-        // A data object listed with the CRC32C the signed manifest recorded
-        // is the ciphertext that was signed (GCS lists checksums; the full
-        // SHA-256 is checked by the replicator and restore): nothing to read.
-        // Otherwise the first chunk is enough to tell an encrypted message
-        // from a plaintext dump.
-        if objects
-            .data
-            .as_ref()
-            .is_some_and(|d| d.crc32c == Some(manifest.ciphertext.crc32c))
-        {
-            return Ok(Verification::Verified {
-                manifest: Box::new(manifest),
-            });
-        }
-        let mut body = store.get(&id.data_key()).await?.body;
-        if let Some(first) = body.next().await {
-            let first = first.map_err(|e| StoreError::Transient {
-                store: store.url(),
-                op: "read",
-                key: id.data_key(),
-                message: e.to_string(),
-            })?;
+        if let Some(first) = first {
             let mut inspector = PacketInspector::new(self.keys.recipients.clone());
             if let Err(e) = inspector.feed(&first) {
                 return Ok(invalid(kind_of(&e), e));
