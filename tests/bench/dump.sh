@@ -20,6 +20,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 SIZE_MIB="${1:-${BENCH_SIZE_MIB:-1024}}"
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() {
@@ -104,7 +106,6 @@ REPEAT="${BENCH_REPEAT:-2}"
 BEST_BACKSTOP=""
 BEST_BASE=""
 RSS_KIB=0
-min() { if [ -z "$1" ] || [ "$(echo "$2 < $1" | bc -l)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
 run_backstop() {
     log "backstop dump (run $1)"
@@ -144,15 +145,7 @@ run_baseline() {
     printf '[bench]   %.2f s, load %s\n' "$(echo "$t1 - $t0" | bc -l)" "$(cut -d' ' -f1-3 /proc/loadavg)" >&2
 }
 
-for i in $(seq 1 "$REPEAT"); do
-    if [ $((i % 2)) = 1 ]; then
-        run_backstop "$i"
-        run_baseline "$i"
-    else
-        run_baseline "$i"
-        run_backstop "$i"
-    fi
-done
+alternate "$REPEAT"
 grep -h 'dump complete' "$WORK/backstop.log" >&2 || true
 
 # ---- report ------------------------------------------------------------------

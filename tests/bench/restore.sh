@@ -20,6 +20,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 DUMP_MIB="${1:-${BENCH_SIZE_MIB:-1024}}"
 DB_MIB=$((DUMP_MIB * 5 / 2))
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -124,7 +126,6 @@ BEST_BACKSTOP=""
 BEST_BASE=""
 HWM_KIB=0
 TIME_RSS_KIB=0
-min() { if [ -z "$1" ] || [ "$(echo "$2 < $1" | bc -l)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 fresh_start() {
     dropdb_ "$1"
     "${PSQL[@]}" "$BACKSTOP_TEST_DATABASE_URL" -c CHECKPOINT
@@ -188,15 +189,7 @@ run_baseline() {
     printf '[bench]   %.2f s, load %s\n' "$(echo "$t1 - $t0" | bc -l)" "$(cut -d' ' -f1-3 /proc/loadavg)" >&2
 }
 
-for i in $(seq 1 "$REPEAT"); do
-    if [ $((i % 2)) = 1 ]; then
-        run_backstop "$i"
-        run_baseline "$i"
-    else
-        run_baseline "$i"
-        run_backstop "$i"
-    fi
-done
+alternate "$REPEAT"
 BACKSTOP_SECS="$BEST_BACKSTOP"
 BASE_SECS="$BEST_BASE"
 ROWS_A="$("${PSQL[@]}" -tA "${BACKSTOP_TEST_DATABASE_URL%/*}/$DST_A" -c "SELECT count(*) FROM blobs")"
