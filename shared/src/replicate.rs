@@ -264,8 +264,8 @@ impl Replicator {
             Ok(v) => v,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        let source = match self.source.get(&key).await {
-            Ok(got) => got,
+        let source = match self.source.read(&key).await {
+            Ok(body) => body,
             Err(StoreError::NotFound { .. }) => {
                 return Ok(Err(format!(
                     "data object {key} is missing from {}",
@@ -275,7 +275,7 @@ impl Replicator {
             Err(e) => return Err(retry(&backup_id, e)),
         };
         let verified = Arc::new(Mutex::new(None));
-        let body = verify_while_streaming(source.body, verifier, verified.clone());
+        let body = verify_while_streaming(source, verifier, verified.clone());
         let opts = PutOptions::create()
             .with_content_type("application/pgp-encrypted")
             .with_metadata(META_SHA256, expected.sha256.clone())

@@ -983,15 +983,15 @@ async fn stream_into_pg_restore(
     db_url: &str,
     progress: &dyn Progress,
 ) -> Result<u64, RestoreError> {
-    let got = store
-        .get(&cand.data_key)
+    let body = store
+        .read(&cand.data_key)
         .await
         .map_err(|source| RestoreError::Download {
             store: store.url(),
             source,
         })?;
     let counter = Arc::new(AtomicU64::new(0));
-    let ciphertext = checked(got.body, &cand.manifest.ciphertext, counter.clone());
+    let ciphertext = checked(body, &cand.manifest.ciphertext, counter.clone());
     let plain = crate::crypto::decrypt_stream(ciphertext, &cfg.secret_key);
     progress.start(&cand.id.to_string(), cand.manifest.ciphertext.size);
     let result = feed_pg_restore(&cfg.tools, db_url, plain, &store.url(), || {

@@ -72,7 +72,7 @@ impl ManifestVerifier for SignatureVerifier {
         let (manifest_key, signature_key, data_key) =
             (id.manifest_key(), id.signature_key(), id.data_key());
         let first_chunk = async {
-            let mut body = store.get(&data_key).await?.body;
+            let mut body = store.read(&data_key).await?;
             body.next()
                 .await
                 .transpose()

@@ -141,6 +141,33 @@ impl GcsStore {
         format!("projects/_/buckets/{}", self.bucket)
     }
 
+    /// Streams the object (that generation when given); read errors end the
+    /// stream as [`StoreError`]s inside `io::Error`s.
+    async fn stream(&self, key: &str, generation: Option<i64>) -> StoreResult<ByteStream> {
+        let mut read = self.storage.read_object(self.bucket_path(), key);
+        if let Some(generation) = generation {
+            read = read.set_generation(generation);
+        }
+        let resp = read.send().await.map_err(|e| self.map_err("get", key, e))?;
+        let store = self.url();
+        let key = key.to_string();
+        let body = futures::stream::unfold(Some(resp), move |state| {
+            let store = store.clone();
+            let key = key.clone();
+            async move {
+                let mut resp = state?;
+                match resp.next().await {
+                    None => None,
+                    Some(Ok(chunk)) => Some((Ok(chunk), Some(resp))),
+                    Some(Err(e)) => {
+                        Some((Err(map_gcs_error(&store, "read", &key, e).into_io()), None))
+                    }
+                }
+            }
+        });
+        Ok(byte_stream(body))
+    }
+
     fn map_err(&self, op: &'static str, key: &str, err: google_cloud_storage::Error) -> StoreError {
         map_gcs_error(&self.url(), op, key, err)
     }
@@ -308,31 +335,14 @@ impl ObjectStore for GcsStore {
             .as_deref()
             .and_then(|g| g.parse().ok())
             .unwrap_or(0);
-        let mut read = self.storage.read_object(self.bucket_path(), key);
-        if generation > 0 {
-            read = read.set_generation(generation);
-        }
-        let resp = read.send().await.map_err(|e| self.map_err("get", key, e))?;
-        let store = self.url();
-        let key = key.to_string();
-        let body = futures::stream::unfold(Some(resp), move |state| {
-            let store = store.clone();
-            let key = key.clone();
-            async move {
-                let mut resp = state?;
-                match resp.next().await {
-                    None => None,
-                    Some(Ok(chunk)) => Some((Ok(chunk), Some(resp))),
-                    Some(Err(e)) => {
-                        Some((Err(map_gcs_error(&store, "read", &key, e).into_io()), None))
-                    }
-                }
-            }
-        });
-        Ok(GetResult {
-            meta,
-            body: byte_stream(body),
-        })
+        let body = self
+            .stream(key, Some(generation).filter(|&g| g > 0))
+            .await?;
+        Ok(GetResult { meta, body })
+    }
+
+    async fn read(&self, key: &str) -> StoreResult<ByteStream> {
+        self.stream(key, None).await
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {

@@ -185,8 +185,14 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// whole body was written; a failed put leaves nothing new behind.
     async fn put(&self, key: &str, body: ByteStream, opts: PutOptions) -> StoreResult<ObjectMeta>;
 
-    /// Streams the object's bytes.
+    /// Streams the object's bytes, with its metadata.
     async fn get(&self, key: &str) -> StoreResult<GetResult>;
+
+    /// Streams the object's bytes only, in one request on every store (a
+    /// GCS `get` reads the metadata first, to pin the generation it streams).
+    async fn read(&self, key: &str) -> StoreResult<ByteStream> {
+        Ok(self.get(key).await?.body)
+    }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
 
@@ -228,10 +234,9 @@ pub trait ObjectStoreExt: ObjectStore {
     /// Reads a small object whole (manifests, signatures, drill records),
     /// refusing anything larger than `limit` bytes.
     async fn get_bytes(&self, key: &str, limit: usize) -> StoreResult<Bytes> {
-        let got = self.get(key).await?;
+        let mut body = self.read(key).await?;
         let url = self.url();
         let mut buf = Vec::new();
-        let mut body = got.body;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| match e.into_inner() {
                 Some(inner) => match inner.downcast::<StoreError>() {
