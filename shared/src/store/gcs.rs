@@ -24,6 +24,10 @@ use super::{
 };
 use crate::config::{ConfigError, Env};
 
+/// Attempts and time allowed to start a read (see [`GcsStore::read`]).
+const READ_ATTEMPTS: u32 = 3;
+const READ_RETRY_TIME: std::time::Duration = std::time::Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct GcsStore {
     storage: Storage,
@@ -144,7 +148,18 @@ impl GcsStore {
     /// Streams the object (that generation when given); read errors end the
     /// stream as [`StoreError`]s inside `io::Error`s.
     async fn stream(&self, key: &str, generation: Option<i64>) -> StoreResult<ByteStream> {
-        let mut read = self.storage.read_object(self.bucket_path(), key);
+        use google_cloud_gax::retry_policy::RetryPolicyExt;
+        // A few quick attempts, not the client's default of retrying for
+        // minutes: an unreachable GCS must let restore fall back to S3, and
+        // the replicator's event be redelivered, while there is time.
+        let mut read = self
+            .storage
+            .read_object(self.bucket_path(), key)
+            .with_retry_policy(
+                google_cloud_storage::retry_policy::RetryableErrors
+                    .with_attempt_limit(READ_ATTEMPTS)
+                    .with_time_limit(READ_RETRY_TIME),
+            );
         if let Some(generation) = generation {
             read = read.set_generation(generation);
         }
