@@ -36,7 +36,7 @@ use crate::config::{ConfigError, Env};
 use crate::crypto::{
     CryptoError, KeySource, KmsOptions, RecipientKey, SigningKey, encrypt_stream, sign_manifest,
 };
-use crate::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
+use crate::manifest::{CiphertextInfo, Manifest};
 use crate::naming::{BackupId, DATA_FILE, NameError, Namespace};
 use crate::pg::{self, ExportedSnapshot, PgError, PgTools};
 use crate::store::{ByteStream, ObjectStore, PutOptions, StoreError, byte_stream};
@@ -581,13 +581,7 @@ async fn dump_inner(
 
     let finished_at = Utc::now();
     let manifest = Manifest {
-        kind: MANIFEST_KIND.into(),
-        version: MANIFEST_VERSION,
-        namespace: config.namespace.clone(),
-        database: database.to_string(),
-        backup_id: id.to_string(),
         server_version: server_version.clone(),
-        dump_format: DUMP_FORMAT.into(),
         started_at,
         finished_at,
         plaintext_size: summary.plaintext_size,
@@ -601,6 +595,7 @@ async fn dump_inner(
         signer: config.signing_key.fingerprint(),
         tables,
         tool: format!("backstop {}", env!("CARGO_PKG_VERSION")),
+        ..Manifest::of_backup(&id)
     };
     let (manifest_bytes, signature) =
         sign_manifest(&manifest, &config.signing_key).map_err(|source| DumpError::Sign {

@@ -16,7 +16,7 @@ pub const MANIFEST_VERSION: u32 = 1;
 /// Manifests are small; anything larger is not one of ours.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CiphertextInfo {
     /// Name of the data object, relative to the backup's prefix.
     pub object: String,
@@ -72,6 +72,29 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// A manifest of the custom-format backup `id`: what the id determines
+    /// (kind, version, names, its time as start and finish) filled in, the
+    /// rest empty, for `Manifest { field: .., ..Manifest::of_backup(&id) }`.
+    pub fn of_backup(id: &BackupId) -> Self {
+        Self {
+            kind: MANIFEST_KIND.into(),
+            version: MANIFEST_VERSION,
+            namespace: id.namespace.clone(),
+            database: id.database.clone(),
+            backup_id: id.to_string(),
+            server_version: String::new(),
+            dump_format: crate::dump::DUMP_FORMAT.into(),
+            started_at: id.taken_at,
+            finished_at: id.taken_at,
+            plaintext_size: 0,
+            ciphertext: CiphertextInfo::default(),
+            recipients: Vec::new(),
+            signer: String::new(),
+            tables: BTreeMap::new(),
+            tool: String::new(),
+        }
+    }
+
     pub fn id(&self) -> Result<BackupId, ManifestError> {
         self.backup_id
             .parse()

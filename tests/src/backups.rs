@@ -7,7 +7,7 @@ use backstop::crypto::{
     GeneratedKey, KeyAlgorithm, RecipientKey, SigningKey, encrypt_stream, generate_backup_key,
     generate_signing_key, sign_manifest,
 };
-use backstop::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
+use backstop::manifest::{CiphertextInfo, Manifest};
 use backstop::naming::{BackupId, DATA_FILE, Namespace};
 use backstop::store::{ObjectStore, ObjectStoreExt, PutOptions};
 use bytes::Bytes;
@@ -102,21 +102,14 @@ pub fn synthetic_manifest(
     recipients: Vec<String>,
 ) -> Manifest {
     Manifest {
-        kind: MANIFEST_KIND.into(),
-        version: MANIFEST_VERSION,
-        namespace: id.namespace.clone(),
-        database: id.database.clone(),
-        backup_id: id.to_string(),
         server_version: "15.18".into(),
-        dump_format: "custom".into(),
-        started_at: id.taken_at,
-        finished_at: id.taken_at,
         plaintext_size,
         ciphertext,
         recipients,
         signer: keys.signing.fingerprint.clone(),
         tables: [("public.synthetic".to_string(), plaintext_size / 100)].into(),
         tool: "backstop-tests".into(),
+        ..Manifest::of_backup(id)
     }
 }
 

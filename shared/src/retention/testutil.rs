@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::inventory::{BackupObjects, InvalidKind, Inventory, ManifestVerifier, Verification};
-use crate::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
+use crate::manifest::{CiphertextInfo, Manifest};
 use crate::naming::{BackupId, DATA_FILE, Namespace};
 use crate::store::{
     ByteStream, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions,
@@ -294,14 +294,7 @@ pub fn data_size(plaintext: u64) -> u64 {
 
 pub fn manifest_for(id: &BackupId, plaintext: u64, rows: u64) -> Manifest {
     Manifest {
-        kind: MANIFEST_KIND.into(),
-        version: MANIFEST_VERSION,
-        namespace: id.namespace.clone(),
-        database: id.database.clone(),
-        backup_id: id.to_string(),
         server_version: "16.4".into(),
-        dump_format: "custom".into(),
-        started_at: id.taken_at,
         finished_at: id.taken_at + TimeDelta::seconds(30),
         plaintext_size: plaintext,
         ciphertext: CiphertextInfo {
@@ -314,6 +307,7 @@ pub fn manifest_for(id: &BackupId, plaintext: u64, rows: u64) -> Manifest {
         signer: "CD".repeat(20),
         tables: [("public.rows".to_string(), rows)].into(),
         tool: "backstop test".into(),
+        ..Manifest::of_backup(id)
     }
 }
 

@@ -47,13 +47,6 @@ struct LazyControl {
 }
 
 impl LazyControl {
-    fn built(client: StorageControl) -> Self {
-        Self {
-            emulator: None,
-            client: Arc::new(tokio::sync::OnceCell::new_with(Some(client))),
-        }
-    }
-
     async fn get(&self, store: &str, op: &'static str, key: &str) -> StoreResult<&StorageControl> {
         self.client
             .get_or_try_init(|| async {
@@ -87,19 +80,6 @@ pub fn emulator_endpoint(env: &Env) -> Option<String> {
 }
 
 impl GcsStore {
-    pub fn new(storage: Storage, control: StorageControl, bucket: impl Into<String>) -> Self {
-        Self::with_control(storage, LazyControl::built(control), bucket)
-    }
-
-    fn with_control(storage: Storage, control: LazyControl, bucket: impl Into<String>) -> Self {
-        Self {
-            storage,
-            control,
-            bucket: bucket.into(),
-            page_size: 1000,
-        }
-    }
-
     /// Production clients with Application Default Credentials, or the local
     /// emulator (anonymous) when `STORAGE_EMULATOR_HOST` is set.
     pub async fn from_env(env: &Env, bucket_var: &str) -> Result<Self, ConfigError> {
@@ -129,7 +109,12 @@ impl GcsStore {
             emulator,
             client: Arc::default(),
         };
-        Ok(Self::with_control(storage, control, bucket))
+        Ok(Self {
+            storage,
+            control,
+            bucket,
+            page_size: 1000,
+        })
     }
 
     pub fn with_page_size(mut self, page_size: i32) -> Self {
