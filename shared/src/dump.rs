@@ -18,10 +18,11 @@
 //! object may exist is left for retention to clean up (a backup without a
 //! manifest is incomplete and is never replicated or restored).
 //!
-//! Retries: the GCS client retries the chunks of a resumable upload itself.
-//! The data stream cannot be replayed (it comes from a running `pg_dump`),
-//! so a data upload that still fails fails the job, and the scheduler runs it
-//! again. The small signature and manifest uploads are retried here with
+//! Retries: the data goes up as one streaming resumable upload; when its
+//! request fails, the GCS client resumes it from the bytes the server kept,
+//! replaying up to the last 16 MiB sent (the data stream comes from a running
+//! `pg_dump` and cannot be rewound further). A data upload that still fails
+//! fails the job, and the scheduler runs it again. The small signature and manifest uploads are retried here with
 //! backoff on transient errors ([`RetryPolicy`]).
 
 use std::path::PathBuf;
