@@ -35,7 +35,8 @@ use serde::Serialize;
 
 use crate::config::{ConfigError, Env};
 use crate::crypto::{
-    CryptoError, KeySource, KmsOptions, RecipientKey, SigningKey, encrypt_stream, sign_manifest,
+    Compression, CryptoError, KeySource, KmsOptions, RecipientKey, SigningKey, encrypt_stream_with,
+    sign_manifest,
 };
 use crate::manifest::{CiphertextInfo, Manifest};
 use crate::naming::{BackupId, DATA_FILE, NameError, Namespace};
@@ -506,9 +507,11 @@ async fn dump_inner(
         .map_err(|source| DumpError::PgDumpStart { error: source })?;
     let (dump, source_state) = watch(dump);
     let encrypted =
-        encrypt_stream(dump, &config.recipients).map_err(|source| DumpError::Encrypt {
-            backup_id: id.to_string(),
-            error: source,
+        encrypt_stream_with(dump, &config.recipients, Compression::Zip).map_err(|source| {
+            DumpError::Encrypt {
+                backup_id: id.to_string(),
+                error: source,
+            }
         })?;
     // Counting rows in the snapshot overlaps with the dump instead of
     // delaying its start.

@@ -205,8 +205,14 @@ impl ExportedSnapshot {
     }
 
     /// Rows per table as the snapshot sees them, so the manifest's counts
-    /// match the dump exactly. Runs while `pg_dump` reads the same snapshot.
+    /// match the dump exactly. Runs while `pg_dump` reads the same snapshot,
+    /// so without parallel workers: one core at most, leaving the others to
+    /// `pg_dump`'s compression, which sets the dump's pace.
     pub async fn row_counts(&self) -> Result<BTreeMap<String, u64>, PgError> {
+        self.client
+            .batch_execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            .await
+            .map_err(query_err("limit the row counts to one worker"))?;
         row_counts(&self.client).await
     }
 
@@ -238,10 +244,14 @@ async fn tail_stderr(child: &mut Child) -> String {
     String::from_utf8_lossy(&buf).trim().to_string()
 }
 
-/// Runs `pg_dump -Fc` in `snapshot` and returns its output as a stream. The
-/// stream ends with an error (instead of a clean end) when `pg_dump` exits
-/// non-zero, so an upload fed by it is abandoned and no truncated dump can
-/// ever be committed.
+/// Runs `pg_dump -Fc -Z0` in `snapshot` and returns its output as a stream.
+/// The stream ends with an error (instead of a clean end) when `pg_dump`
+/// exits non-zero, so an upload fed by it is abandoned and no truncated dump
+/// can ever be committed.
+///
+/// Uncompressed: `pg_dump` compresses on one core, which then sets the pace
+/// of the whole dump; the encryption compresses instead, on every core
+/// ([`crate::crypto::Compression::Zip`]), into a packet `gpg` unpacks.
 pub fn pg_dump_stream(
     tools: &PgTools,
     url: &str,
@@ -249,7 +259,9 @@ pub fn pg_dump_stream(
 ) -> Result<ByteStream, PgError> {
     let program = tools.program("pg_dump");
     let mut cmd = Command::new(&program);
-    cmd.arg("--format=custom").arg("--no-password");
+    cmd.arg("--format=custom")
+        .arg("--compress=0")
+        .arg("--no-password");
     if let Some(s) = snapshot {
         cmd.arg(format!("--snapshot={s}"));
     }

@@ -235,6 +235,58 @@ async fn gpg_decrypts_our_backup_with_our_exported_secret_key() {
 }
 
 #[tokio::test]
+async fn gpg_decrypts_our_compressed_backup() {
+    let gpg = Gpg::new();
+    let key = backup_key();
+    gpg.import(&key.secret_armored);
+    // Text-like and several deflate blocks long (blocks are deflated apart
+    // and joined; gpg must read them as one stream).
+    let mut plain = Vec::new();
+    let mut i = 0u64;
+    while plain.len() < 5 * 1024 * 1024 + 777 {
+        plain.extend_from_slice(format!("{i}\tcustomer {}\t{}\n", i % 1013, i * 7).as_bytes());
+        i += 1;
+    }
+    let recipient = RecipientKey::from_armored(&key.public_armored).unwrap();
+    let enc = crypto::encrypt_stream_with(
+        chunked(&plain, 300_000),
+        &[recipient],
+        crypto::Compression::Zip,
+    )
+    .unwrap();
+    let ct = enc
+        .stream
+        .try_collect::<Vec<Bytes>>()
+        .await
+        .unwrap()
+        .concat();
+    assert!(ct.len() * 2 < plain.len(), "compressed: {} bytes", ct.len());
+    let ct_path = gpg.path("data.pgdump.pgp");
+    write(&ct_path, &ct);
+
+    let out_path = gpg.path("plain");
+    let out = gpg.run(&[
+        "--status-fd",
+        "2",
+        "--output",
+        out_path.to_str().unwrap(),
+        "--decrypt",
+        ct_path.to_str().unwrap(),
+    ]);
+    let status = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        std::fs::read(&out_path).unwrap() == plain,
+        "gpg's plaintext differs"
+    );
+    assert!(status.contains("[GNUPG:] GOODMDC"), "{status}");
+    assert!(!status.contains("WARNING"), "gpg warned: {status}");
+    let listed = gpg.run(&["--list-packets", ct_path.to_str().unwrap()]);
+    let packets = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(packets.contains(":compressed packet: algo=1"), "{packets}");
+    assert!(packets.contains(":literal data packet:"), "{packets}");
+}
+
+#[tokio::test]
 async fn gpg_decrypts_a_message_to_two_recipients() {
     let gpg = Gpg::new();
     let (a, b) = (backup_key(), backup_key());

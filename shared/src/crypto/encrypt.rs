@@ -5,6 +5,9 @@
 //!       ──▶ digester (SHA-256, CRC32C, size) ──▶ output ByteStream
 //! ```
 //!
+//! With [`Compression::Zip`], the literal packet is deflated on every core
+//! first ([`super::compress`]) and the framer takes the compressed packet.
+//!
 //! Each stage runs on its own thread with [`super::pipeline::DEPTH`] chunks
 //! of 1 MiB in flight, so memory is bounded (about 20 MiB at most) whatever
 //! the input size, and the work spreads over the available cores.
@@ -105,6 +108,16 @@ fn session_key_packets(
     Ok((out, fprs))
 }
 
+/// What is inside the encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A literal data packet: for input that is compressed already.
+    None,
+    /// A ZIP compressed data packet around it, deflated on every core
+    /// (see [`super::compress`]).
+    Zip,
+}
+
 /// Encrypts `input` to `recipients` (SEIPD v1, AES-256, MDC, no compression).
 ///
 /// Must be called within a Tokio runtime. The output is produced as the
@@ -115,20 +128,44 @@ pub fn encrypt_stream(
     input: ByteStream,
     recipients: &[RecipientKey],
 ) -> Result<EncryptedStream, CryptoError> {
+    encrypt_stream_with(input, recipients, Compression::None)
+}
+
+/// [`encrypt_stream`], compressing first when asked.
+pub fn encrypt_stream_with(
+    input: ByteStream,
+    recipients: &[RecipientKey],
+    compression: Compression,
+) -> Result<EncryptedStream, CryptoError> {
     let mut session_key = Zeroizing::new([0u8; 32]);
     rand08::rngs::OsRng.fill_bytes(&mut session_key[..]);
     let mut prefix = [0u8; 16];
     rand08::rngs::OsRng.fill_bytes(&mut prefix);
     let (header, fprs) = session_key_packets(recipients, &session_key)?;
 
-    let mut input_rx = pipeline::pump(input);
+    let input_rx = pipeline::pump(input);
+    // The framer's input, and whether it is plaintext to wrap in a literal
+    // packet or finished packets (then the end item carries the plaintext size).
+    let (mut recv, mut framer): (Box<dyn FnMut() -> Option<Item<Bytes>> + Send>, Framer) =
+        match compression {
+            Compression::None => {
+                let mut rx = input_rx;
+                (Box::new(move || rx.blocking_recv()), Framer::new(prefix))
+            }
+            Compression::Zip => {
+                let rx = super::compress::spawn(input_rx)?;
+                (
+                    Box::new(move || rx.recv().ok()),
+                    Framer::for_packets(prefix),
+                )
+            }
+        };
     let (framed_tx, framed_rx) = pipeline::channel::<BodyChunk>();
     let (sealed_tx, sealed_rx) = pipeline::channel::<Bytes>();
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Item<Bytes>>(pipeline::DEPTH);
 
     // Stage 1: framing and SHA-1.
     pipeline::spawn("backstop-frame", move || {
-        let mut framer = Framer::new(prefix);
         let stopped = std::cell::Cell::new(false);
         let mut emit = |c: BodyChunk| {
             if !stopped.get() && framed_tx.send(Item::Data(c)).is_err() {
@@ -136,10 +173,13 @@ pub fn encrypt_stream(
             }
         };
         loop {
-            match input_rx.blocking_recv() {
+            match recv() {
                 Some(Item::Data(b)) => framer.push(&b, &mut emit),
-                Some(Item::End(_)) => {
-                    let n = framer.plaintext_len();
+                Some(Item::End(plaintext)) => {
+                    let n = match compression {
+                        Compression::None => framer.plaintext_len(),
+                        Compression::Zip => plaintext,
+                    };
                     framer.finish(&mut emit);
                     let _ = framed_tx.send(Item::End(n));
                     return;

@@ -29,6 +29,7 @@
 //!   OpenPGP signatures that `gpg --verify` accepts).
 //! - [`kms`]: unwrapping KMS-wrapped secret keys with Cloud KMS.
 
+mod compress;
 pub mod decrypt;
 pub mod encrypt;
 pub mod inspect;
@@ -42,7 +43,10 @@ pub mod sign;
 mod tests;
 
 pub use decrypt::{decrypt_stream, decrypt_to_writer};
-pub use encrypt::{EncryptSummary, EncryptedStream, SummaryHandle, encrypt_reader, encrypt_stream};
+pub use encrypt::{
+    Compression, EncryptSummary, EncryptedStream, SummaryHandle, encrypt_reader, encrypt_stream,
+    encrypt_stream_with,
+};
 pub use inspect::{BackupVerifier, DigestChecker, Digests, InspectReport, PacketInspector};
 pub use keys::{
     BackupSecretKey, GeneratedKey, KeyAlgorithm, KeySource, RecipientKey, RecipientSet, SigningKey,

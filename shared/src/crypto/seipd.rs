@@ -25,7 +25,7 @@ use super::packet::{self, BodyLen, Parsed, tag};
 /// Outer partial chunks carry 2^20 bytes (1 MiB) of SEIPD body.
 pub(crate) const BODY_POWER: u32 = 20;
 pub(crate) const BODY_CHUNK: usize = 1 << BODY_POWER;
-/// Inner literal data partial chunks: 2^20 bytes.
+/// Inner (literal and compressed data) partial chunks: 2^20 bytes.
 const LIT_POWER: u32 = 20;
 const LIT_CHUNK: usize = 1 << LIT_POWER;
 /// Room in front of each body buffer for the SEIPD tag and a length (1 + 5).
@@ -38,8 +38,6 @@ const MDC_LEN: usize = 22;
 const MDC_HEADER: [u8; 2] = [0xd3, 0x14];
 /// SEIPD tag octet (new format, tag 18).
 const SEIPD_TAG_OCTET: u8 = 0xc0 | tag::SEIPD;
-/// Literal data tag octet (new format, tag 11).
-const LITERAL_TAG_OCTET: u8 = 0xc0 | tag::LITERAL;
 
 /// One buffer of SEIPD body travelling from the framer to the sealer.
 pub(crate) struct BodyChunk {
@@ -55,77 +53,113 @@ fn new_body_buf() -> BytesMut {
     b
 }
 
+/// One packet of unknown length written as it comes: partial body chunks
+/// of [`LIT_CHUNK`] bytes, then a last chunk with a fixed length. Used for
+/// the literal data packet and for the compressed data packet around it.
+pub(crate) struct PartialPacket {
+    tag_octet: u8,
+    /// Body bytes not yet written (< LIT_CHUNK after each push).
+    pending: Vec<u8>,
+    started: bool,
+}
+
+impl PartialPacket {
+    /// A packet with tag `tag` whose body starts with `body_head`.
+    pub fn new(tag: u8, body_head: &[u8]) -> Self {
+        let mut pending = Vec::with_capacity(LIT_CHUNK + 8);
+        pending.extend_from_slice(body_head);
+        PartialPacket {
+            tag_octet: 0xc0 | tag,
+            pending,
+            started: false,
+        }
+    }
+
+    fn header(&mut self, len: Option<usize>, out: &mut dyn FnMut(&[u8])) {
+        let mut hdr = [0u8; 6];
+        let mut n = 0;
+        if !self.started {
+            hdr[0] = self.tag_octet;
+            n = 1;
+            self.started = true;
+        }
+        match len {
+            None => {
+                hdr[n] = packet::partial_len_octet(LIT_POWER);
+                n += 1;
+            }
+            Some(l) => {
+                let mut enc = [0u8; 5];
+                let k = packet::encode_fixed_len(l, &mut enc);
+                hdr[n..n + k].copy_from_slice(&enc[..k]);
+                n += k;
+            }
+        }
+        out(&hdr[..n]);
+    }
+
+    /// Adds body bytes; whole chunks go to `out` (straight from `data`
+    /// when possible: only a pending head is copied).
+    pub fn push(&mut self, mut data: &[u8], out: &mut dyn FnMut(&[u8])) {
+        while !data.is_empty() {
+            let want = LIT_CHUNK - self.pending.len();
+            if data.len() < want {
+                self.pending.extend_from_slice(data);
+                return;
+            }
+            self.header(None, out);
+            out(&self.pending);
+            self.pending.clear();
+            out(&data[..want]);
+            data = &data[want..];
+        }
+    }
+
+    /// Writes the last chunk.
+    pub fn finish(mut self, out: &mut dyn FnMut(&[u8])) {
+        let pending = std::mem::take(&mut self.pending);
+        self.header(Some(pending.len()), out);
+        out(&pending);
+    }
+}
+
 /// Encryption stage 1: SEIPD plaintext framing and SHA-1 (the MDC).
 pub(crate) struct Framer {
-    sha1: Sha1,
-    /// Literal packet body bytes not yet framed (< LIT_CHUNK after each push).
-    lit: Vec<u8>,
-    lit_started: bool,
-    body: BytesMut,
-    first: bool,
+    /// The literal data packet around the input; `None` when the input is
+    /// already OpenPGP packets (a compressed data packet).
+    lit: Option<PartialPacket>,
+    body: SeipdBody,
     plaintext_len: u64,
 }
 
-impl Framer {
-    /// `prefix_random` must be 16 fresh random bytes.
-    pub fn new(prefix_random: [u8; BLOCK]) -> Self {
-        let mut f = Framer {
-            sha1: Sha1::new(),
-            lit: Vec::with_capacity(LIT_CHUNK + 8),
-            lit_started: false,
-            body: new_body_buf(),
-            first: true,
-            plaintext_len: 0,
-        };
-        // Version 1, in the clear and not hashed.
-        f.body.extend_from_slice(&[1]);
-        let mut prefix = [0u8; PREFIX_LEN];
-        prefix[..BLOCK].copy_from_slice(&prefix_random);
-        prefix[BLOCK] = prefix_random[BLOCK - 2];
-        prefix[BLOCK + 1] = prefix_random[BLOCK - 1];
-        // No emit can happen here: the buffer is nearly empty.
-        f.write_inner(&prefix, &mut |_| unreachable!("first chunk is not full"));
-        // Literal data body header: binary, no file name, date 0.
-        f.lit.extend_from_slice(&[b'b', 0, 0, 0, 0, 0]);
-        f
-    }
+/// The SEIPD body being cut into buffers for the sealer, hashed as written.
+struct SeipdBody {
+    sha1: Sha1,
+    buf: BytesMut,
+    first: bool,
+}
 
-    pub fn plaintext_len(&self) -> u64 {
-        self.plaintext_len
-    }
-
-    /// Appends bytes to the SEIPD body, hashing them.
-    fn write_inner(&mut self, mut data: &[u8], emit: &mut dyn FnMut(BodyChunk)) {
-        self.sha1.update(data);
+impl SeipdBody {
+    /// Appends bytes, hashing them unless they are the MDC value itself.
+    fn write(&mut self, mut data: &[u8], hashed: bool, emit: &mut dyn FnMut(BodyChunk)) {
+        if hashed {
+            self.sha1.update(data);
+        }
         while !data.is_empty() {
-            let room = HEADROOM + BODY_CHUNK - self.body.len();
+            let room = HEADROOM + BODY_CHUNK - self.buf.len();
             if room == 0 {
-                self.flush_body(false, emit);
+                self.flush(false, emit);
                 continue;
             }
             let n = room.min(data.len());
-            self.body.extend_from_slice(&data[..n]);
+            self.buf.extend_from_slice(&data[..n]);
             data = &data[n..];
         }
     }
 
-    /// Appends bytes that are not hashed (the MDC value itself).
-    fn write_unhashed(&mut self, mut data: &[u8], emit: &mut dyn FnMut(BodyChunk)) {
-        while !data.is_empty() {
-            let room = HEADROOM + BODY_CHUNK - self.body.len();
-            if room == 0 {
-                self.flush_body(false, emit);
-                continue;
-            }
-            let n = room.min(data.len());
-            self.body.extend_from_slice(&data[..n]);
-            data = &data[n..];
-        }
-    }
-
-    fn flush_body(&mut self, last: bool, emit: &mut dyn FnMut(BodyChunk)) {
+    fn flush(&mut self, last: bool, emit: &mut dyn FnMut(BodyChunk)) {
         let buf = std::mem::replace(
-            &mut self.body,
+            &mut self.buf,
             if last {
                 BytesMut::new()
             } else {
@@ -139,61 +173,72 @@ impl Framer {
         });
         self.first = false;
     }
+}
 
-    fn write_lit_header(&mut self, len: BodyLen, emit: &mut dyn FnMut(BodyChunk)) {
-        let mut hdr = [0u8; 6];
-        let mut n = 0;
-        if !self.lit_started {
-            hdr[0] = LITERAL_TAG_OCTET;
-            n = 1;
-            self.lit_started = true;
-        }
-        match len {
-            BodyLen::Partial(_) => {
-                hdr[n] = packet::partial_len_octet(LIT_POWER);
-                n += 1;
-            }
-            BodyLen::Fixed(l) => {
-                let mut enc = [0u8; 5];
-                let k = packet::encode_fixed_len(l as usize, &mut enc);
-                hdr[n..n + k].copy_from_slice(&enc[..k]);
-                n += k;
-            }
-            BodyLen::Indeterminate => unreachable!("never written"),
-        }
-        self.write_inner(&hdr[..n], emit);
+impl Framer {
+    /// Wraps the input in a literal data packet. `prefix_random` must be
+    /// 16 fresh random bytes.
+    pub fn new(prefix_random: [u8; BLOCK]) -> Self {
+        // Literal data body header: binary, no file name, date 0.
+        Self::with(
+            prefix_random,
+            Some(PartialPacket::new(tag::LITERAL, &[b'b', 0, 0, 0, 0, 0])),
+        )
     }
 
-    /// Adds plaintext. Emits full body buffers through `emit`.
-    pub fn push(&mut self, mut data: &[u8], emit: &mut dyn FnMut(BodyChunk)) {
+    /// Takes the input as finished packets (see [`Framer::new`]).
+    pub fn for_packets(prefix_random: [u8; BLOCK]) -> Self {
+        Self::with(prefix_random, None)
+    }
+
+    fn with(prefix_random: [u8; BLOCK], lit: Option<PartialPacket>) -> Self {
+        let mut body = SeipdBody {
+            sha1: Sha1::new(),
+            buf: new_body_buf(),
+            first: true,
+        };
+        // Version 1, in the clear and not hashed.
+        body.buf.extend_from_slice(&[1]);
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix[..BLOCK].copy_from_slice(&prefix_random);
+        prefix[BLOCK] = prefix_random[BLOCK - 2];
+        prefix[BLOCK + 1] = prefix_random[BLOCK - 1];
+        // No emit can happen here: the buffer is nearly empty.
+        body.write(&prefix, true, &mut |_| {
+            unreachable!("first chunk is not full")
+        });
+        Framer {
+            lit,
+            body,
+            plaintext_len: 0,
+        }
+    }
+
+    /// Input bytes so far.
+    pub fn plaintext_len(&self) -> u64 {
+        self.plaintext_len
+    }
+
+    /// Adds input. Emits full body buffers through `emit`.
+    pub fn push(&mut self, data: &[u8], emit: &mut dyn FnMut(BodyChunk)) {
         self.plaintext_len += data.len() as u64;
-        while !data.is_empty() {
-            let want = LIT_CHUNK - self.lit.len();
-            if data.len() < want {
-                self.lit.extend_from_slice(data);
-                return;
-            }
-            // A whole literal chunk is available: frame it straight from
-            // the input (only the pending head was copied before).
-            self.write_lit_header(BodyLen::Partial(LIT_CHUNK as u64), emit);
-            let lit = std::mem::take(&mut self.lit);
-            self.write_inner(&lit, emit);
-            self.lit = lit;
-            self.lit.clear();
-            self.write_inner(&data[..want], emit);
-            data = &data[want..];
+        let Framer { lit, body, .. } = self;
+        match lit {
+            Some(lit) => lit.push(data, &mut |b| body.write(b, true, emit)),
+            None => body.write(data, true, emit),
         }
     }
 
-    /// Writes the last literal chunk and the MDC, and emits the last buffer.
-    pub fn finish(mut self, emit: &mut dyn FnMut(BodyChunk)) {
-        let lit = std::mem::take(&mut self.lit);
-        self.write_lit_header(BodyLen::Fixed(lit.len() as u64), emit);
-        self.write_inner(&lit, emit);
-        self.write_inner(&MDC_HEADER, emit);
-        let digest = std::mem::take(&mut self.sha1).finalize();
-        self.write_unhashed(&digest, emit);
-        self.flush_body(true, emit);
+    /// Ends the literal packet, writes the MDC and emits the last buffer.
+    pub fn finish(self, emit: &mut dyn FnMut(BodyChunk)) {
+        let Framer { lit, mut body, .. } = self;
+        if let Some(lit) = lit {
+            lit.finish(&mut |b| body.write(b, true, emit));
+        }
+        body.write(&MDC_HEADER, true, emit);
+        let digest = std::mem::take(&mut body.sha1).finalize();
+        body.write(&digest, false, emit);
+        body.flush(true, emit);
     }
 }
 

@@ -55,6 +55,58 @@ async fn decrypt_all(
     out.map(|v| v.concat()).map_err(CryptoError::from_io)
 }
 
+/// Compressible filler: text-like lines, as a `pg_dump` of a table gives.
+fn lines(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("{i}\tname-{}\t{}\n", i % 977, i * 31).as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test]
+async fn compressed_round_trips_across_block_boundaries() {
+    let k = test_keys();
+    let key = secret(&k.backup);
+    let to = [recipient(&k.backup)];
+    // Sizes around the 1 MiB deflate block (the literal packet adds a few
+    // header bytes), several blocks across workers, random and compressible.
+    for (plain, in_chunk, compressible) in [
+        (Vec::new(), 1usize, false),
+        (lines(1), 1, false),
+        (lines((1 << 20) - 8), 65_536, true),
+        (lines(1 << 20), 1 << 20, true),
+        (lines(7 * (1 << 20) + 3), 3_000_001, true),
+        (data(3 * (1 << 20) + 5), 100_000, false),
+    ] {
+        let len = plain.len();
+        let enc = encrypt_stream_with(chunked(&plain, in_chunk), &to, Compression::Zip).unwrap();
+        let out: Vec<Bytes> = enc.stream.try_collect().await.unwrap();
+        let ct = out.concat();
+        let summary = enc.summary.get().unwrap();
+        assert_eq!(
+            summary.plaintext_size, len as u64,
+            "plaintext size of {len}"
+        );
+        assert_eq!(summary.ciphertext.size, ct.len() as u64);
+        if compressible {
+            assert!(
+                ct.len() * 2 < len,
+                "{len} bytes of lines compress: {}",
+                ct.len()
+            );
+        }
+        let back = decrypt_all(&ct, &key, 8191).await.unwrap();
+        assert!(back == plain, "compressed round trip of {len} bytes");
+        let mut insp = PacketInspector::new(RecipientSet::new(&to));
+        insp.feed(&ct).unwrap();
+        insp.finish().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn round_trips_across_sizes_and_chunkings() {
     let k = test_keys();
