@@ -59,7 +59,8 @@ pub(crate) fn spawn(
     let mut job_txs: Vec<SyncSender<Item<Job>>> = Vec::with_capacity(n);
     let mut done_rxs: Vec<Receiver<Item<Bytes>>> = Vec::with_capacity(n);
     for i in 0..n {
-        let (job_tx, job_rx) = sync_channel::<Item<Job>>(1);
+        // A hand-over, no queue: a worker holds one block at a time.
+        let (job_tx, job_rx) = sync_channel::<Item<Job>>(0);
         let (done_tx, done_rx) = sync_channel::<Item<Bytes>>(1);
         pipeline::spawn(&format!("backstop-zip-{i}"), move || {
             deflate_worker(job_rx, done_tx)
@@ -168,7 +169,8 @@ impl Dealer {
     fn cut(&mut self, last: bool) {
         let data = self.block.split().freeze();
         self.block.reserve(BLOCK);
-        let tail = data.slice(data.len().saturating_sub(WINDOW)..);
+        // A copy: a slice would keep the whole block alive.
+        let tail = Bytes::copy_from_slice(&data[data.len().saturating_sub(WINDOW)..]);
         let dictionary = std::mem::replace(&mut self.dictionary, tail);
         self.deal(Item::Data(Job {
             data,
