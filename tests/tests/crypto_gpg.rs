@@ -188,17 +188,11 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-#[tokio::test]
-async fn gpg_decrypts_our_backup_with_our_exported_secret_key() {
-    let gpg = Gpg::new();
-    let key = backup_key();
-    gpg.import(&key.secret_armored);
-    let plain = data(3 * 1024 * 1024 + 4321); // several partial chunks
-    let recipient = RecipientKey::from_armored(&key.public_armored).unwrap();
-    let (ct, _) = encrypt(&plain, &[recipient]).await;
+/// `gpg --decrypt` of `ct` from a file: the file, the plaintext and gpg's
+/// status lines.
+fn gpg_decrypt(gpg: &Gpg, ct: &[u8]) -> (PathBuf, Vec<u8>, String) {
     let ct_path = gpg.path("data.pgdump.pgp");
-    write(&ct_path, &ct);
-
+    write(&ct_path, ct);
     let out_path = gpg.path("plain");
     let out = gpg.run(&[
         "--status-fd",
@@ -209,11 +203,19 @@ async fn gpg_decrypts_our_backup_with_our_exported_secret_key() {
         ct_path.to_str().unwrap(),
     ]);
     let status = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        std::fs::read(&out_path).unwrap(),
-        plain,
-        "gpg's plaintext differs"
-    );
+    (ct_path, std::fs::read(&out_path).unwrap(), status)
+}
+
+#[tokio::test]
+async fn gpg_decrypts_our_backup_with_our_exported_secret_key() {
+    let gpg = Gpg::new();
+    let key = backup_key();
+    gpg.import(&key.secret_armored);
+    let plain = data(3 * 1024 * 1024 + 4321); // several partial chunks
+    let recipient = RecipientKey::from_armored(&key.public_armored).unwrap();
+    let (ct, _) = encrypt(&plain, &[recipient]).await;
+    let (ct_path, gpg_plain, status) = gpg_decrypt(&gpg, &ct);
+    assert_eq!(gpg_plain, plain, "gpg's plaintext differs");
     // SEIPD v1 with SHA-1 MDC (method 2) and AES-256 (9); integrity checked.
     assert!(status.contains("[GNUPG:] DECRYPTION_INFO 2 9"), "{status}");
     assert!(status.contains("[GNUPG:] DECRYPTION_OKAY"), "{status}");
@@ -261,23 +263,8 @@ async fn gpg_decrypts_our_compressed_backup() {
         .unwrap()
         .concat();
     assert!(ct.len() * 2 < plain.len(), "compressed: {} bytes", ct.len());
-    let ct_path = gpg.path("data.pgdump.pgp");
-    write(&ct_path, &ct);
-
-    let out_path = gpg.path("plain");
-    let out = gpg.run(&[
-        "--status-fd",
-        "2",
-        "--output",
-        out_path.to_str().unwrap(),
-        "--decrypt",
-        ct_path.to_str().unwrap(),
-    ]);
-    let status = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        std::fs::read(&out_path).unwrap() == plain,
-        "gpg's plaintext differs"
-    );
+    let (ct_path, gpg_plain, status) = gpg_decrypt(&gpg, &ct);
+    assert!(gpg_plain == plain, "gpg's plaintext differs");
     assert!(status.contains("[GNUPG:] GOODMDC"), "{status}");
     assert!(!status.contains("WARNING"), "gpg warned: {status}");
     let listed = gpg.run(&["--list-packets", ct_path.to_str().unwrap()]);

@@ -108,6 +108,9 @@ fn session_key_packets(
     Ok((out, fprs))
 }
 
+/// A stage's blocking receive, whichever channel feeds it.
+type Receive = Box<dyn FnMut() -> Option<Item<Bytes>> + Send>;
+
 /// What is inside the encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -146,20 +149,19 @@ pub fn encrypt_stream_with(
     let input_rx = pipeline::pump(input);
     // The framer's input, and whether it is plaintext to wrap in a literal
     // packet or finished packets (then the end item carries the plaintext size).
-    let (mut recv, mut framer): (Box<dyn FnMut() -> Option<Item<Bytes>> + Send>, Framer) =
-        match compression {
-            Compression::None => {
-                let mut rx = input_rx;
-                (Box::new(move || rx.blocking_recv()), Framer::new(prefix))
-            }
-            Compression::Zip => {
-                let rx = super::compress::spawn(input_rx)?;
-                (
-                    Box::new(move || rx.recv().ok()),
-                    Framer::for_packets(prefix),
-                )
-            }
-        };
+    let (mut recv, mut framer): (Receive, Framer) = match compression {
+        Compression::None => {
+            let mut rx = input_rx;
+            (Box::new(move || rx.blocking_recv()), Framer::new(prefix))
+        }
+        Compression::Zip => {
+            let rx = super::compress::spawn(input_rx)?;
+            (
+                Box::new(move || rx.recv().ok()),
+                Framer::for_packets(prefix),
+            )
+        }
+    };
     let (framed_tx, framed_rx) = pipeline::channel::<BodyChunk>();
     let (sealed_tx, sealed_rx) = pipeline::channel::<Bytes>();
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Item<Bytes>>(pipeline::DEPTH);
