@@ -272,7 +272,7 @@ pub trait ObjectStoreExt: ObjectStore {
 impl<T: ObjectStore + ?Sized> ObjectStoreExt for T {}
 
 /// Collects a byte stream into chunks of exactly `size` bytes (the last may be
-/// shorter): S3 multipart parts and GCS resumable chunks need fixed sizes.
+/// shorter): S3 multipart parts need fixed sizes.
 pub fn rechunk(body: ByteStream, size: usize) -> impl Stream<Item = io::Result<Bytes>> + Send {
     futures::stream::try_unfold(
         (body, bytes::BytesMut::with_capacity(size), false),
