@@ -198,7 +198,7 @@ ROWS_B="$("${PSQL[@]}" -tA "${BACKSTOP_TEST_DATABASE_URL%/*}/$DST_B" -c "SELECT 
 
 # ---- report ----------------------------------------------------------------------
 MIB=1048576
-printf '\n== restore benchmark: backup %d MiB (pg_dump -Fc %d MiB, %s rows), %s cores, best of %d ==\n' \
+printf '\n== restore benchmark: backup %d MiB (pg_dump archive inside: %d MiB, %s rows), %s cores, best of %d ==\n' \
     $((CIPHER_BYTES / MIB)) $((PLAIN_BYTES / MIB)) "$ROWS_A" "$(nproc)" "$REPEAT"
 printf '%-40s %9.2f s  %8.1f MB/s  peak RSS %6.1f MiB (backstop process; with pg_restore child %.1f MiB)\n' \
     "backstop restore" "$BACKSTOP_SECS" "$(echo "$CIPHER_BYTES / $BACKSTOP_SECS / 1000000" | bc -l)" \
