@@ -260,7 +260,7 @@ const REPLAY_WINDOW: u64 = 16 << 20;
 /// buffered chunk requests: no round trip per chunk between the data and
 /// the server, and no server-side reassembly per chunk (fake-gcs-server
 /// rehashes the whole object on every chunk: 8 MiB chunks of a 1 GiB backup
-/// cost it 130 s of CPU, against 3 s for the same bytes in one request).
+/// cost it 140 s of CPU, against 2–5 s for the same bytes in one request).
 /// When that request fails, the client asks the server how many bytes it
 /// kept and seeks there; the last [`REPLAY_WINDOW`] bytes are kept for that,
 /// in whole chunks, so memory stays bounded. A resume point further back
