@@ -51,10 +51,10 @@ fn workers() -> usize {
 }
 
 /// Starts the compression stages on `input` (plaintext); returns the
-/// compressed data packet's bytes. The clean end carries the plaintext size.
+/// compressed data packet's bytes. The clean end passes on `input`'s.
 pub(crate) fn spawn(
     mut input: tokio::sync::mpsc::Receiver<Item<Bytes>>,
-) -> Result<Receiver<Item<Bytes>>, CryptoError> {
+) -> Result<tokio::sync::mpsc::Receiver<Item<Bytes>>, CryptoError> {
     let n = workers();
     let mut job_txs: Vec<SyncSender<Item<Job>>> = Vec::with_capacity(n);
     let mut done_rxs: Vec<Receiver<Item<Bytes>>> = Vec::with_capacity(n);
@@ -71,7 +71,7 @@ pub(crate) fn spawn(
 
     // Literal packet framing, cut into blocks dealt round-robin.
     pipeline::spawn("backstop-literal", move || {
-        let mut lit = PartialPacket::new(tag::LITERAL, &[b'b', 0, 0, 0, 0, 0]);
+        let mut lit = PartialPacket::literal();
         let mut dealer = Dealer {
             txs: job_txs,
             turn: 0,
@@ -79,17 +79,15 @@ pub(crate) fn spawn(
             dictionary: Bytes::new(),
             alive: true,
         };
-        let mut plaintext = 0u64;
         let control = loop {
             match input.blocking_recv() {
                 Some(Item::Data(b)) => {
-                    plaintext += b.len() as u64;
                     lit.push(&b, &mut |piece| dealer.fill(piece));
                     if !dealer.alive {
                         return;
                     }
                 }
-                Some(Item::End(_)) => {
+                Some(Item::End(plaintext)) => {
                     lit.finish(&mut |piece| dealer.block.extend_from_slice(piece));
                     dealer.cut(true);
                     break Item::End(plaintext);
@@ -103,11 +101,15 @@ pub(crate) fn spawn(
 
     // In order: worker 0, 1, .., N-1, 0, ... Control items (end, failure)
     // were dealt in turn too, so they arrive in sequence.
-    let (out_tx, out_rx) = pipeline::channel::<Bytes>();
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Item<Bytes>>(pipeline::DEPTH);
     pipeline::spawn("backstop-zip-join", move || {
         let mut packet = PartialPacket::new(tag::COMPRESSED, &[ZIP]);
         let mut buf = BytesMut::with_capacity(2 * BLOCK);
-        let send = |buf: &mut BytesMut| out_tx.send(Item::Data(buf.split().freeze())).is_ok();
+        let send = |buf: &mut BytesMut| {
+            out_tx
+                .blocking_send(Item::Data(buf.split().freeze()))
+                .is_ok()
+        };
         for turn in 0.. {
             match done_rxs[turn % n].recv() {
                 Ok(Item::Data(d)) => {
@@ -119,16 +121,16 @@ pub(crate) fn spawn(
                 Ok(Item::End(plaintext)) => {
                     packet.finish(&mut |p| buf.extend_from_slice(p));
                     if send(&mut buf) {
-                        let _ = out_tx.send(Item::End(plaintext));
+                        let _ = out_tx.blocking_send(Item::End(plaintext));
                     }
                     return;
                 }
                 Ok(Item::Fail(e)) => {
-                    let _ = out_tx.send(Item::Fail(e));
+                    let _ = out_tx.blocking_send(Item::Fail(e));
                     return;
                 }
                 Err(_) => {
-                    let _ = out_tx.send(Item::Fail(pipeline::vanished("compression")));
+                    let _ = out_tx.blocking_send(Item::Fail(pipeline::vanished("compression")));
                     return;
                 }
             }

@@ -108,9 +108,6 @@ fn session_key_packets(
     Ok((out, fprs))
 }
 
-/// A stage's blocking receive, whichever channel feeds it.
-type Receive = Box<dyn FnMut() -> Option<Item<Bytes>> + Send>;
-
 /// What is inside the encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -146,21 +143,14 @@ pub fn encrypt_stream_with(
     rand08::rngs::OsRng.fill_bytes(&mut prefix);
     let (header, fprs) = session_key_packets(recipients, &session_key)?;
 
-    let input_rx = pipeline::pump(input);
-    // The framer's input, and whether it is plaintext to wrap in a literal
-    // packet or finished packets (then the end item carries the plaintext size).
-    let (mut recv, mut framer): (Receive, Framer) = match compression {
-        Compression::None => {
-            let mut rx = input_rx;
-            (Box::new(move || rx.blocking_recv()), Framer::new(prefix))
-        }
-        Compression::Zip => {
-            let rx = super::compress::spawn(input_rx)?;
-            (
-                Box::new(move || rx.recv().ok()),
-                Framer::for_packets(prefix),
-            )
-        }
+    // The framer's input: plaintext to wrap in a literal packet, or the
+    // compressed packet around it. Either ends with the plaintext size.
+    let (mut input_rx, mut framer) = match compression {
+        Compression::None => (pipeline::pump(input), Framer::new(prefix)),
+        Compression::Zip => (
+            super::compress::spawn(pipeline::pump(input))?,
+            Framer::for_packets(prefix),
+        ),
     };
     let (framed_tx, framed_rx) = pipeline::channel::<BodyChunk>();
     let (sealed_tx, sealed_rx) = pipeline::channel::<Bytes>();
@@ -175,15 +165,11 @@ pub fn encrypt_stream_with(
             }
         };
         loop {
-            match recv() {
+            match input_rx.blocking_recv() {
                 Some(Item::Data(b)) => framer.push(&b, &mut emit),
                 Some(Item::End(plaintext)) => {
-                    let n = match compression {
-                        Compression::None => framer.plaintext_len(),
-                        Compression::Zip => plaintext,
-                    };
                     framer.finish(&mut emit);
-                    let _ = framed_tx.send(Item::End(n));
+                    let _ = framed_tx.send(Item::End(plaintext));
                     return;
                 }
                 Some(Item::Fail(e)) => {

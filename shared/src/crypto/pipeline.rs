@@ -27,16 +27,21 @@ pub(crate) fn channel<T>() -> (SyncSender<Item<T>>, Receiver<Item<T>>) {
     sync_channel(DEPTH)
 }
 
-/// Pumps an async byte stream into a stage's channel (a Tokio task).
+/// Pumps an async byte stream into a stage's channel (a Tokio task). The
+/// clean end carries the number of bytes pumped.
 pub(crate) fn pump(mut input: ByteStream) -> tokio::sync::mpsc::Receiver<Item<Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel(DEPTH);
     tokio::spawn(async move {
+        let mut pumped = 0u64;
         loop {
             let item = match input.next().await {
                 Some(Ok(b)) if b.is_empty() => continue,
-                Some(Ok(b)) => Item::Data(b),
+                Some(Ok(b)) => {
+                    pumped += b.len() as u64;
+                    Item::Data(b)
+                }
                 Some(Err(e)) => Item::Fail(CryptoError::from_io(e)),
-                None => Item::End(0),
+                None => Item::End(pumped),
             };
             let stop = !matches!(item, Item::Data(_));
             if tx.send(item).await.is_err() || stop {

@@ -98,6 +98,11 @@ impl PartialPacket {
         out(&hdr[..n]);
     }
 
+    /// A literal data packet: binary, no file name, date 0.
+    pub fn literal() -> Self {
+        Self::new(tag::LITERAL, &[b'b', 0, 0, 0, 0, 0])
+    }
+
     /// Adds body bytes; whole chunks go to `out` (straight from `data`
     /// when possible: only a pending head is copied).
     pub fn push(&mut self, mut data: &[u8], out: &mut dyn FnMut(&[u8])) {
@@ -129,7 +134,6 @@ pub(crate) struct Framer {
     /// already OpenPGP packets (a compressed data packet).
     lit: Option<PartialPacket>,
     body: SeipdBody,
-    plaintext_len: u64,
 }
 
 /// The SEIPD body being cut into buffers for the sealer, hashed as written.
@@ -179,11 +183,7 @@ impl Framer {
     /// Wraps the input in a literal data packet. `prefix_random` must be
     /// 16 fresh random bytes.
     pub fn new(prefix_random: [u8; BLOCK]) -> Self {
-        // Literal data body header: binary, no file name, date 0.
-        Self::with(
-            prefix_random,
-            Some(PartialPacket::new(tag::LITERAL, &[b'b', 0, 0, 0, 0, 0])),
-        )
+        Self::with(prefix_random, Some(PartialPacket::literal()))
     }
 
     /// Takes the input as finished packets (see [`Framer::new`]).
@@ -207,22 +207,12 @@ impl Framer {
         body.write(&prefix, true, &mut |_| {
             unreachable!("first chunk is not full")
         });
-        Framer {
-            lit,
-            body,
-            plaintext_len: 0,
-        }
-    }
-
-    /// Input bytes so far.
-    pub fn plaintext_len(&self) -> u64 {
-        self.plaintext_len
+        Framer { lit, body }
     }
 
     /// Adds input. Emits full body buffers through `emit`.
     pub fn push(&mut self, data: &[u8], emit: &mut dyn FnMut(BodyChunk)) {
-        self.plaintext_len += data.len() as u64;
-        let Framer { lit, body, .. } = self;
+        let Framer { lit, body } = self;
         match lit {
             Some(lit) => lit.push(data, &mut |b| body.write(b, true, emit)),
             None => body.write(data, true, emit),
@@ -231,7 +221,7 @@ impl Framer {
 
     /// Ends the literal packet, writes the MDC and emits the last buffer.
     pub fn finish(self, emit: &mut dyn FnMut(BodyChunk)) {
-        let Framer { lit, mut body, .. } = self;
+        let Framer { lit, mut body } = self;
         if let Some(lit) = lit {
             lit.finish(&mut |b| body.write(b, true, emit));
         }
