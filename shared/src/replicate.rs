@@ -424,8 +424,10 @@ impl ReplicatorFunction {
     pub async fn from_env(env: &crate::config::Env) -> Result<Self, crate::config::ConfigError> {
         use crate::store::gcs::GcsStore;
         use crate::store::s3::S3Store;
-        let (source, target, keys) = tokio::try_join!(
-            env.spawn(|env| async move { GcsStore::from_env(&env, "BACKSTOP_GCS_BUCKET").await }),
+        // The GCS client loads the CA certificates on a task of its own; the
+        // first event's S3 read does not wait for it.
+        let source = GcsStore::start_from_env(env, "BACKSTOP_GCS_BUCKET")?;
+        let (target, keys) = tokio::try_join!(
             env.spawn(|env| async move { S3Store::from_env(&env, "BACKSTOP_S3_BUCKET").await }),
             env.spawn(|env| async move { crate::trust::TrustedKeys::from_env(&env).await }),
         )?;

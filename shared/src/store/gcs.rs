@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use google_cloud_storage::client::{Storage, StorageControl};
 use google_cloud_storage::model::Object;
 use google_cloud_storage::streaming_source::{Payload, Seek, StreamingSource};
@@ -31,10 +32,77 @@ const READ_RETRY_TIME: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct GcsStore {
-    storage: Storage,
+    storage: PendingStorage,
     control: LazyControl,
     bucket: String,
     page_size: i32,
+}
+
+/// The `Storage` client, built on a task of its own from the moment the
+/// store is made (see [`GcsStore::start_from_env`]): building it loads and
+/// parses the system's CA certificates, the longest step of a cold start,
+/// and whatever the caller does meanwhile (building other clients, reading
+/// from S3) overlaps it. Every call waits for it; a failed build is reported
+/// by every call.
+#[derive(Clone)]
+struct PendingStorage(Shared<BoxFuture<'static, Result<Storage, ConfigError>>>);
+
+impl PendingStorage {
+    fn spawn(
+        build: impl std::future::Future<Output = Result<Storage, ConfigError>> + Send + 'static,
+    ) -> Self {
+        let task = tokio::spawn(build);
+        PendingStorage(
+            async move {
+                task.await.unwrap_or_else(|e| {
+                    Err(ConfigError::Invalid {
+                        name: "GOOGLE_APPLICATION_CREDENTIALS".into(),
+                        value: String::new(),
+                        reason: format!("building the Cloud Storage client failed: {e}"),
+                    })
+                })
+            }
+            .boxed()
+            .shared(),
+        )
+    }
+
+    async fn ready(&self) -> Result<Storage, ConfigError> {
+        self.0.clone().await
+    }
+
+    async fn get(&self, store: &str, op: &'static str, key: &str) -> StoreResult<Storage> {
+        self.ready()
+            .await
+            .map_err(|e| client_unavailable(store, op, key, "", e))
+    }
+}
+
+impl std::fmt::Debug for PendingStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.0.peek() {
+            None => "building",
+            Some(Ok(_)) => "ready",
+            Some(Err(_)) => "failed",
+        };
+        f.debug_tuple("PendingStorage").field(&state).finish()
+    }
+}
+
+/// The error of a call that found no client to make it with.
+fn client_unavailable(
+    store: &str,
+    op: &'static str,
+    key: &str,
+    which: &str,
+    reason: impl std::fmt::Display,
+) -> StoreError {
+    StoreError::Permanent {
+        store: store.to_string(),
+        op,
+        key: key.to_string(),
+        message: format!("could not build the Cloud Storage{which} client: {reason}"),
+    }
 }
 
 /// The `StorageControl` client, built on first use: the replicator and the
@@ -59,12 +127,7 @@ impl LazyControl {
                 }
             })
             .await
-            .map_err(|e| StoreError::Permanent {
-                store: store.to_string(),
-                op,
-                key: key.to_string(),
-                message: format!("could not build the Cloud Storage control client: {e}"),
-            })
+            .map_err(|e| client_unavailable(store, op, key, " control", e))
     }
 }
 
@@ -82,37 +145,48 @@ pub fn emulator_endpoint(env: &Env) -> Option<String> {
 
 impl GcsStore {
     /// Production clients with Application Default Credentials, or the local
-    /// emulator (anonymous) when `STORAGE_EMULATOR_HOST` is set.
+    /// emulator (anonymous) when `STORAGE_EMULATOR_HOST` is set. Returns once
+    /// the client is built, so that a bad credential fails here.
     pub async fn from_env(env: &Env, bucket_var: &str) -> Result<Self, ConfigError> {
+        let store = Self::start_from_env(env, bucket_var)?;
+        store.storage.ready().await?;
+        Ok(store)
+    }
+
+    /// As [`GcsStore::from_env`], but returns as soon as the configuration is
+    /// read, with the client still being built; the first call waits for it,
+    /// and reports a failed build (say, a bad credential) as its error. For
+    /// the replicator's cold start, where the S3 read of an event goes out
+    /// while this client loads its CA certificates. Needs a Tokio runtime.
+    pub fn start_from_env(env: &Env, bucket_var: &str) -> Result<Self, ConfigError> {
         let bucket = env.required(bucket_var, "the GCS bucket that holds backups")?;
-        let creds_err = |e: google_cloud_gax::client_builder::Error| ConfigError::Invalid {
-            name: "GOOGLE_APPLICATION_CREDENTIALS".into(),
-            value: env
-                .optional("GOOGLE_APPLICATION_CREDENTIALS")
-                .unwrap_or_default(),
-            reason: format!(
-                "could not build the Cloud Storage client ({e}); configure Application Default Credentials or set STORAGE_EMULATOR_HOST for a local emulator"
-            ),
-        };
+        let credentials = env
+            .optional("GOOGLE_APPLICATION_CREDENTIALS")
+            .unwrap_or_default();
         let emulator = emulator_endpoint(env);
-        let storage = match &emulator {
+        let builder = match &emulator {
             Some(endpoint) => Storage::builder()
                 .with_endpoint(endpoint.clone())
                 .with_credentials(
                     google_cloud_auth::credentials::anonymous::Builder::new().build(),
                 ),
             None => Storage::builder(),
-        }
-        .build()
-        .await
-        .map_err(creds_err)?;
-        let control = LazyControl {
-            emulator,
-            client: Arc::default(),
         };
+        let storage = PendingStorage::spawn(async move {
+            builder.build().await.map_err(|e| ConfigError::Invalid {
+                name: "GOOGLE_APPLICATION_CREDENTIALS".into(),
+                value: credentials,
+                reason: format!(
+                    "could not build the Cloud Storage client ({e}); configure Application Default Credentials or set STORAGE_EMULATOR_HOST for a local emulator"
+                ),
+            })
+        });
         Ok(Self {
             storage,
-            control,
+            control: LazyControl {
+                emulator,
+                client: Arc::default(),
+            },
             bucket,
             page_size: 1000,
         })
@@ -140,6 +214,8 @@ impl GcsStore {
         // the replicator's event be redelivered, while there is time.
         let mut read = self
             .storage
+            .get(&self.url(), "get", key)
+            .await?
             .read_object(self.bucket_path(), key)
             .with_retry_policy(
                 google_cloud_storage::retry_policy::RetryableErrors
@@ -381,10 +457,10 @@ impl ObjectStore for GcsStore {
     }
 
     async fn put(&self, key: &str, body: ByteStream, opts: PutOptions) -> StoreResult<ObjectMeta> {
+        let storage = self.storage.get(&self.url(), "put", key).await?;
         let failure = Arc::new(Mutex::new(None));
         let source = StreamSource::new(body, opts.size_hint, failure.clone());
-        let mut req = self
-            .storage
+        let mut req = storage
             .write_object::<_, _, _, StreamSource>(
                 self.bucket_path(),
                 key,
@@ -496,6 +572,7 @@ impl ObjectStore for GcsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ObjectStoreExt;
 
     fn source(chunks: usize, chunk: usize) -> StreamSource {
         let body =
@@ -530,6 +607,61 @@ mod tests {
             kept >= REPLAY_WINDOW && kept < REPLAY_WINDOW + chunk as u64,
             "{kept}"
         );
+    }
+
+    fn store_building(
+        build: impl std::future::Future<Output = Result<Storage, ConfigError>> + Send + 'static,
+    ) -> GcsStore {
+        GcsStore {
+            storage: PendingStorage::spawn(build),
+            control: LazyControl {
+                emulator: None,
+                client: Arc::default(),
+            },
+            bucket: "backups".into(),
+            page_size: 1000,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_failed_to_build_fails_every_call_with_the_reason() {
+        let bad = ConfigError::Invalid {
+            name: "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            value: "/nowhere/key.json".into(),
+            reason: "no such file".into(),
+        };
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let store = store_building({
+            let bad = bad.clone();
+            async move {
+                let _ = released.await;
+                Err(bad)
+            }
+        });
+        // Calls made while the client is still building wait for it.
+        let early = tokio::spawn({
+            let store = store.clone();
+            async move { store.get_bytes("a/manifest.json", 1024).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!early.is_finished());
+        release.send(()).unwrap();
+        assert_eq!(store.storage.ready().await.unwrap_err(), bad);
+        let put = store
+            .put_bytes(
+                "a/manifest.json",
+                Bytes::from_static(b"{}"),
+                PutOptions::default(),
+            )
+            .await;
+        for err in [early.await.unwrap().unwrap_err(), put.unwrap_err()] {
+            assert!(matches!(err, StoreError::Permanent { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("GOOGLE_APPLICATION_CREDENTIALS") && text.contains("no such file"),
+                "{text}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -37,6 +37,33 @@ pub struct S3Store {
     page_size: i32,
 }
 
+/// Whether requests to `endpoint` never use TLS (a local S3 server).
+fn is_plain_http(endpoint: &str) -> bool {
+    endpoint
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+}
+
+/// An HTTP client for a plain-HTTP endpoint. The SDK's default client loads
+/// and parses every system CA certificate when the S3 client is built (about
+/// 5 ms of a cold start on a Debian host with `SSL_CERT_DIR` set), for TLS
+/// that an `http://` endpoint never speaks; its trust store is left empty, so
+/// an `https://` redirect would fail verification rather than go unchecked.
+fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{
+        Provider, TlsContext, TrustStore, rustls_provider::CryptoMode,
+    };
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(TrustStore::empty().with_native_roots(false))
+                .build()
+                .expect("an empty trust store is a valid TLS context"),
+        )
+        .build_https()
+}
+
 impl S3Store {
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         Self {
@@ -63,6 +90,10 @@ impl S3Store {
                 aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
             );
         }
+        let endpoint = env.optional("AWS_ENDPOINT_URL_S3");
+        if endpoint.as_deref().is_some_and(is_plain_http) {
+            loader = loader.http_client(plain_http_client());
+        }
         let shared = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&shared)
             .request_checksum_calculation(
@@ -71,7 +102,7 @@ impl S3Store {
             .response_checksum_validation(
                 aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
             );
-        if let Some(endpoint) = env.optional("AWS_ENDPOINT_URL_S3") {
+        if let Some(endpoint) = endpoint {
             conf = conf.endpoint_url(endpoint).force_path_style(true);
         }
         if shared.region().is_none() {
