@@ -58,7 +58,10 @@ impl PendingStorage {
                     Err(ConfigError::Invalid {
                         name: "GOOGLE_APPLICATION_CREDENTIALS".into(),
                         value: String::new(),
-                        reason: format!("building the Cloud Storage client failed: {e}"),
+                        reason: format!(
+                            "building the Cloud Storage client ended without a result ({e}); \
+                             this is a bug in backstop, please report it"
+                        ),
                     })
                 })
             }
@@ -72,9 +75,12 @@ impl PendingStorage {
     }
 
     async fn get(&self, store: &str, op: &'static str, key: &str) -> StoreResult<Storage> {
-        self.ready()
-            .await
-            .map_err(|e| client_unavailable(store, op, key, "", e))
+        self.ready().await.map_err(|e| StoreError::Permanent {
+            store: store.to_string(),
+            op,
+            key: key.to_string(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -86,22 +92,6 @@ impl std::fmt::Debug for PendingStorage {
             Some(Err(_)) => "failed",
         };
         f.debug_tuple("PendingStorage").field(&state).finish()
-    }
-}
-
-/// The error of a call that found no client to make it with.
-fn client_unavailable(
-    store: &str,
-    op: &'static str,
-    key: &str,
-    which: &str,
-    reason: impl std::fmt::Display,
-) -> StoreError {
-    StoreError::Permanent {
-        store: store.to_string(),
-        op,
-        key: key.to_string(),
-        message: format!("could not build the Cloud Storage{which} client: {reason}"),
     }
 }
 
@@ -127,7 +117,12 @@ impl LazyControl {
                 }
             })
             .await
-            .map_err(|e| client_unavailable(store, op, key, " control", e))
+            .map_err(|e| StoreError::Permanent {
+                store: store.to_string(),
+                op,
+                key: key.to_string(),
+                message: format!("could not build the Cloud Storage control client: {e}"),
+            })
     }
 }
 
