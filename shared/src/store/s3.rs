@@ -57,7 +57,7 @@ fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
         .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
         .tls_context(
             TlsContext::builder()
-                .with_trust_store(TrustStore::empty().with_native_roots(false))
+                .with_trust_store(TrustStore::empty())
                 .build()
                 .expect("an empty trust store is a valid TLS context"),
         )
