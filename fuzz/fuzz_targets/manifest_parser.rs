@@ -4,8 +4,8 @@
 
 use std::sync::OnceLock;
 
-use backstop::crypto::{self, KeyAlgorithm, VerifyingKey};
-use backstop::manifest::Manifest;
+use backstop_core::crypto::{self, KeyAlgorithm, VerifyingKey};
+use backstop_core::manifest::Manifest;
 use libfuzzer_sys::fuzz_target;
 
 fn key() -> &'static VerifyingKey {

@@ -3,7 +3,7 @@
 //! must reach the same verdict whether fed whole or in pieces.
 #![no_main]
 
-use backstop::crypto::PacketInspector;
+use backstop_core::crypto::PacketInspector;
 use libfuzzer_sys::fuzz_target;
 
 fn verdict(data: &[u8], cuts: &[usize]) -> Result<(u64, usize), String> {
@@ -55,5 +55,5 @@ fuzz_target!(|input: &[u8]| {
         assert_eq!(total, data.len() as u64);
     }
     // The parser of decrypted content (literal / compressed / signatures).
-    backstop::crypto::fuzzing::inner_packets(data, sel as usize);
+    backstop_core::crypto::fuzzing::inner_packets(data, sel as usize);
 });

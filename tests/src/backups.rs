@@ -3,13 +3,13 @@
 
 use std::path::PathBuf;
 
-use backstop::crypto::{
+use backstop_core::crypto::{
     GeneratedKey, KeyAlgorithm, RecipientKey, SigningKey, encrypt_stream, generate_backup_key,
     generate_signing_key, sign_manifest,
 };
-use backstop::manifest::{CiphertextInfo, Manifest};
-use backstop::naming::{BackupId, DATA_FILE, Namespace};
-use backstop::store::{ObjectStore, ObjectStoreExt, PutOptions};
+use backstop_core::manifest::{CiphertextInfo, Manifest};
+use backstop_core::naming::{BackupId, DATA_FILE, Namespace};
+use backstop_core::store::{ObjectStore, ObjectStoreExt, PutOptions};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use backstop::store::{
+use backstop_core::store::{
     ByteStream, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreResult,
 };
 use serde::Serialize;

@@ -4,10 +4,10 @@
 
 use std::io;
 
-use backstop::config::Env;
-use backstop::store::gcs::GcsStore;
-use backstop::store::s3::S3Store;
-use backstop::store::{ByteStream, byte_stream};
+use backstop_cloud::gcs::GcsStore;
+use backstop_cloud::s3::S3Store;
+use backstop_core::config::Env;
+use backstop_core::store::{ByteStream, byte_stream};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 

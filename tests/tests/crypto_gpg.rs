@@ -10,13 +10,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use backstop::crypto::{
+use backstop_core::crypto::{
     self, BackupSecretKey, CryptoError, GeneratedKey, KeyAlgorithm, RecipientKey, SigningKey,
     VerifyingKey,
 };
-use backstop::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
-use backstop::naming::BackupId;
-use backstop::store::{ByteStream, byte_stream};
+use backstop_core::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
+use backstop_core::naming::BackupId;
+use backstop_core::store::{ByteStream, byte_stream};
 use bytes::Bytes;
 use futures::TryStreamExt;
 

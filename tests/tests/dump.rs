@@ -11,17 +11,17 @@ use std::pin::Pin;
 use std::process::Command;
 use std::sync::Mutex;
 
-use backstop::crypto::{
-    KeyAlgorithm, KmsOptions, VerifyingKey, generate_backup_key, generate_signing_key,
+use backstop_core::crypto::{
+    KeyAlgorithm, NoKms, VerifyingKey, generate_backup_key, generate_signing_key,
     verify_manifest_at,
 };
-use backstop::dump::{DumpConfig, DumpError, DumpSettings, RetryPolicy, run_dump};
-use backstop::naming::{BackupId, MANIFEST_FILE, SIGNATURE_FILE};
-use backstop::pg;
-use backstop::store::{
+use backstop_core::naming::{BackupId, MANIFEST_FILE, SIGNATURE_FILE};
+use backstop_core::store::{
     ByteStream, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions,
     StoreResult,
 };
+use backstop_postgres::dump::{DumpConfig, DumpError, DumpSettings, RetryPolicy, run_dump};
+use backstop_postgres::pg;
 use backstop_tests::{gcs, s3, stack_env, unique_prefix};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -167,9 +167,7 @@ async fn config_for(keys: &Keys, url: &str, namespace: &str) -> DumpConfig {
         namespace: Some(namespace.to_string()),
         ..keys.settings.clone()
     };
-    let mut config = DumpConfig::load(settings, &KmsOptions::default())
-        .await
-        .unwrap();
+    let mut config = DumpConfig::load(settings, &NoKms).await.unwrap();
     config.retry = RetryPolicy {
         attempts: 3,
         initial_backoff: std::time::Duration::from_millis(50),
@@ -552,9 +550,7 @@ async fn recipients_must_be_public_keys() {
         recipients: Some(format!("file:{}", keys.backup_secret.display())),
         ..keys.settings.clone()
     };
-    let err = DumpConfig::load(settings, &KmsOptions::default())
-        .await
-        .unwrap_err();
+    let err = DumpConfig::load(settings, &NoKms).await.unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("BACKSTOP_RECIPIENTS") && msg.contains("SECRET"),

@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backstop::alerts::{AlertSink, LogAlerts, PubSubAlerts};
-use backstop::config::Env;
-use backstop::events::{ObjectRef, StorageEvent};
-use backstop::naming::BackupId;
-use backstop::replicate::{Outcome, Replicator, ReplicatorFunction};
-use backstop::store::{
+use backstop_cloud::pubsub::PubSubAlerts;
+use backstop_core::alerts::{AlertSink, LogAlerts};
+use backstop_core::config::Env;
+use backstop_core::events::{ObjectRef, StorageEvent};
+use backstop_core::naming::BackupId;
+use backstop_core::replicate::{Outcome, Replicator};
+use backstop_core::store::{
     ByteStream, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions,
     StoreError, StoreResult,
 };
+use backstop_functions::replicator::ReplicatorFunction;
 use backstop_tests::backups::{TestKeys, backup_id, unique_namespace, write_backup};
 use backstop_tests::{drain_sha256, gcs, pubsub, s3, stack_env};
 use bytes::Bytes;
@@ -28,7 +30,9 @@ async fn replicator(
     source: Arc<dyn ObjectStore>,
 ) -> Replicator {
     let env = Env::from_pairs(keys.env_pairs());
-    let trusted = backstop::trust::TrustedKeys::from_env(&env).await.unwrap();
+    let trusted = backstop_core::trust::TrustedKeys::from_env(&env)
+        .await
+        .unwrap();
     Replicator {
         source,
         target: Arc::new(s3().await),
@@ -66,7 +70,7 @@ async fn finalize_notification_reaches_replicator_through_pubsub() {
     let source: Arc<dyn ObjectStore> = Arc::new(gcs().await);
     let function = Arc::new(ReplicatorFunction {
         replicator: replicator(&keys, &namespace, Arc::new(LogAlerts), source.clone()).await,
-        oidc: backstop::auth::OidcVerifier::new(&backstop::auth::OidcConfig {
+        oidc: backstop_cloud::oidc::OidcVerifier::new(&backstop_cloud::oidc::OidcConfig {
             audience: "unused-for-direct-invocations".into(),
             service_account: "push@example.invalid".into(),
             jwks_url: None,
@@ -75,7 +79,7 @@ async fn finalize_notification_reaches_replicator_through_pubsub() {
     // The local stand-in for the Function URL: the emulator pushes here.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(backstop::function::serve_local(function, listener));
+    tokio::spawn(backstop_functions::lambda::serve_local(function, listener));
     let subscription = format!("push-{namespace}");
     pubsub::create_push_subscription("gcs-notifications", &subscription, &endpoint).await;
 

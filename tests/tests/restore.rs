@@ -10,25 +10,25 @@ use std::pin::Pin;
 use std::process::Command;
 use std::time::Duration;
 
-use backstop::config::Env;
-use backstop::crypto::inspect::DigestState;
-use backstop::crypto::{
-    BackupSecretKey, CryptoError, GeneratedKey, KeyAlgorithm, KmsOptions, SigningKey, VerifyingKey,
+use backstop_cloud::gcs::GcsStore;
+use backstop_core::config::Env;
+use backstop_core::crypto::inspect::DigestState;
+use backstop_core::crypto::{
+    BackupSecretKey, CryptoError, GeneratedKey, KeyAlgorithm, NoKms, SigningKey, VerifyingKey,
     generate_backup_key, generate_signing_key, sign_manifest,
 };
-use backstop::dump::{DumpConfig, DumpSettings, run_dump};
-use backstop::manifest::{MAX_MANIFEST_BYTES, Manifest};
-use backstop::naming::{BackupId, Namespace};
-use backstop::pg::{self, PgTools};
-use backstop::restore::{
-    Clouds, NoProgress, RestoreConfig, RestoreError, RestoreReport, RestoreSettings, Target,
-    database_for_branch, restore,
-};
-use backstop::retention::DrillRecord;
-use backstop::store::gcs::GcsStore;
-use backstop::store::{
+use backstop_core::drill::DrillRecord;
+use backstop_core::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use backstop_core::naming::{BackupId, Namespace};
+use backstop_core::store::{
     ByteStream, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions,
     StoreResult, byte_stream,
+};
+use backstop_postgres::dump::{DumpConfig, DumpSettings, run_dump};
+use backstop_postgres::pg::{self, PgTools};
+use backstop_postgres::restore::{
+    Clouds, NoProgress, RestoreConfig, RestoreError, RestoreReport, RestoreSettings, Target,
+    database_for_branch, restore,
 };
 use backstop_tests::{gcs, s3, stack_env};
 use bytes::Bytes;
@@ -205,9 +205,7 @@ impl Fixture {
             )),
             pg_bindir: Some(pg_bindir()),
         };
-        let config = DumpConfig::load(settings, &KmsOptions::default())
-            .await
-            .unwrap();
+        let config = DumpConfig::load(settings, &NoKms).await.unwrap();
         let summary = run_dump(&config, &gcs().await)
             .await
             .expect("dump succeeds");
@@ -340,7 +338,7 @@ impl<S: ObjectStore> ObjectStore for SlowEnd<S> {
     {
         Box::pin(async move {
             let got = self.0.get(key).await?;
-            if !key.ends_with(backstop::naming::DATA_FILE) {
+            if !key.ends_with(backstop_core::naming::DATA_FILE) {
                 return Ok(got);
             }
             let late_end = futures::stream::once(async {
@@ -713,9 +711,7 @@ async fn hostile_branch_name_restores_into_a_safely_named_database() {
         pg_bindir: Some(pg_bindir()),
         ..RestoreSettings::default()
     };
-    let config = RestoreConfig::load(settings, &Env::default())
-        .await
-        .unwrap();
+    let config = RestoreConfig::load(settings, &NoKms).await.unwrap();
     let expected = database_for_branch(&branch);
     assert!(
         expected.len() <= 63 && expected.starts_with("feature-it-s-drop-database-postgres-"),

@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
-use backstop::crypto::sign_manifest;
-use backstop::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
-use backstop::naming::BackupId;
-use backstop::retention::function::{RetentionFunction, RunResult, SignatureVerifier};
-use backstop::retention::{BucketConfig, DrillRecord, PolicySet};
-use backstop::store::{ObjectStore, ObjectStoreExt, PutOptions};
+use backstop_core::crypto::sign_manifest;
+use backstop_core::drill::DrillRecord;
+use backstop_core::manifest::{CiphertextInfo, MANIFEST_KIND, MANIFEST_VERSION, Manifest};
+use backstop_core::naming::BackupId;
+use backstop_core::retention::SignatureVerifier;
+use backstop_core::retention::{BucketConfig, PolicySet};
+use backstop_core::store::{ObjectStore, ObjectStoreExt, PutOptions};
+use backstop_functions::retention::{RetentionFunction, RunResult};
 use backstop_tests::backups::{TestKeys, backup_id, unique_namespace, write_backup};
 use backstop_tests::{gcs, s3};
 use bytes::Bytes;
@@ -31,17 +33,19 @@ async fn function(
     policy: serde_json::Value,
     bucket: Option<BucketConfig>,
 ) -> RetentionFunction {
-    let env = backstop::config::Env::from_pairs(keys.env_pairs());
+    let env = backstop_core::config::Env::from_pairs(keys.env_pairs());
     RetentionFunction {
         primary: Arc::new(gcs().await),
         replica: Some(Arc::new(s3().await)),
         verifier: SignatureVerifier {
-            keys: backstop::trust::TrustedKeys::from_env(&env).await.unwrap(),
+            keys: backstop_core::trust::TrustedKeys::from_env(&env)
+                .await
+                .unwrap(),
         },
         policies: PolicySet::from_json(&policy.to_string()).unwrap(),
         dry_run: false,
         bucket_config: bucket,
-        alerts: Arc::new(backstop::alerts::LogAlerts),
+        alerts: Arc::new(backstop_core::alerts::LogAlerts),
         oidc: None,
     }
 }
@@ -52,7 +56,7 @@ async fn function(
 async fn run(f: &RetentionFunction, dry_run: bool) -> RunResult {
     for _ in 0..5 {
         let r = f
-            .run(&backstop::events::ScheduleRequest {
+            .run(&backstop_core::events::ScheduleRequest {
                 dry_run: Some(dry_run),
             })
             .await;

@@ -2,7 +2,7 @@
 //! fake-gcs-server, S3 on moto_server), as `object_store` does for its
 //! backends. Each check is written once, generic over `ObjectStore`.
 
-use backstop::store::{ObjectStore, ObjectStoreExt, PutOptions, StoreError};
+use backstop_core::store::{ObjectStore, ObjectStoreExt, PutOptions, StoreError};
 use backstop_tests::{drain_sha256, gcs, pseudo_random_stream, s3, unique_prefix};
 use bytes::Bytes;
 

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use backstop::config::{ConfigError, Env};
-use backstop::crypto::KmsOptions;
-use backstop::dump::{DATABASE_URL_VAR, DumpConfig, DumpSettings, run_dump};
-use backstop::store::gcs::GcsStore;
+use backstop_cloud::gcs::GcsStore;
+use backstop_cloud::kms::CloudKms;
+use backstop_core::config::{ConfigError, Env};
+use backstop_postgres::dump::{DATABASE_URL_VAR, DumpConfig, DumpSettings, run_dump};
 
 const BUCKET_VAR: &str = "BACKSTOP_GCS_BUCKET";
 
@@ -19,7 +19,7 @@ pub struct DumpArgs {
     #[arg(long, env = "BACKSTOP_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Namespace of the backup: `production` or a branch namespace.
-    #[arg(long, env = "BACKSTOP_NAMESPACE", default_value = backstop::dump::DEFAULT_NAMESPACE)]
+    #[arg(long, env = "BACKSTOP_NAMESPACE", default_value = backstop_postgres::dump::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// GCS bucket that receives the backup.
     #[arg(long, env = "BACKSTOP_GCS_BUCKET")]
@@ -73,7 +73,7 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
             .filter(|p| !p.as_os_str().is_empty())
             .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
     };
-    let config = DumpConfig::load(settings, &KmsOptions::from_env(&env)).await?;
+    let config = DumpConfig::load(settings, &CloudKms::from_env(&env)).await?;
     // The store reads its bucket from the environment; --bucket wins.
     let gcs_env = Env::from_pairs(
         std::env::vars()

@@ -8,10 +8,10 @@ use std::process::Command as Process;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use backstop::config::Env;
-use backstop::crypto::{
-    self, BackupSecretKey, BackupVerifier, KeyAlgorithm, KeySource, KmsOptions, RecipientKey,
-    RecipientSet, VerifyingKey,
+use backstop_core::config::Env;
+use backstop_core::crypto::{
+    self, BackupSecretKey, BackupVerifier, KeyAlgorithm, KeySource, RecipientKey, RecipientSet,
+    VerifyingKey,
 };
 use clap::{Args, Subcommand};
 
@@ -286,7 +286,7 @@ fn key_source(setting: &str) -> anyhow::Result<KeySource> {
 }
 
 async fn decrypt(a: DecryptArgs) -> anyhow::Result<()> {
-    let kms = KmsOptions::from_env(&Env::from_process());
+    let kms = backstop_cloud::kms::CloudKms::from_env(&Env::from_process());
     let key = BackupSecretKey::load(&key_source(&a.key)?, &kms).await?;
     let input = crypto::reader_stream(open_input(&a.input)?, 1 << 20);
     if a.output.as_os_str() == "-" {
@@ -387,12 +387,12 @@ async fn keys_util(cmd: KeysUtil) -> anyhow::Result<()> {
             input,
             output,
         } => {
-            let kms = KmsOptions::from_env(&Env::from_process());
+            let kms = backstop_cloud::kms::CloudKms::from_env(&Env::from_process());
             let plain = zeroize::Zeroizing::new(
                 std::fs::read(&input)
                     .with_context(|| format!("cannot read {}", input.display()))?,
             );
-            let wrapped = crypto::kms::wrap(&kms_key, &plain, &kms).await?;
+            let wrapped = backstop_cloud::kms::wrap(&kms_key, &plain, &kms).await?;
             write_new(&output, &wrapped, false)?;
             println!(
                 "{}",

@@ -41,7 +41,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    backstop::telemetry::init(backstop::telemetry::LogFormat::detect());
+    backstop_core::telemetry::init(backstop_core::telemetry::LogFormat::detect());
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keys(cmd) => keys_cmd::run(cmd).await,

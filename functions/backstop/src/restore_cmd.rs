@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backstop::config::Env;
-use backstop::restore::{Clouds, NoProgress, Progress, RestoreConfig, RestoreSettings, restore};
-use backstop::store::ObjectStore;
-use backstop::store::gcs::GcsStore;
-use backstop::store::s3::S3Store;
+use backstop_cloud::gcs::GcsStore;
+use backstop_cloud::s3::S3Store;
+use backstop_core::config::Env;
+use backstop_core::store::ObjectStore;
+use backstop_postgres::restore::{
+    Clouds, NoProgress, Progress, RestoreConfig, RestoreSettings, restore,
+};
 
 const GCS_BUCKET_VAR: &str = "BACKSTOP_GCS_BUCKET";
 const S3_BUCKET_VAR: &str = "BACKSTOP_S3_BUCKET";
@@ -227,7 +229,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
             .filter(|p| !p.as_os_str().is_empty())
             .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
     };
-    let mut config = RestoreConfig::load(settings, &env).await?;
+    let mut config =
+        RestoreConfig::load(settings, &backstop_cloud::kms::CloudKms::from_env(&env)).await?;
     config.write_drill = !args.no_drill_record;
 
     let gcs = match args.gcs_bucket.filter(|b| !b.trim().is_empty()) {

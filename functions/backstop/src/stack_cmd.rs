@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use backstop::config::Env;
-use backstop::function::Function;
-use backstop::store::ObjectStore;
-use backstop::store::gcs::GcsStore;
-use backstop::store::s3::S3Store;
+use backstop_cloud::gcs::GcsStore;
+use backstop_cloud::s3::S3Store;
+use backstop_core::config::Env;
+use backstop_core::store::ObjectStore;
+use backstop_functions::lambda::Function;
 
 #[derive(clap::Args)]
 pub struct PingArgs {}
@@ -39,10 +39,10 @@ async fn build(name: FunctionName) -> anyhow::Result<Arc<dyn Function>> {
     let env = Env::from_process();
     Ok(match name {
         FunctionName::Replicator => {
-            Arc::new(backstop::replicate::ReplicatorFunction::from_env(&env).await?)
+            Arc::new(backstop_functions::replicator::ReplicatorFunction::from_env(&env).await?)
         }
         FunctionName::Retention => {
-            Arc::new(backstop::retention::function::RetentionFunction::from_env(&env).await?)
+            Arc::new(backstop_functions::retention::RetentionFunction::from_env(&env).await?)
         }
     })
 }
@@ -59,7 +59,7 @@ pub struct InvokeArgs {
 
 pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     let function = build(args.function).await?;
-    let code = backstop::function::run_local(function.as_ref(), &args.event).await;
+    let code = backstop_functions::lambda::run_local(function.as_ref(), &args.event).await;
     if code == std::process::ExitCode::SUCCESS {
         Ok(())
     } else {
@@ -82,7 +82,7 @@ pub struct ServeArgs {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let function = build(args.function).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    backstop::function::serve_local(function, listener).await?;
+    backstop_functions::lambda::serve_local(function, listener).await?;
     Ok(())
 }
 
@@ -98,9 +98,9 @@ pub struct RetentionArgs {
 
 /// Runs retention and the audit once, as the scheduled function would.
 pub async fn retention(args: RetentionArgs) -> anyhow::Result<()> {
-    use backstop::retention::function::RetentionFunction;
+    use backstop_functions::retention::RetentionFunction;
     let function = RetentionFunction::from_env(&Env::from_process()).await?;
-    let request = backstop::events::ScheduleRequest {
+    let request = backstop_core::events::ScheduleRequest {
         dry_run: Some(args.dry_run || function.dry_run),
     };
     let result = function.run(&request).await;

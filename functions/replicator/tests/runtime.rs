@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use backstop::naming::{BackupId, Namespace};
-use backstop::store::{ObjectStore, ObjectStoreExt};
+use backstop_core::naming::{BackupId, Namespace};
+use backstop_core::store::{ObjectStore, ObjectStoreExt};
 use backstop_tests::backups::{TestKeys, backup_id, unique_namespace, write_backup};
 use backstop_tests::lambda_api::{Completion, LambdaApi};
 use backstop_tests::oidc::{

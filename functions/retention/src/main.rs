@@ -1,16 +1,16 @@
 //! The retention Lambda: scheduled pruning of both clouds and the audit.
-//! Configuration and behaviour live in `backstop::retention::function`.
+//! Configuration and behaviour live in `backstop_functions::retention`.
 
 use std::sync::Arc;
 
-use backstop::config::Env;
-use backstop::retention::function::RetentionFunction;
+use backstop_core::config::Env;
+use backstop_functions::retention::RetentionFunction;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    backstop::telemetry::init(backstop::telemetry::LogFormat::detect());
+    backstop_core::telemetry::init(backstop_core::telemetry::LogFormat::detect());
     match RetentionFunction::from_env(&Env::from_process()).await {
-        Ok(function) => backstop::function::main(Arc::new(function)).await,
+        Ok(function) => backstop_functions::lambda::main(Arc::new(function)).await,
         Err(e) => {
             eprintln!("error: retention configuration: {e}");
             std::process::ExitCode::FAILURE

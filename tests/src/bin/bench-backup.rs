@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use backstop::naming::{BackupId, Namespace};
+use backstop_core::naming::{BackupId, Namespace};
 use backstop_tests::backups::{TestKeys, write_backup};
 use base64::Engine as _;
 use serde_json::json;

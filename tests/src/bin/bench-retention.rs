@@ -12,13 +12,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use backstop::crypto::{encrypt_stream, sign_manifest};
-use backstop::events::ScheduleRequest;
-use backstop::manifest::CiphertextInfo;
-use backstop::naming::{BackupId, DATA_FILE};
-use backstop::retention::PolicySet;
-use backstop::retention::function::{RetentionFunction, SignatureVerifier};
-use backstop::store::{ObjectStore, ObjectStoreExt, PutOptions};
+use backstop_core::crypto::{encrypt_stream, sign_manifest};
+use backstop_core::events::ScheduleRequest;
+use backstop_core::manifest::CiphertextInfo;
+use backstop_core::naming::{BackupId, DATA_FILE};
+use backstop_core::retention::PolicySet;
+use backstop_core::retention::SignatureVerifier;
+use backstop_core::store::{ObjectStore, ObjectStoreExt, PutOptions};
+use backstop_functions::retention::RetentionFunction;
 use backstop_tests::backups::{TestKeys, backup_id, synthetic_manifest};
 use backstop_tests::counting::CountingStore;
 use backstop_tests::pseudo_random_stream;
@@ -62,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     let namespaces: usize = args.get(1).map_or(Ok(10), |s| s.parse())?.max(1);
 
     let keys = TestKeys::generate();
-    let env = backstop::config::Env::from_pairs(keys.env_pairs());
+    let env = backstop_core::config::Env::from_pairs(keys.env_pairs());
     let gcs = Arc::new(CountingStore::new(backstop_tests::gcs().await));
     let s3 = Arc::new(CountingStore::new(backstop_tests::s3().await));
     if !gcs.list_page("", None).await?.objects.is_empty() {
@@ -132,12 +133,12 @@ async fn main() -> anyhow::Result<()> {
         primary: gcs.clone(),
         replica: Some(s3.clone()),
         verifier: SignatureVerifier {
-            keys: backstop::trust::TrustedKeys::from_env(&env).await?,
+            keys: backstop_core::trust::TrustedKeys::from_env(&env).await?,
         },
         policies: PolicySet::default(),
         dry_run: true,
         bucket_config: None,
-        alerts: Arc::new(backstop::alerts::LogAlerts),
+        alerts: Arc::new(backstop_core::alerts::LogAlerts),
         oidc: None,
     };
     let started = Instant::now();

@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use backstop::store::{ObjectStore, PutOptions};
+use backstop_core::store::{ObjectStore, PutOptions};
 use backstop_tests::{drain_sha256, pseudo_random_stream};
 use serde_json::json;
 

@@ -1,0 +1,542 @@
+//! S3 adapter on `aws-sdk-s3`.
+//!
+//! Uploads stream as multipart uploads with several parts in flight (memory is
+//! bounded by `part_size * (concurrency + 1)`), each part carrying a CRC32C
+//! checksum; a conditional create uses `If-None-Match: *` on completion. A
+//! failed upload is aborted so nothing partial stays behind.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as AwsBody;
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
+use base64::Engine;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use backstop_core::config::{ConfigError, Env};
+use backstop_core::store::{
+    ByteStream, GetResult, ListPage, ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError,
+    StoreResult, byte_stream, rechunk,
+};
+
+/// S3's minimum part size is 5 MiB; 8 MiB keeps memory small and requests few.
+pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    part_size: usize,
+    concurrency: usize,
+    page_size: i32,
+}
+
+/// Whether requests to `endpoint` never use TLS (a local S3 server).
+fn is_plain_http(endpoint: &str) -> bool {
+    endpoint
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+}
+
+/// An HTTP client for a plain-HTTP endpoint. The SDK's default client loads
+/// and parses every system CA certificate when the S3 client is built (about
+/// 5 ms of a cold start on a Debian host with `SSL_CERT_DIR` set), for TLS
+/// that an `http://` endpoint never speaks; its trust store is left empty, so
+/// an `https://` redirect would fail verification rather than go unchecked.
+fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{
+        Provider, TlsContext, TrustStore, rustls_provider::CryptoMode,
+    };
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(TrustStore::empty())
+                .build()
+                .expect("an empty trust store is a valid TLS context"),
+        )
+        .build_https()
+}
+
+impl S3Store {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+            part_size: DEFAULT_PART_SIZE,
+            concurrency: DEFAULT_CONCURRENCY,
+            page_size: 1000,
+        }
+    }
+
+    /// Builds a client from the standard AWS configuration chain. With
+    /// `AWS_ENDPOINT_URL_S3` set (local S3 servers) requests use path-style
+    /// addressing. Checksums are computed and validated only where we ask for
+    /// them: local servers get multipart full-object checksums wrong.
+    pub async fn from_env(env: &Env, bucket_var: &str) -> Result<Self, ConfigError> {
+        let bucket = env.required(bucket_var, "the S3 bucket that holds backup replicas")?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if env.optional("AWS_ACCESS_KEY_ID").is_some() {
+            // What the default chain would pick first anyway (and what Lambda
+            // provides), without building the chain's STS, SSO and IMDS
+            // clients: each parses the CA certificates, at every cold start.
+            loader = loader.credentials_provider(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            );
+        }
+        let endpoint = env.optional("AWS_ENDPOINT_URL_S3");
+        if endpoint.as_deref().is_some_and(is_plain_http) {
+            loader = loader.http_client(plain_http_client());
+        }
+        let shared = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared)
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
+        if let Some(endpoint) = endpoint {
+            conf = conf.endpoint_url(endpoint).force_path_style(true);
+        }
+        if shared.region().is_none() {
+            conf = conf.region(aws_sdk_s3::config::Region::new("us-east-1"));
+        }
+        Ok(Self::new(Client::from_conf(conf.build()), bucket))
+    }
+
+    pub fn with_part_size(mut self, part_size: usize) -> Self {
+        self.part_size = part_size.max(5 * 1024 * 1024);
+        self
+    }
+
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    pub fn with_page_size(mut self, page_size: i32) -> Self {
+        self.page_size = page_size.clamp(1, 1000);
+        self
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn map_err<E>(&self, op: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let code = err.code().map(str::to_string);
+        let message = match (&code, err.message()) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c.clone(),
+            _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err)),
+        };
+        let store = self.url();
+        let key = key.to_string();
+        match (&err, status, code.as_deref()) {
+            (_, Some(404), _) | (_, _, Some("NoSuchKey" | "NotFound")) => {
+                StoreError::NotFound { store, key }
+            }
+            (_, Some(412), _)
+            | (_, _, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
+                StoreError::PreconditionFailed { store, key }
+            }
+            (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_), _, _)
+            | (_, Some(408 | 429 | 500..=599), _)
+            | (_, _, Some("SlowDown" | "RequestTimeout" | "InternalError")) => {
+                StoreError::Transient {
+                    store,
+                    op,
+                    key,
+                    message,
+                }
+            }
+            _ => StoreError::Permanent {
+                store,
+                op,
+                key,
+                message,
+            },
+        }
+    }
+
+    async fn put_single(
+        &self,
+        key: &str,
+        data: Bytes,
+        opts: &PutOptions,
+    ) -> StoreResult<ObjectMeta> {
+        let size = data.len() as u64;
+        let crc = crc32c::crc32c(&data);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_crc32_c(crc_b64(crc))
+            .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
+            .set_content_type(opts.content_type.clone())
+            .body(AwsBody::from(data));
+        if opts.mode == PutMode::Create {
+            req = req.if_none_match("*");
+        }
+        let out = req.send().await.map_err(|e| self.map_err("put", key, e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size,
+            metadata: opts.metadata.clone(),
+            crc32c: Some(crc),
+            version: out.version_id().or(out.e_tag()).map(str::to_string),
+            updated: None,
+        })
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        first: Bytes,
+        parts: impl futures::Stream<Item = std::io::Result<Bytes>> + Send,
+        opts: &PutOptions,
+    ) -> StoreResult<ObjectMeta> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
+            .set_content_type(opts.content_type.clone())
+            .send()
+            .await
+            .map_err(|e| self.map_err("create multipart upload", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let result = self
+            .upload_parts_and_complete(key, &upload_id, first, parts, opts)
+            .await;
+        if result.is_err() {
+            // Nothing partial may stay visible or billable; a failed abort
+            // leaves only invisible parts that the bucket lifecycle removes.
+            if let Err(e) = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await
+            {
+                tracing::warn!(key, upload_id, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "could not abort multipart upload");
+            }
+        }
+        result
+    }
+
+    async fn upload_parts_and_complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Bytes,
+        parts: impl futures::Stream<Item = std::io::Result<Bytes>> + Send,
+        opts: &PutOptions,
+    ) -> StoreResult<ObjectMeta> {
+        let all = futures::stream::once(async move { Ok(first) }).chain(parts);
+        let this = Arc::new(self.clone());
+        let store = self.url();
+        let uploads = all
+            .enumerate()
+            .map(|(i, part)| {
+                let this = this.clone();
+                let key = key.to_string();
+                let upload_id = upload_id.to_string();
+                let store = store.clone();
+                async move {
+                    let part = part.map_err(|source| StoreError::Source {
+                        store,
+                        key: key.clone(),
+                        source,
+                    })?;
+                    let number = i as i32 + 1;
+                    let size = part.len() as u64;
+                    let crc = crc32c::crc32c(&part);
+                    let out = this
+                        .client
+                        .upload_part()
+                        .bucket(&this.bucket)
+                        .key(&key)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .checksum_crc32_c(crc_b64(crc))
+                        .body(AwsBody::from(part))
+                        .send()
+                        .await
+                        .map_err(|e| this.map_err("upload part", &key, e))?;
+                    Ok::<_, StoreError>((
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(out.e_tag().map(str::to_string))
+                            .checksum_crc32_c(crc_b64(crc))
+                            .build(),
+                        size,
+                        crc,
+                    ))
+                }
+            })
+            .buffered(self.concurrency);
+        let done: Vec<(CompletedPart, u64, u32)> = uploads.try_collect().await?;
+        let size = done.iter().map(|(_, s, _)| s).sum();
+        let crc = done.iter().fold(None, |acc: Option<u32>, (_, len, crc)| {
+            Some(match acc {
+                None => *crc,
+                Some(a) => crc32c::crc32c_combine(a, *crc, *len as usize),
+            })
+        });
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(done.into_iter().map(|(p, _, _)| p).collect()))
+            .build();
+        let mut req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(completed);
+        if opts.mode == PutMode::Create {
+            req = req.if_none_match("*");
+        }
+        let version = match req.send().await {
+            Ok(out) => out.version_id().or(out.e_tag()).map(str::to_string),
+            Err(e) if completed_but_unparsed(&e) => {
+                // Some S3-compatible servers (moto) answer 200 with a body
+                // the SDK cannot parse; the upload did complete. Confirm it.
+                let meta = self.head(key).await?;
+                if meta.size != size {
+                    return Err(self.map_err("complete multipart upload", key, e));
+                }
+                meta.version
+            }
+            Err(e) => return Err(self.map_err("complete multipart upload", key, e)),
+        };
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size,
+            metadata: opts.metadata.clone(),
+            crc32c: crc,
+            version,
+            updated: None,
+        })
+    }
+}
+
+fn crc_b64(crc: u32) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+fn crc_from_b64(s: &str) -> Option<u32> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    Some(u32::from_be_bytes(raw.try_into().ok()?))
+}
+
+fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn url(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+
+    async fn put(&self, key: &str, body: ByteStream, opts: PutOptions) -> StoreResult<ObjectMeta> {
+        let mut parts = Box::pin(rechunk(body, self.part_size));
+        let source_err = |source| StoreError::Source {
+            store: self.url(),
+            key: key.to_string(),
+            source,
+        };
+        let first = parts
+            .try_next()
+            .await
+            .map_err(source_err)?
+            .unwrap_or_default();
+        if first.len() < self.part_size {
+            // Small objects (manifests, drill records) take one request.
+            return self.put_single(key, first, &opts).await;
+        }
+        let second = parts.try_next().await.map_err(source_err)?;
+        match second {
+            None => self.put_single(key, first, &opts).await,
+            Some(second) => {
+                let rest = futures::stream::once(async move { Ok(second) }).chain(parts);
+                self.put_multipart(key, first, rest, &opts).await
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<GetResult> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.map_err("get", key, e))?;
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or_default().max(0) as u64,
+            metadata: out
+                .metadata()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            crc32c: out.checksum_crc32_c().and_then(single_part_crc),
+            version: out.version_id().or(out.e_tag()).map(str::to_string),
+            updated: out.last_modified().and_then(to_chrono),
+        };
+        let store = self.url();
+        let key_owned = key.to_string();
+        let body = out.body;
+        let stream = futures::stream::try_unfold(body, |mut body| async move {
+            match body.try_next().await {
+                Ok(Some(chunk)) => Ok(Some((chunk, body))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .map_err(move |e| {
+            StoreError::Transient {
+                store: store.clone(),
+                op: "read",
+                key: key_owned.clone(),
+                message: e.to_string(),
+            }
+            .into_io()
+        });
+        Ok(GetResult {
+            meta,
+            body: byte_stream(stream),
+        })
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| self.map_err("head", key, e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or_default().max(0) as u64,
+            metadata: out
+                .metadata()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            crc32c: out.checksum_crc32_c().and_then(single_part_crc),
+            version: out.version_id().or(out.e_tag()).map(str::to_string),
+            updated: out.last_modified().and_then(to_chrono),
+        })
+    }
+
+    async fn list_page(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(self.page_size)
+            .set_continuation_token(page_token)
+            .send()
+            .await
+            .map_err(|e| self.map_err("list", prefix, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .map(|o| ObjectMeta {
+                key: o.key().unwrap_or_default().to_string(),
+                size: o.size().unwrap_or_default().max(0) as u64,
+                metadata: BTreeMap::new(),
+                crc32c: None,
+                version: o.e_tag().map(str::to_string),
+                updated: o.last_modified().and_then(to_chrono),
+            })
+            .collect();
+        let next_page_token = if out.is_truncated().unwrap_or(false) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            next_page_token,
+        })
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        // S3 deletes are silent about missing keys; the contract says
+        // NotFound, so look first.
+        self.head(key).await?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.map_err("delete", key, e))?;
+        Ok(())
+    }
+}
+
+/// A 200 answer whose body did not parse: the operation happened.
+fn completed_but_unparsed<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(err, SdkError::ServiceError(_))
+        && err
+            .raw_response()
+            .is_some_and(|r| r.status().as_u16() == 200)
+}
+
+/// A multipart object's checksum reads `xxxx-N` (a checksum of checksums), not
+/// the object's CRC32C; only single-part values are returned.
+fn single_part_crc(s: &str) -> Option<u32> {
+    if s.contains('-') {
+        None
+    } else {
+        crc_from_b64(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_encoding_round_trips() {
+        let crc = crc32c::crc32c(b"hello world");
+        assert_eq!(crc_from_b64(&crc_b64(crc)), Some(crc));
+        assert_eq!(single_part_crc(&format!("{}-3", crc_b64(crc))), None);
+    }
+}

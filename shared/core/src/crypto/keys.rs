@@ -1,0 +1,942 @@
+//! Keys: generation, the four roles, and where secret keys come from.
+//!
+//! Backstop uses two OpenPGP v4 key pairs, both readable by stock GnuPG 2.2:
+//!
+//! - the **backup key**: an Ed25519 (legacy EdDSA) primary key that only
+//!   certifies, with a Curve25519 (legacy ECDH) encryption subkey; or
+//!   RSA-4096 primary + RSA-4096 encryption subkey. Its public half
+//!   ([`RecipientKey`]) is configuration for the dump job; its secret half
+//!   ([`BackupSecretKey`]) is needed only to restore.
+//! - the **signing key**: an Ed25519 (legacy EdDSA) primary key that
+//!   certifies and signs (or RSA-4096). The dump job holds the secret half
+//!   ([`SigningKey`]); everything else holds the public half
+//!   ([`VerifyingKey`]).
+//!
+//! Generated keys have no passphrase: secret keys are protected by Cloud KMS
+//! instead (see [`KeySource`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use pgp::composed::{
+    ArmorOptions, Deserializable, EncryptionCaps, KeyType, SecretKeyParamsBuilder, SignedPublicKey,
+    SignedPublicSubKey, SignedSecretKey, SubkeyParamsBuilder,
+};
+use pgp::crypto::ecc_curve::ECCCurve;
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::crypto::sym::SymmetricKeyAlgorithm;
+use pgp::packet::{Signature, SignatureType};
+use pgp::types::{CompressionAlgorithm, KeyDetails, Timestamp};
+use smallvec_compat::smallvec;
+use zeroize::Zeroizing;
+
+use super::{CryptoError, hex_upper};
+
+mod smallvec_compat {
+    /// rpgp takes `SmallVec`s for preferences; build them from arrays.
+    macro_rules! smallvec {
+        ($($x:expr),* $(,)?) => {
+            [$($x),*].into_iter().collect()
+        };
+    }
+    pub(crate) use smallvec;
+}
+
+/// Key algorithm for [`generate_backup_key`] / [`generate_signing_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyAlgorithm {
+    /// Ed25519 (legacy EdDSA) + Curve25519 (legacy ECDH): small and fast.
+    #[default]
+    Curve25519,
+    /// RSA-4096 (slow to generate; for policies that demand RSA).
+    Rsa4096,
+}
+
+impl FromStr for KeyAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "curve25519" | "cv25519" | "ed25519" | "25519" => Ok(KeyAlgorithm::Curve25519),
+            "rsa4096" | "rsa-4096" | "rsa" => Ok(KeyAlgorithm::Rsa4096),
+            other => Err(format!(
+                "unknown key algorithm {other:?}: use curve25519 or rsa4096"
+            )),
+        }
+    }
+}
+
+/// A freshly generated key pair, armored.
+pub struct GeneratedKey {
+    /// Primary key fingerprint, upper-case hex.
+    pub fingerprint: String,
+    /// Fingerprint of the subkey that session keys are encrypted to (backup
+    /// keys) or of the key that signs (signing keys).
+    pub working_fingerprint: String,
+    pub public_armored: String,
+    pub secret_armored: Zeroizing<String>,
+}
+
+impl fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn rng() -> rand08::rngs::OsRng {
+    rand08::rngs::OsRng
+}
+
+fn keygen_err(e: impl fmt::Display) -> CryptoError {
+    CryptoError::KeyGeneration(e.to_string())
+}
+
+fn armor_opts() -> ArmorOptions<'static> {
+    ArmorOptions::default()
+}
+
+fn finish_generated(secret: SignedSecretKey, working: String) -> Result<GeneratedKey, CryptoError> {
+    let public = secret.to_public_key();
+    Ok(GeneratedKey {
+        fingerprint: hex_upper(secret.fingerprint().as_bytes()),
+        working_fingerprint: working,
+        public_armored: public.to_armored_string(armor_opts()).map_err(keygen_err)?,
+        secret_armored: Zeroizing::new(secret.to_armored_string(armor_opts()).map_err(keygen_err)?),
+    })
+}
+
+/// Generates a backup (encryption) key pair.
+pub fn generate_backup_key(
+    user_id: &str,
+    algorithm: KeyAlgorithm,
+) -> Result<GeneratedKey, CryptoError> {
+    let (primary, sub) = match algorithm {
+        KeyAlgorithm::Curve25519 => (
+            KeyType::Ed25519Legacy,
+            KeyType::ECDH(ECCCurve::Curve25519Legacy),
+        ),
+        KeyAlgorithm::Rsa4096 => (KeyType::Rsa(4096), KeyType::Rsa(4096)),
+    };
+    let subkey = SubkeyParamsBuilder::default()
+        .key_type(sub)
+        .can_sign(false)
+        .can_encrypt(EncryptionCaps::All)
+        .can_authenticate(false)
+        .build()
+        .map_err(keygen_err)?;
+    let params = SecretKeyParamsBuilder::default()
+        .key_type(primary)
+        .can_certify(true)
+        .can_sign(false)
+        .can_encrypt(EncryptionCaps::None)
+        .primary_user_id(user_id.to_string())
+        .preferred_symmetric_algorithms(smallvec![
+            SymmetricKeyAlgorithm::AES256,
+            SymmetricKeyAlgorithm::AES192,
+            SymmetricKeyAlgorithm::AES128
+        ])
+        .preferred_hash_algorithms(smallvec![HashAlgorithm::Sha512, HashAlgorithm::Sha256])
+        .preferred_compression_algorithms(smallvec![
+            CompressionAlgorithm::Uncompressed,
+            CompressionAlgorithm::ZLIB,
+            CompressionAlgorithm::ZIP
+        ])
+        .subkeys(vec![subkey])
+        .build()
+        .map_err(keygen_err)?;
+    let secret = params.generate(rng()).map_err(keygen_err)?;
+    let working = hex_upper(secret.secret_subkeys[0].key.fingerprint().as_bytes());
+    finish_generated(secret, working)
+}
+
+/// Generates a signing key pair (the primary key signs).
+pub fn generate_signing_key(
+    user_id: &str,
+    algorithm: KeyAlgorithm,
+) -> Result<GeneratedKey, CryptoError> {
+    let primary = match algorithm {
+        KeyAlgorithm::Curve25519 => KeyType::Ed25519Legacy,
+        KeyAlgorithm::Rsa4096 => KeyType::Rsa(4096),
+    };
+    let params = SecretKeyParamsBuilder::default()
+        .key_type(primary)
+        .can_certify(true)
+        .can_sign(true)
+        .can_encrypt(EncryptionCaps::None)
+        .primary_user_id(user_id.to_string())
+        .preferred_symmetric_algorithms(smallvec![SymmetricKeyAlgorithm::AES256])
+        .preferred_hash_algorithms(smallvec![HashAlgorithm::Sha512, HashAlgorithm::Sha256])
+        .preferred_compression_algorithms(smallvec![CompressionAlgorithm::Uncompressed])
+        .build()
+        .map_err(keygen_err)?;
+    let secret = params.generate(rng()).map_err(keygen_err)?;
+    let working = hex_upper(secret.fingerprint().as_bytes());
+    finish_generated(secret, working)
+}
+
+// ---- parsing ------------------------------------------------------------
+
+fn parse_public(what: &str, bytes: &[u8]) -> Result<SignedPublicKey, CryptoError> {
+    let err = |reason: String| CryptoError::KeyParse {
+        what: what.to_string(),
+        reason,
+    };
+    if looks_like_secret(bytes) {
+        // A secret key block also carries the public key.
+        return Ok(parse_secret(what, bytes)?.to_public_key());
+    }
+    let (key, _) = SignedPublicKey::from_reader_single(bytes).map_err(|e| err(e.to_string()))?;
+    key.verify_bindings()
+        .map_err(|e| err(format!("its self-signatures do not verify: {e}")))?;
+    Ok(key)
+}
+
+fn looks_like_secret(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(256)];
+    String::from_utf8_lossy(head).contains("PRIVATE KEY BLOCK")
+}
+
+fn parse_secret(what: &str, bytes: &[u8]) -> Result<SignedSecretKey, CryptoError> {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]);
+    if text.contains("PUBLIC KEY BLOCK") {
+        return Err(CryptoError::NotASecretKey {
+            what: what.to_string(),
+        });
+    }
+    let (key, _) =
+        SignedSecretKey::from_reader_single(bytes).map_err(|e| CryptoError::KeyParse {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
+    key.verify_bindings().map_err(|e| CryptoError::KeyParse {
+        what: what.to_string(),
+        reason: format!("its self-signatures do not verify: {e}"),
+    })?;
+    Ok(key)
+}
+
+/// Latest self-signature among `sigs` of the given types.
+fn latest<'a>(sigs: impl Iterator<Item = &'a Signature>) -> Option<&'a Signature> {
+    sigs.max_by_key(|s| s.created().map(|t| t.as_secs()).unwrap_or(0))
+}
+
+fn is_revoked_subkey(sigs: &[Signature]) -> bool {
+    sigs.iter()
+        .any(|s| s.typ() == Some(SignatureType::SubkeyRevocation))
+}
+
+fn subkey_binding(sigs: &[Signature]) -> Option<&Signature> {
+    latest(
+        sigs.iter()
+            .filter(|s| s.typ() == Some(SignatureType::SubkeyBinding)),
+    )
+}
+
+fn expired(created: Timestamp, sig: &Signature) -> bool {
+    match sig.key_expiration_time() {
+        Some(d) if d.as_secs() > 0 => {
+            (created.as_secs() as u64 + d.as_secs() as u64) < Timestamp::now().as_secs() as u64
+        }
+        _ => false,
+    }
+}
+
+/// The primary key's current self-signature (user id certifications and
+/// direct-key signatures).
+fn primary_self_sig(details: &pgp::composed::SignedKeyDetails) -> Option<&Signature> {
+    latest(
+        details
+            .users
+            .iter()
+            .flat_map(|u| u.signatures.iter())
+            .chain(details.direct_signatures.iter()),
+    )
+}
+
+fn fpr_hex(k: &impl KeyDetails) -> String {
+    hex_upper(k.fingerprint().as_bytes())
+}
+
+/// Encryption-capable subkeys of a certificate: `(subkey, expired)`.
+fn encryption_subkeys(cert: &SignedPublicKey) -> Vec<(&SignedPublicSubKey, bool)> {
+    cert.public_subkeys
+        .iter()
+        .filter(|sk| sk.key.algorithm().can_encrypt() && !is_revoked_subkey(&sk.signatures))
+        .filter_map(|sk| {
+            let sig = subkey_binding(&sk.signatures)?;
+            let flags = sig.key_flags();
+            (flags.encrypt_comms() || flags.encrypt_storage())
+                .then(|| (sk, expired(sk.key.created_at(), sig)))
+        })
+        .collect()
+}
+
+// ---- roles -------------------------------------------------------------
+
+/// A backup recipient: a public key with an encryption subkey.
+#[derive(Clone, Debug)]
+pub struct RecipientKey {
+    cert: SignedPublicKey,
+}
+
+impl RecipientKey {
+    /// Parses an armored (or binary) public key. A secret key block is
+    /// accepted too (its public half is used).
+    pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Self, CryptoError> {
+        let cert = parse_public(what, bytes)?;
+        let k = RecipientKey { cert };
+        k.encryption_subkey()?;
+        Ok(k)
+    }
+
+    pub fn from_armored(text: &str) -> Result<Self, CryptoError> {
+        Self::from_bytes("the recipient key", text.as_bytes())
+    }
+
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, CryptoError> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        Self::from_bytes(&path.display().to_string(), &bytes)
+    }
+
+    /// Primary key fingerprint.
+    pub fn fingerprint(&self) -> String {
+        fpr_hex(&self.cert)
+    }
+
+    /// The subkey that new backups are encrypted to: the newest valid,
+    /// unexpired encryption subkey (as GnuPG chooses).
+    pub(crate) fn encryption_subkey(&self) -> Result<&SignedPublicSubKey, CryptoError> {
+        encryption_subkeys(&self.cert)
+            .into_iter()
+            .filter(|(_, expired)| !expired)
+            .map(|(sk, _)| sk)
+            .max_by_key(|sk| sk.key.created_at().as_secs())
+            .ok_or_else(|| CryptoError::NoEncryptionKey {
+                fingerprint: self.fingerprint(),
+            })
+    }
+
+    /// Fingerprint of [`Self::encryption_subkey`]: what a manifest lists.
+    pub fn encryption_fingerprint(&self) -> Result<String, CryptoError> {
+        Ok(fpr_hex(&self.encryption_subkey()?.key))
+    }
+
+    pub fn to_armored(&self) -> String {
+        self.cert
+            .to_armored_string(armor_opts())
+            .expect("serializing a parsed key cannot fail")
+    }
+}
+
+/// The set of (sub)keys a backup may be encrypted to, for verification
+/// without secrets. Holds every encryption subkey of every configured
+/// recipient, expired ones included (old backups stay verifiable).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecipientSet {
+    /// key id → (subkey fingerprint, primary fingerprint)
+    by_id: BTreeMap<[u8; 8], (String, String)>,
+}
+
+impl RecipientSet {
+    pub fn new(recipients: &[RecipientKey]) -> Self {
+        let mut by_id = BTreeMap::new();
+        for r in recipients {
+            for (sk, _) in encryption_subkeys(&r.cert) {
+                let fpr = sk.key.fingerprint();
+                let bytes = fpr.as_bytes();
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&bytes[bytes.len() - 8..]);
+                by_id.insert(id, (hex_upper(bytes), r.fingerprint()));
+            }
+        }
+        RecipientSet { by_id }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn contains_key_id(&self, id: &[u8; 8]) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Whether `fpr` (upper or lower hex) is one of the encryption subkeys
+    /// or the primary key of a configured recipient.
+    pub fn contains_fingerprint(&self, fpr: &str) -> bool {
+        self.by_id.values().any(|(sub, primary)| {
+            sub.eq_ignore_ascii_case(fpr) || primary.eq_ignore_ascii_case(fpr)
+        })
+    }
+
+    /// For error messages.
+    pub fn describe(&self) -> String {
+        if self.by_id.is_empty() {
+            return "none configured".into();
+        }
+        self.by_id
+            .iter()
+            .map(|(id, (_, primary))| format!("{} (key {primary})", hex_upper(id)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The backup secret key: decrypts backups (restore only).
+#[derive(Clone)]
+pub struct BackupSecretKey {
+    key: SignedSecretKey,
+}
+
+impl fmt::Debug for BackupSecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BackupSecretKey({})", self.fingerprint())
+    }
+}
+
+impl BackupSecretKey {
+    pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Self, CryptoError> {
+        let key = parse_secret(what, bytes)?;
+        let k = BackupSecretKey { key };
+        if k.decryption_keys().is_empty() {
+            return Err(CryptoError::NoEncryptionKey {
+                fingerprint: k.fingerprint(),
+            });
+        }
+        Ok(k)
+    }
+
+    pub fn from_armored(text: &str) -> Result<Self, CryptoError> {
+        Self::from_bytes("the backup secret key", text.as_bytes())
+    }
+
+    /// Reads the key from a [`KeySource`] (file, inline, or KMS-wrapped).
+    pub async fn load(source: &KeySource, kms: &dyn KeyUnwrap) -> Result<Self, CryptoError> {
+        let bytes = source.read(kms).await?;
+        Self::from_bytes(&source.to_string(), &bytes)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fpr_hex(&self.key.primary_key)
+    }
+
+    /// Its public half (for encryption and verification).
+    pub fn recipient(&self) -> RecipientKey {
+        RecipientKey {
+            cert: self.key.to_public_key(),
+        }
+    }
+
+    /// `(key id, fingerprint, key)` of every secret (sub)key that can decrypt.
+    pub(crate) fn decryption_keys(&self) -> Vec<([u8; 8], String, DecryptKeyRef<'_>)> {
+        let mut out = Vec::new();
+        let id_of = |fpr: &pgp::types::Fingerprint| {
+            let b = fpr.as_bytes();
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&b[b.len() - 8..]);
+            id
+        };
+        for sk in &self.key.secret_subkeys {
+            if sk.key.algorithm().can_encrypt() {
+                let fpr = sk.key.fingerprint();
+                out.push((
+                    id_of(&fpr),
+                    hex_upper(fpr.as_bytes()),
+                    DecryptKeyRef::Sub(&sk.key),
+                ));
+            }
+        }
+        let p = &self.key.primary_key;
+        if p.algorithm().can_encrypt() {
+            let fpr = p.fingerprint();
+            out.push((
+                id_of(&fpr),
+                hex_upper(fpr.as_bytes()),
+                DecryptKeyRef::Primary(p),
+            ));
+        }
+        out
+    }
+}
+
+pub(crate) enum DecryptKeyRef<'a> {
+    Primary(&'a pgp::packet::SecretKey),
+    Sub(&'a pgp::packet::SecretSubkey),
+}
+
+impl DecryptKeyRef<'_> {
+    pub(crate) fn is_locked(&self) -> bool {
+        match self {
+            DecryptKeyRef::Primary(k) => k.secret_params().is_encrypted(),
+            DecryptKeyRef::Sub(k) => k.secret_params().is_encrypted(),
+        }
+    }
+
+    pub(crate) fn decrypt(
+        &self,
+        values: &pgp::types::PkeskBytes,
+    ) -> pgp::errors::Result<pgp::errors::Result<pgp::composed::PlainSessionKey>> {
+        use pgp::types::{DecryptionKey, EskType, Password};
+        match self {
+            DecryptKeyRef::Primary(k) => k.decrypt(&Password::empty(), values, EskType::V3_4),
+            DecryptKeyRef::Sub(k) => k.decrypt(&Password::empty(), values, EskType::V3_4),
+        }
+    }
+}
+
+/// The signing secret key (the dump job signs manifests with it).
+#[derive(Clone)]
+pub struct SigningKey {
+    key: SignedSecretKey,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey({})", self.fingerprint())
+    }
+}
+
+pub(crate) enum SignKeyRef<'a> {
+    Primary(&'a pgp::packet::SecretKey),
+    Sub(&'a pgp::packet::SecretSubkey),
+}
+
+impl SigningKey {
+    pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Self, CryptoError> {
+        let key = parse_secret(what, bytes)?;
+        let k = SigningKey { key };
+        k.signer()?;
+        Ok(k)
+    }
+
+    pub fn from_armored(text: &str) -> Result<Self, CryptoError> {
+        Self::from_bytes("the signing key", text.as_bytes())
+    }
+
+    pub async fn load(source: &KeySource, kms: &dyn KeyUnwrap) -> Result<Self, CryptoError> {
+        let bytes = source.read(kms).await?;
+        Self::from_bytes(&source.to_string(), &bytes)
+    }
+
+    /// Primary key fingerprint (what a manifest's `signer` holds).
+    pub fn fingerprint(&self) -> String {
+        fpr_hex(&self.key.primary_key)
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        VerifyingKey {
+            cert: self.key.to_public_key(),
+        }
+    }
+
+    /// The key that makes signatures: the primary if it may sign, otherwise
+    /// the newest signing subkey.
+    pub(crate) fn signer(&self) -> Result<SignKeyRef<'_>, CryptoError> {
+        let primary_can_sign = self.key.primary_key.algorithm().can_sign()
+            && primary_self_sig(&self.key.details).is_some_and(|s| s.key_flags().sign());
+        let r = if primary_can_sign {
+            SignKeyRef::Primary(&self.key.primary_key)
+        } else {
+            let sub = self
+                .key
+                .secret_subkeys
+                .iter()
+                .filter(|sk| {
+                    sk.key.algorithm().can_sign()
+                        && subkey_binding(&sk.signatures).is_some_and(|s| s.key_flags().sign())
+                })
+                .max_by_key(|sk| sk.key.created_at().as_secs())
+                .ok_or_else(|| CryptoError::NoSigningCapability {
+                    fingerprint: self.fingerprint(),
+                })?;
+            SignKeyRef::Sub(&sub.key)
+        };
+        let locked = match &r {
+            SignKeyRef::Primary(k) => k.secret_params().is_encrypted(),
+            SignKeyRef::Sub(k) => k.secret_params().is_encrypted(),
+        };
+        if locked {
+            return Err(CryptoError::SecretKeyLocked {
+                fingerprint: self.fingerprint(),
+            });
+        }
+        Ok(r)
+    }
+}
+
+/// A signing public key: verifies manifest signatures.
+#[derive(Clone, Debug)]
+pub struct VerifyingKey {
+    pub(crate) cert: SignedPublicKey,
+}
+
+impl VerifyingKey {
+    pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Self, CryptoError> {
+        Ok(VerifyingKey {
+            cert: parse_public(what, bytes)?,
+        })
+    }
+
+    pub fn from_armored(text: &str) -> Result<Self, CryptoError> {
+        Self::from_bytes("the signing public key", text.as_bytes())
+    }
+
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, CryptoError> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        Self::from_bytes(&path.display().to_string(), &bytes)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fpr_hex(&self.cert)
+    }
+
+    pub fn to_armored(&self) -> String {
+        self.cert
+            .to_armored_string(armor_opts())
+            .expect("serializing a parsed key cannot fail")
+    }
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, CryptoError> {
+    std::fs::read(path).map_err(|source| CryptoError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+// ---- key sources ---------------------------------------------------------
+
+/// Where a key comes from, chosen by a URI-like setting:
+///
+/// | setting | meaning |
+/// |---|---|
+/// | `file:/path/key.asc` (or `file:relative/key.asc`) | an armored key file |
+/// | `-----BEGIN PGP ...` | the armored key itself (for environment variables) |
+/// | `gcpkms:projects/P/locations/L/keyRings/R/cryptoKeys/K:/path/key.asc.kms` | an armored secret key encrypted with Cloud KMS key `K`; the file holds the raw KMS ciphertext |
+///
+/// The KMS-wrapped file is what `gcloud` writes:
+///
+/// ```text
+/// gcloud kms encrypt --location L --keyring R --key K \
+///     --plaintext-file backup.sec.asc --ciphertext-file backup.sec.asc.kms
+/// ```
+///
+/// (or `backstop keys wrap --kms-key projects/P/.../cryptoKeys/K IN OUT`,
+/// which calls the same `Encrypt` API). Only the KMS key name and the wrapped
+/// file live in the repository; the plaintext key never does. Unwrapping uses
+/// Cloud KMS `Decrypt` through the official `google-cloud-kms-v1` client with
+/// Application Default Credentials, or an endpoint from
+/// [`KmsOptions::endpoint`] (`BACKSTOP_KMS_ENDPOINT`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    Inline(Zeroizing<String>),
+    GcpKms { key_name: String, path: PathBuf },
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Never prints inline key material.
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::File(p) => write!(f, "file:{}", p.display()),
+            KeySource::Inline(_) => f.write_str("inline key"),
+            KeySource::GcpKms { key_name, path } => {
+                write!(f, "gcpkms:{key_name}:{}", path.display())
+            }
+        }
+    }
+}
+
+impl FromStr for KeySource {
+    type Err = CryptoError;
+
+    fn from_str(s: &str) -> Result<Self, CryptoError> {
+        let setting = s.trim();
+        let err = |reason: &str| CryptoError::KeySource {
+            setting: if setting.starts_with("-----") {
+                "(inline key)".into()
+            } else {
+                setting.to_string()
+            },
+            reason: reason.to_string(),
+        };
+        if setting.starts_with("-----BEGIN PGP") {
+            return Ok(KeySource::Inline(Zeroizing::new(setting.to_string())));
+        }
+        if let Some(rest) = setting.strip_prefix("file:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(err("file: needs a path"));
+            }
+            return Ok(KeySource::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = setting.strip_prefix("gcpkms:") {
+            let Some((key_name, path)) = rest.split_once(':') else {
+                return Err(err(
+                    "gcpkms: needs the KMS key name and the wrapped file, separated by ':'",
+                ));
+            };
+            check_kms_key_name(key_name).map_err(|r| err(&r))?;
+            if path.is_empty() {
+                return Err(err(
+                    "gcpkms: needs the path of the wrapped key file after the key name",
+                ));
+            }
+            return Ok(KeySource::GcpKms {
+                key_name: key_name.to_string(),
+                path: PathBuf::from(path),
+            });
+        }
+        if setting.is_empty() {
+            return Err(err("the setting is empty"));
+        }
+        Err(err("unknown scheme"))
+    }
+}
+
+/// Unwraps a secret key that Cloud KMS encrypted (`gcpkms:` settings). The
+/// cloud crate's `CloudKms` is the production implementation; the core
+/// crate holds only this seam, so that it builds without the KMS client.
+#[async_trait::async_trait]
+pub trait KeyUnwrap: Send + Sync + std::fmt::Debug {
+    /// The plaintext armored key held in `wrapped`, decrypted with `key_name`.
+    async fn unwrap(
+        &self,
+        key_name: &str,
+        wrapped: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+}
+
+/// For settings that never name a KMS-wrapped key (public keys): a
+/// `gcpkms:` setting fails with a message that says so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoKms;
+
+#[async_trait::async_trait]
+impl KeyUnwrap for NoKms {
+    async fn unwrap(
+        &self,
+        key_name: &str,
+        _wrapped: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        Err(CryptoError::Kms {
+            op: "decrypt",
+            key: key_name.to_string(),
+            message: "this setting takes a public key, which is never KMS-wrapped; use file:/path/key.asc".into(),
+        })
+    }
+}
+
+/// Checks `projects/P/locations/L/keyRings/R/cryptoKeys/K`.
+pub fn check_kms_key_name(name: &str) -> Result<(), String> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let ok = parts.len() == 8
+        && parts[0] == "projects"
+        && parts[2] == "locations"
+        && parts[4] == "keyRings"
+        && parts[6] == "cryptoKeys"
+        && [1, 3, 5, 7].iter().all(|&i| !parts[i].is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a KMS key name (expected projects/P/locations/L/keyRings/R/cryptoKeys/K)"
+        ))
+    }
+}
+
+impl KeySource {
+    /// The key bytes (armored text). Secret material: zeroized on drop.
+    pub async fn read(&self, kms: &dyn KeyUnwrap) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        match self {
+            KeySource::File(path) => Ok(Zeroizing::new(read_file(path)?)),
+            KeySource::Inline(text) => Ok(Zeroizing::new(text.as_bytes().to_vec())),
+            KeySource::GcpKms { key_name, path } => {
+                let wrapped = read_file(path)?;
+                kms.unwrap(key_name, wrapped).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    /// Keys are generated once per test binary (Ed25519 is fast, but many
+    /// tests need them).
+    pub(crate) struct TestKeys {
+        pub backup: GeneratedKey,
+        pub backup2: GeneratedKey,
+        pub signing: GeneratedKey,
+        pub signing2: GeneratedKey,
+    }
+
+    pub(crate) fn test_keys() -> &'static TestKeys {
+        static KEYS: OnceLock<TestKeys> = OnceLock::new();
+        KEYS.get_or_init(|| TestKeys {
+            backup: generate_backup_key(
+                "Test backup <backup@example.invalid>",
+                KeyAlgorithm::Curve25519,
+            )
+            .unwrap(),
+            backup2: generate_backup_key(
+                "Other backup <other@example.invalid>",
+                KeyAlgorithm::Curve25519,
+            )
+            .unwrap(),
+            signing: generate_signing_key(
+                "Test signing <sign@example.invalid>",
+                KeyAlgorithm::Curve25519,
+            )
+            .unwrap(),
+            signing2: generate_signing_key(
+                "Other signing <sign2@example.invalid>",
+                KeyAlgorithm::Curve25519,
+            )
+            .unwrap(),
+        })
+    }
+
+    #[test]
+    fn generated_keys_parse_in_their_roles() {
+        let k = test_keys();
+        let r = RecipientKey::from_armored(&k.backup.public_armored).unwrap();
+        assert_eq!(r.fingerprint(), k.backup.fingerprint);
+        assert_eq!(
+            r.encryption_fingerprint().unwrap(),
+            k.backup.working_fingerprint
+        );
+        let s = BackupSecretKey::from_armored(&k.backup.secret_armored).unwrap();
+        assert_eq!(s.fingerprint(), k.backup.fingerprint);
+        assert_eq!(s.recipient().fingerprint(), k.backup.fingerprint);
+        let sig = SigningKey::from_armored(&k.signing.secret_armored).unwrap();
+        assert_eq!(sig.fingerprint(), k.signing.fingerprint);
+        let v = VerifyingKey::from_armored(&k.signing.public_armored).unwrap();
+        assert_eq!(v.fingerprint(), k.signing.fingerprint);
+        assert!(
+            k.backup
+                .public_armored
+                .starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        );
+        assert!(
+            k.backup
+                .secret_armored
+                .starts_with("-----BEGIN PGP PRIVATE KEY BLOCK-----")
+        );
+    }
+
+    #[test]
+    fn keys_in_the_wrong_role_are_refused() {
+        let k = test_keys();
+        // A signing key has no encryption subkey.
+        assert!(matches!(
+            RecipientKey::from_armored(&k.signing.public_armored),
+            Err(CryptoError::NoEncryptionKey { .. })
+        ));
+        // A public key is not a secret key.
+        assert!(matches!(
+            BackupSecretKey::from_armored(&k.backup.public_armored),
+            Err(CryptoError::NotASecretKey { .. })
+        ));
+        // The backup key cannot sign (its primary only certifies).
+        assert!(matches!(
+            SigningKey::from_armored(&k.backup.secret_armored),
+            Err(CryptoError::NoSigningCapability { .. })
+        ));
+        assert!(matches!(
+            RecipientKey::from_armored("not a key"),
+            Err(CryptoError::KeyParse { .. })
+        ));
+    }
+
+    #[test]
+    fn recipient_set_knows_subkeys() {
+        let k = test_keys();
+        let r = RecipientKey::from_armored(&k.backup.public_armored).unwrap();
+        let set = RecipientSet::new(std::slice::from_ref(&r));
+        let fpr = r.encryption_fingerprint().unwrap();
+        assert!(set.contains_fingerprint(&fpr));
+        assert!(set.contains_fingerprint(&fpr.to_lowercase()));
+        assert!(set.contains_fingerprint(&r.fingerprint()));
+        let id: [u8; 8] = hex::decode(&fpr[24..]).unwrap().try_into().unwrap();
+        assert!(set.contains_key_id(&id));
+        assert!(!set.contains_key_id(&[0; 8]));
+    }
+
+    #[test]
+    fn key_source_settings() {
+        assert_eq!(
+            "file:/etc/k.asc".parse::<KeySource>().unwrap(),
+            KeySource::File("/etc/k.asc".into())
+        );
+        assert_eq!(
+            "file:///etc/k.asc".parse::<KeySource>().unwrap(),
+            KeySource::File("/etc/k.asc".into())
+        );
+        let kms: KeySource =
+            "gcpkms:projects/p/locations/global/keyRings/r/cryptoKeys/k:keys/backup.sec.asc.kms"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            kms,
+            KeySource::GcpKms {
+                key_name: "projects/p/locations/global/keyRings/r/cryptoKeys/k".into(),
+                path: "keys/backup.sec.asc.kms".into()
+            }
+        );
+        assert_eq!(
+            kms.to_string(),
+            "gcpkms:projects/p/locations/global/keyRings/r/cryptoKeys/k:keys/backup.sec.asc.kms"
+        );
+        let inline: KeySource = "  -----BEGIN PGP PRIVATE KEY BLOCK-----\nxyz\n"
+            .parse()
+            .unwrap();
+        assert!(matches!(inline, KeySource::Inline(_)));
+        assert_eq!(inline.to_string(), "inline key");
+        for bad in [
+            "",
+            "s3://x",
+            "/plain/path",
+            "gcpkms:projects/p",
+            "gcpkms:nonsense:/x",
+            "file:",
+        ] {
+            assert!(
+                matches!(bad.parse::<KeySource>(), Err(CryptoError::KeySource { .. })),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn file_source_reads_keys() {
+        let k = test_keys();
+        let dir = std::env::temp_dir().join(format!("backstop-keys-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("signing.sec.asc");
+        std::fs::write(&path, k.signing.secret_armored.as_bytes()).unwrap();
+        let src: KeySource = format!("file:{}", path.display()).parse().unwrap();
+        let key = SigningKey::load(&src, &NoKms).await.unwrap();
+        assert_eq!(key.fingerprint(), k.signing.fingerprint);
+        let missing: KeySource = format!("file:{}", dir.join("nope").display())
+            .parse()
+            .unwrap();
+        assert!(matches!(
+            SigningKey::load(&missing, &NoKms).await,
+            Err(CryptoError::KeyFile { .. })
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,235 @@
+//! The manifest: a backup's description and commit marker.
+//!
+//! Versioned JSON, written after the data object and signed (detached
+//! OpenPGP signature, see `crypto::sign`). Readers refuse versions newer than
+//! they understand rather than guess.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::naming::{BackupId, Namespace};
+
+/// `pg_dump`'s output format, as recorded in the manifest; the one format
+/// restore reads (custom-format archives).
+pub const DUMP_FORMAT: &str = "custom";
+
+pub const MANIFEST_KIND: &str = "backstop.manifest";
+pub const MANIFEST_VERSION: u32 = 1;
+/// Manifests are small; anything larger is not one of ours.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CiphertextInfo {
+    /// Name of the data object, relative to the backup's prefix.
+    pub object: String,
+    pub size: u64,
+    /// Lower-case hex.
+    pub sha256: String,
+    /// The CRC32C as GCS reports it: big-endian, base64 of 4 bytes, and as a
+    /// number here for humans.
+    pub crc32c: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub kind: String,
+    pub version: u32,
+    pub namespace: Namespace,
+    pub database: String,
+    /// `<namespace>/<database>/<stamp>`; must match where the manifest lives.
+    pub backup_id: String,
+    pub server_version: String,
+    /// `pg_dump` output format (`custom`).
+    pub dump_format: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub plaintext_size: u64,
+    pub ciphertext: CiphertextInfo,
+    /// Fingerprints (upper-case hex) of the keys the session key is encrypted to.
+    pub recipients: Vec<String>,
+    /// Fingerprint of the key that signs this manifest.
+    pub signer: String,
+    /// Exact row counts per `schema.table`, taken in the dump's snapshot.
+    pub tables: BTreeMap<String, u64>,
+    /// `backstop <version>`.
+    pub tool: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON or misses a field: {0}")]
+    Malformed(String),
+    #[error("manifest kind {0:?} is not {MANIFEST_KIND:?}: this object is not a Backstop manifest")]
+    WrongKind(String),
+    #[error(
+        "manifest version {0} is newer than this Backstop understands (max {MANIFEST_VERSION}); upgrade Backstop"
+    )]
+    UnsupportedVersion(u32),
+    #[error(
+        "manifest describes backup {found} but was found at {expected}: it belongs to another backup"
+    )]
+    WrongBackup { expected: String, found: String },
+    #[error("manifest is larger than {MAX_MANIFEST_BYTES} bytes")]
+    TooLarge,
+}
+
+impl Manifest {
+    /// A manifest of the custom-format backup `id`: what the id determines
+    /// (kind, version, names, its time as start and finish) filled in, the
+    /// rest empty, for `Manifest { field: .., ..Manifest::of_backup(&id) }`.
+    pub fn of_backup(id: &BackupId) -> Self {
+        Self {
+            kind: MANIFEST_KIND.into(),
+            version: MANIFEST_VERSION,
+            namespace: id.namespace.clone(),
+            database: id.database.clone(),
+            backup_id: id.to_string(),
+            server_version: String::new(),
+            dump_format: DUMP_FORMAT.into(),
+            started_at: id.taken_at,
+            finished_at: id.taken_at,
+            plaintext_size: 0,
+            ciphertext: CiphertextInfo::default(),
+            recipients: Vec::new(),
+            signer: String::new(),
+            tables: BTreeMap::new(),
+            tool: String::new(),
+        }
+    }
+
+    pub fn id(&self) -> Result<BackupId, ManifestError> {
+        self.backup_id
+            .parse()
+            .map_err(|e: crate::naming::NameError| ManifestError::Malformed(e.to_string()))
+    }
+
+    /// Canonical bytes: what is stored and signed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses and checks kind and version, without trusting anything yet (the
+    /// signature is checked separately, over the same bytes).
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge);
+        }
+        #[derive(Deserialize)]
+        struct Header {
+            kind: String,
+            version: u32,
+        }
+        let header: Header =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        if header.kind != MANIFEST_KIND {
+            return Err(ManifestError::WrongKind(header.kind));
+        }
+        if header.version > MANIFEST_VERSION || header.version == 0 {
+            return Err(ManifestError::UnsupportedVersion(header.version));
+        }
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        m.id()?;
+        Ok(m)
+    }
+
+    /// Checks that this manifest describes the backup stored at `id`.
+    pub fn check_location(&self, id: &BackupId) -> Result<(), ManifestError> {
+        if self.backup_id != id.to_string() {
+            return Err(ManifestError::WrongBackup {
+                expected: id.to_string(),
+                found: self.backup_id.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    pub(crate) fn sample() -> Manifest {
+        let id = BackupId::with_nonce(
+            Namespace::new("production").unwrap(),
+            "app",
+            Utc.with_ymd_and_hms(2026, 11, 27, 3, 0, 0).unwrap(),
+            "abcdef",
+        )
+        .unwrap();
+        Manifest {
+            kind: MANIFEST_KIND.into(),
+            version: MANIFEST_VERSION,
+            namespace: id.namespace.clone(),
+            database: "app".into(),
+            backup_id: id.to_string(),
+            server_version: "15.18".into(),
+            dump_format: "custom".into(),
+            started_at: id.taken_at,
+            finished_at: id.taken_at + chrono::Duration::seconds(5),
+            plaintext_size: 1000,
+            ciphertext: CiphertextInfo {
+                object: crate::naming::DATA_FILE.into(),
+                size: 1100,
+                sha256: "00".repeat(32),
+                crc32c: 7,
+            },
+            recipients: vec!["AB".repeat(20)],
+            signer: "CD".repeat(20),
+            tables: [("public.users".to_string(), 3u64)].into(),
+            tool: format!("backstop {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = sample();
+        assert_eq!(Manifest::parse(&m.to_bytes()).unwrap(), m);
+        m.check_location(&m.id().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn rejects_future_versions_other_kinds_and_junk() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_bytes()).unwrap();
+        v["version"] = 2.into();
+        assert_eq!(
+            Manifest::parse(&serde_json::to_vec(&v).unwrap()),
+            Err(ManifestError::UnsupportedVersion(2))
+        );
+        v["version"] = 1.into();
+        v["kind"] = "other".into();
+        assert!(matches!(
+            Manifest::parse(&serde_json::to_vec(&v).unwrap()),
+            Err(ManifestError::WrongKind(_))
+        ));
+        assert!(matches!(
+            Manifest::parse(b"{not json"),
+            Err(ManifestError::Malformed(_))
+        ));
+        assert!(matches!(
+            Manifest::parse(b""),
+            Err(ManifestError::Malformed(_))
+        ));
+        v["kind"] = MANIFEST_KIND.into();
+        v.as_object_mut().unwrap().remove("ciphertext");
+        assert!(matches!(
+            Manifest::parse(&serde_json::to_vec(&v).unwrap()),
+            Err(ManifestError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn detects_manifest_of_another_backup() {
+        let m = sample();
+        let other: BackupId = "production/app/20261127T030001Z-000001".parse().unwrap();
+        assert!(matches!(
+            m.check_location(&other),
+            Err(ManifestError::WrongBackup { .. })
+        ));
+    }
+}

@@ -1,0 +1,411 @@
+//! The replicator: a GCS finalize notification in, a verified copy in S3 out.
+//!
+//! It acts on the manifest's event only (the manifest is the commit marker):
+//! verify the manifest's signature, stream the data object from GCS once
+//! while checking its OpenPGP structure, size, SHA-256 and CRC32C, stream it
+//! into S3 with a create-only write, then copy signature and manifest (the
+//! manifest last, so S3 has the same commit order). Anything that fails
+//! verification never becomes visible in S3; it is logged, alerted and
+//! acknowledged (a bad backup does not improve on retry). Transient failures
+//! are returned as errors so that the notification is redelivered.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::alerts::{Alert, AlertSink, Severity};
+use crate::crypto::{
+    BackupVerifier, CryptoError, Digests, RecipientSet, VerifyingKey, verify_manifest_at,
+};
+use crate::events::{ObjectRef, StorageEvent};
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use crate::naming::{BackupId, MANIFEST_FILE, pattern_matches};
+use crate::store::{ByteStream, ObjectStore, ObjectStoreExt, PutOptions, StoreError, byte_stream};
+
+/// User metadata written on replicated objects.
+pub const META_SHA256: &str = "backstop-sha256";
+pub const META_BACKUP_ID: &str = "backstop-backup-id";
+
+/// What happened to one notification; serialized as the function's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Replicated {
+        backup_id: String,
+        bytes: u64,
+        sha256: String,
+        seconds: f64,
+    },
+    AlreadyReplicated {
+        backup_id: String,
+    },
+    Ignored {
+        object: String,
+        reason: String,
+    },
+    /// Verification failed: nothing was copied, an alert was published.
+    Rejected {
+        backup_id: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    #[error(
+        "notification is for bucket {got:?} but this replicator serves {expected:?}; fix the notification config or BACKSTOP_GCS_BUCKET"
+    )]
+    UnknownBucket { expected: String, got: String },
+    #[error("replication of {backup_id} failed and should be retried: {message}")]
+    Retry { backup_id: String, message: String },
+}
+
+/// A failure found while the data streamed past; travels inside the byte
+/// stream as an `io::Error` and is told apart from store failures by type.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct VerificationFailed(CryptoError);
+
+pub struct Replicator {
+    pub source: Arc<dyn ObjectStore>,
+    pub target: Arc<dyn ObjectStore>,
+    /// The GCS bucket whose notifications are accepted.
+    pub source_bucket: String,
+    pub signing_keys: Vec<VerifyingKey>,
+    pub recipients: RecipientSet,
+    /// Namespace patterns to replicate (`*` globs); default `production`.
+    pub namespaces: Vec<String>,
+    pub alerts: Arc<dyn AlertSink>,
+}
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator")
+            .field("source", &self.source.url())
+            .field("target", &self.target.url())
+            .field("namespaces", &self.namespaces)
+            .finish()
+    }
+}
+
+fn retry(backup_id: &str, err: impl std::fmt::Display) -> ReplicateError {
+    ReplicateError::Retry {
+        backup_id: backup_id.to_string(),
+        message: err.to_string(),
+    }
+}
+
+impl Replicator {
+    /// Handles one storage notification.
+    pub async fn handle(&self, event: &StorageEvent) -> Result<Outcome, ReplicateError> {
+        match event {
+            StorageEvent::Finalized(object) => self.handle_finalized(object).await,
+            StorageEvent::Other { event_type, object } => Ok(Outcome::Ignored {
+                object: object.clone().unwrap_or_default(),
+                reason: format!("{event_type} notifications need no replication"),
+            }),
+        }
+    }
+
+    async fn handle_finalized(&self, object: &ObjectRef) -> Result<Outcome, ReplicateError> {
+        if object.bucket != self.source_bucket {
+            return Err(ReplicateError::UnknownBucket {
+                expected: self.source_bucket.clone(),
+                got: object.bucket.clone(),
+            });
+        }
+        let ignored = |reason: &str| {
+            Ok(Outcome::Ignored {
+                object: object.name.clone(),
+                reason: reason.to_string(),
+            })
+        };
+        let Ok((id, file)) = BackupId::parse_key(&object.name) else {
+            return ignored("not a backup object");
+        };
+        if file != MANIFEST_FILE {
+            return ignored("part of a backup; replication starts when its manifest is written");
+        }
+        if !self
+            .namespaces
+            .iter()
+            .any(|p| pattern_matches(p, id.namespace.as_str()))
+        {
+            return ignored(
+                "namespace is not configured for replication (BACKSTOP_REPLICATE_NAMESPACES)",
+            );
+        }
+        self.replicate(&id).await
+    }
+
+    /// Copies one backup, verified, if it is not in the target already.
+    pub async fn replicate(&self, id: &BackupId) -> Result<Outcome, ReplicateError> {
+        let started = Instant::now();
+        let backup_id = id.to_string();
+        // The three small reads go out together (a redelivered event needs
+        // nothing else); the target's copy is only looked at once the
+        // source's manifest has verified.
+        let (manifest_key, signature_key) = (id.manifest_key(), id.signature_key());
+        let (source_manifest, source_signature, target_manifest) = tokio::join!(
+            self.source.get_bytes(&manifest_key, MAX_MANIFEST_BYTES),
+            self.source.get_bytes(&signature_key, MAX_MANIFEST_BYTES),
+            self.target.get_bytes(&manifest_key, MAX_MANIFEST_BYTES),
+        );
+        let manifest_bytes = match source_manifest {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => {
+                return Ok(Outcome::Ignored {
+                    object: id.manifest_key(),
+                    reason: "manifest no longer exists (deleted after the notification was sent)"
+                        .into(),
+                });
+            }
+            Err(e) => return Err(retry(&backup_id, e)),
+        };
+        let signature = match source_signature {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => {
+                return self
+                    .reject(
+                        id,
+                        "manifest_unsigned",
+                        "manifest has no signature object".into(),
+                    )
+                    .await;
+            }
+            Err(e) => return Err(retry(&backup_id, e)),
+        };
+        let manifest = match verify_manifest_at(&manifest_bytes, &signature, &self.signing_keys, id)
+        {
+            Ok(m) => m,
+            Err(e) => return self.reject(id, "manifest_invalid", e.to_string()).await,
+        };
+
+        match target_manifest {
+            Ok(existing) if existing == manifest_bytes => {
+                return Ok(Outcome::AlreadyReplicated { backup_id });
+            }
+            Ok(_) => {
+                return self
+                    .reject(
+                        id,
+                        "replica_conflict",
+                        format!(
+                            "{} already holds a different manifest for this backup",
+                            self.target.url()
+                        ),
+                    )
+                    .await;
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(retry(&backup_id, e)),
+        }
+
+        let digests = match self.copy_data(id, &manifest).await? {
+            Ok(d) => d,
+            Err(reason) => return self.reject(id, "verification_failed", reason).await,
+        };
+        self.put_once(id, &id.signature_key(), signature).await?;
+        self.put_once(id, &id.manifest_key(), manifest_bytes)
+            .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            backup_id = %id,
+            bytes = digests.size,
+            sha256 = %digests.sha256,
+            seconds,
+            mb_per_s = digests.size as f64 / 1e6 / seconds.max(1e-9),
+            target = %self.target.url(),
+            "backup replicated"
+        );
+        Ok(Outcome::Replicated {
+            backup_id,
+            bytes: digests.size,
+            sha256: digests.sha256,
+            seconds,
+        })
+    }
+
+    /// Streams the data object into the target while verifying it. The outer
+    /// error means "retry later"; the inner one is a verification failure.
+    async fn copy_data(
+        &self,
+        id: &BackupId,
+        manifest: &Manifest,
+    ) -> Result<Result<Digests, String>, ReplicateError> {
+        let backup_id = id.to_string();
+        let key = id.data_key();
+        let expected = &manifest.ciphertext;
+        // A previous delivery may have copied the data already.
+        match self.target.head(&key).await {
+            Ok(meta) => {
+                let same = meta.size == expected.size
+                    && meta.metadata.get(META_SHA256) == Some(&expected.sha256);
+                return Ok(if same {
+                    Ok(Digests {
+                        size: expected.size,
+                        sha256: expected.sha256.clone(),
+                        crc32c: expected.crc32c,
+                    })
+                } else {
+                    Err(format!(
+                        "{} already holds a different data object for this backup",
+                        self.target.url()
+                    ))
+                });
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(retry(&backup_id, e)),
+        }
+        let verifier = match BackupVerifier::new(manifest, self.recipients.clone()) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let source = match self.source.read(&key).await {
+            Ok(body) => body,
+            Err(StoreError::NotFound { .. }) => {
+                return Ok(Err(format!(
+                    "data object {key} is missing from {}",
+                    self.source.url()
+                )));
+            }
+            Err(e) => return Err(retry(&backup_id, e)),
+        };
+        let verified = Arc::new(Mutex::new(None));
+        let body = verify_while_streaming(source, verifier, verified.clone());
+        let opts = PutOptions::create()
+            .with_content_type("application/pgp-encrypted")
+            .with_metadata(META_SHA256, expected.sha256.clone())
+            .with_metadata(META_BACKUP_ID, backup_id.clone());
+        match self.target.put(&key, body, opts).await {
+            Ok(_) => {}
+            Err(StoreError::PreconditionFailed { .. }) => {
+                // A concurrent delivery won the race: accept its copy only if
+                // it is the same backup.
+                let meta = self
+                    .target
+                    .head(&key)
+                    .await
+                    .map_err(|e| retry(&backup_id, e))?;
+                if meta.metadata.get(META_SHA256) != Some(&expected.sha256) {
+                    return Ok(Err(format!(
+                        "{} holds a different data object for this backup",
+                        self.target.url()
+                    )));
+                }
+            }
+            Err(StoreError::Source { source, .. }) => {
+                if let Some(v) = source
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<VerificationFailed>())
+                {
+                    return Ok(Err(v.0.to_string()));
+                }
+                return Err(retry(&backup_id, source));
+            }
+            Err(e) => return Err(retry(&backup_id, e)),
+        }
+        let digests = verified
+            .lock()
+            .expect("digest slot")
+            .take()
+            .unwrap_or(Digests {
+                size: expected.size,
+                sha256: expected.sha256.clone(),
+                crc32c: expected.crc32c,
+            });
+        Ok(Ok(digests))
+    }
+
+    /// Create-only put that treats an identical existing object as success.
+    async fn put_once(&self, id: &BackupId, key: &str, data: Bytes) -> Result<(), ReplicateError> {
+        let backup_id = id.to_string();
+        match self
+            .target
+            .put_bytes(
+                key,
+                data.clone(),
+                PutOptions::create().with_metadata(META_BACKUP_ID, backup_id.clone()),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::PreconditionFailed { .. }) => {
+                let existing = self
+                    .target
+                    .get_bytes(key, MAX_MANIFEST_BYTES)
+                    .await
+                    .map_err(|e| retry(&backup_id, e))?;
+                if existing == data {
+                    Ok(())
+                } else {
+                    Err(retry(
+                        &backup_id,
+                        format!("{key} exists in {} with other content", self.target.url()),
+                    ))
+                }
+            }
+            Err(e) => Err(retry(&backup_id, e)),
+        }
+    }
+
+    async fn reject(
+        &self,
+        id: &BackupId,
+        code: &str,
+        reason: String,
+    ) -> Result<Outcome, ReplicateError> {
+        tracing::error!(backup_id = %id, code, reason = %reason, "backup failed verification; not replicated");
+        let alert = Alert {
+            severity: Severity::Critical,
+            source: "replicator".into(),
+            code: code.to_string(),
+            message: format!("backup {id} was not replicated: {reason}"),
+            backup_id: Some(id.to_string()),
+            details: serde_json::json!({"source": self.source.url(), "target": self.target.url()}),
+        };
+        // An alert that cannot be published must not be lost: fail so that
+        // the notification is redelivered and the alert retried.
+        self.alerts
+            .publish(&alert)
+            .await
+            .map_err(|e| retry(&id.to_string(), e))?;
+        Ok(Outcome::Rejected {
+            backup_id: id.to_string(),
+            reason,
+        })
+    }
+}
+
+/// Passes `body` through while feeding the verifier; ends with an error
+/// instead of a clean end if anything fails, so the upload is abandoned.
+fn verify_while_streaming(
+    body: ByteStream,
+    verifier: BackupVerifier,
+    verified: Arc<Mutex<Option<Digests>>>,
+) -> ByteStream {
+    let stream = futures::stream::unfold(Some((body, verifier)), move |state| {
+        let verified = verified.clone();
+        async move {
+            let (mut body, mut verifier) = state?;
+            match body.next().await {
+                Some(Ok(chunk)) => match verifier.feed(&chunk) {
+                    Ok(()) => Some((Ok(chunk), Some((body, verifier)))),
+                    Err(e) => Some((Err(std::io::Error::other(VerificationFailed(e))), None)),
+                },
+                Some(Err(e)) => Some((Err(e), None)),
+                None => match verifier.finish() {
+                    Ok(d) => {
+                        *verified.lock().expect("digest slot") = Some(d);
+                        None
+                    }
+                    Err(e) => Some((Err(std::io::Error::other(VerificationFailed(e))), None)),
+                },
+            }
+        }
+    });
+    byte_stream(stream)
+}

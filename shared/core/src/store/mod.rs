@@ -1,0 +1,350 @@
+//! One small object-store contract used by every part of Backstop.
+//!
+//! Backups move as streams of [`Bytes`]; no adapter buffers a whole object.
+//! Adapters map their SDK's errors onto [`StoreError`], whose kinds let the
+//! callers decide: not found, precondition failed (conditional create refused),
+//! transient (retry / let the event be redelivered) or permanent.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt, TryStreamExt};
+
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
+#[cfg(any(test, feature = "testing"))]
+mod memory;
+#[cfg(any(test, feature = "testing"))]
+pub use memory::MemStore;
+
+/// A stream of object bytes. Errors are `io::Error` so that streams compose
+/// with `AsyncRead` adapters; a [`StoreError`] travelling inside one is
+/// recovered by [`StoreError::from_io`].
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Wraps any byte stream as a [`ByteStream`].
+pub fn byte_stream<S>(s: S) -> ByteStream
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+{
+    Box::pin(s)
+}
+
+/// A stream over in-memory bytes, in chunks (tests, manifests).
+pub fn bytes_stream(data: impl Into<Bytes>) -> ByteStream {
+    let data = data.into();
+    byte_stream(futures::stream::iter(if data.is_empty() {
+        vec![]
+    } else {
+        vec![Ok(data)]
+    }))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// User metadata (GCS `metadata`, S3 `x-amz-meta-*`). Keys are lower-case.
+    pub metadata: BTreeMap<String, String>,
+    /// CRC32C of the whole object when the store reports one.
+    pub crc32c: Option<u32>,
+    /// GCS generation or S3 version id / ETag: identifies this write.
+    pub version: Option<String>,
+    pub updated: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PutMode {
+    /// Replace whatever is there.
+    #[default]
+    Overwrite,
+    /// Only create: an existing object makes the put fail with
+    /// [`StoreError::PreconditionFailed`] and leaves the object untouched.
+    Create,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub mode: PutMode,
+    pub metadata: BTreeMap<String, String>,
+    pub content_type: Option<String>,
+    /// The exact body size when known up front (small objects): lets GCS
+    /// use a single-request upload.
+    pub size_hint: Option<u64>,
+}
+
+impl PutOptions {
+    pub fn create() -> Self {
+        Self {
+            mode: PutMode::Create,
+            ..Self::default()
+        }
+    }
+
+    pub fn with_content_type(mut self, content_type: &str) -> Self {
+        self.content_type = Some(content_type.to_string());
+        self
+    }
+
+    pub fn with_metadata(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.to_ascii_lowercase(), value.into());
+        self
+    }
+}
+
+pub struct GetResult {
+    pub meta: ObjectMeta,
+    pub body: ByteStream,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectMeta>,
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{store}: object {key:?} not found")]
+    NotFound { store: String, key: String },
+    #[error("{store}: object {key:?} already exists or changed (conditional write refused)")]
+    PreconditionFailed { store: String, key: String },
+    #[error("{store}: {op} {key:?} failed temporarily ({message}); retrying later should succeed")]
+    Transient {
+        store: String,
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error(
+        "{store}: {op} {key:?} failed ({message}); check the bucket name, permissions and credentials"
+    )]
+    Permanent {
+        store: String,
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("{store}: upload of {key:?} aborted because its source failed: {source}")]
+    Source {
+        store: String,
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Transient { .. } => true,
+            StoreError::Source { source, .. } => {
+                Self::inner(source).is_some_and(StoreError::is_transient)
+            }
+            _ => false,
+        }
+    }
+
+    /// Carries a store error through an `io::Error` (inside a byte stream).
+    pub fn into_io(self) -> io::Error {
+        io::Error::other(self)
+    }
+
+    fn inner(err: &io::Error) -> Option<&StoreError> {
+        err.get_ref().and_then(|e| e.downcast_ref::<StoreError>())
+    }
+
+    /// Whether an I/O error read from a [`ByteStream`] is a transient store
+    /// failure (for example a GCS read dying mid-stream).
+    pub fn io_is_transient(err: &io::Error) -> bool {
+        match Self::inner(err) {
+            Some(e) => e.is_transient(),
+            None => matches!(
+                err.kind(),
+                io::ErrorKind::TimedOut
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The contract every storage backend implements.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// `gs://bucket` or `s3://bucket`, for messages and reports.
+    fn url(&self) -> String;
+
+    /// Streams `body` into `key`. The object becomes visible only when the
+    /// whole body was written; a failed put leaves nothing new behind.
+    async fn put(&self, key: &str, body: ByteStream, opts: PutOptions) -> StoreResult<ObjectMeta>;
+
+    /// Streams the object's bytes, with its metadata.
+    async fn get(&self, key: &str) -> StoreResult<GetResult>;
+
+    /// Streams the object's bytes only, in one request on every store (a
+    /// GCS `get` reads the metadata first, to pin the generation it streams).
+    async fn read(&self, key: &str) -> StoreResult<ByteStream> {
+        Ok(self.get(key).await?.body)
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
+
+    /// One page of objects whose key starts with `prefix`, in key order.
+    async fn list_page(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage>;
+
+    /// Deletes `key`; deleting a missing object is [`StoreError::NotFound`].
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+}
+
+/// Conveniences built only from [`ObjectStore`]'s methods.
+#[async_trait]
+pub trait ObjectStoreExt: ObjectStore {
+    /// Every object under `prefix`, following all pages. Any failed page fails
+    /// the whole listing, so callers never act on a partial view.
+    async fn list_all(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.list_page(prefix, token).await?;
+            all.extend(page.objects);
+            match page.next_page_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        data: Bytes,
+        mut opts: PutOptions,
+    ) -> StoreResult<ObjectMeta> {
+        opts.size_hint = Some(data.len() as u64);
+        self.put(key, bytes_stream(data), opts).await
+    }
+
+    /// Reads a small object whole (manifests, signatures, drill records),
+    /// refusing anything larger than `limit` bytes.
+    async fn get_bytes(&self, key: &str, limit: usize) -> StoreResult<Bytes> {
+        let mut body = self.read(key).await?;
+        let url = self.url();
+        let mut buf = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| match e.into_inner() {
+                Some(inner) => match inner.downcast::<StoreError>() {
+                    Ok(store) => *store,
+                    Err(other) => StoreError::Transient {
+                        store: url.clone(),
+                        op: "read",
+                        key: key.to_string(),
+                        message: other.to_string(),
+                    },
+                },
+                None => StoreError::Transient {
+                    store: url.clone(),
+                    op: "read",
+                    key: key.to_string(),
+                    message: "stream failed".into(),
+                },
+            })?;
+            if buf.len() + chunk.len() > limit {
+                return Err(StoreError::Permanent {
+                    store: url,
+                    op: "read",
+                    key: key.to_string(),
+                    message: format!("object is larger than the {limit} bytes expected here"),
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    }
+}
+
+impl<T: ObjectStore + ?Sized> ObjectStoreExt for T {}
+
+/// Collects a byte stream into chunks of exactly `size` bytes (the last may be
+/// shorter): S3 multipart parts need fixed sizes.
+pub fn rechunk(body: ByteStream, size: usize) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    futures::stream::try_unfold(
+        (body, bytes::BytesMut::with_capacity(size), false),
+        move |(mut body, mut buf, done)| async move {
+            if done {
+                return Ok(None);
+            }
+            while buf.len() < size {
+                match body.try_next().await? {
+                    Some(chunk) => buf.extend_from_slice(&chunk),
+                    None => {
+                        if buf.is_empty() {
+                            return Ok(None);
+                        }
+                        let last = buf.split().freeze();
+                        return Ok(Some((last, (body, buf, true))));
+                    }
+                }
+            }
+            let part = buf.split_to(size).freeze();
+            buf.reserve(size.saturating_sub(buf.len()));
+            Ok(Some((part, (body, buf, false))))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rechunk_makes_fixed_parts() {
+        let pieces: Vec<io::Result<Bytes>> =
+            (0..10).map(|i| Ok(Bytes::from(vec![i as u8; 7]))).collect();
+        let parts: Vec<Bytes> = rechunk(byte_stream(futures::stream::iter(pieces)), 16)
+            .try_collect()
+            .await
+            .unwrap();
+        let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        assert_eq!(sizes, vec![16, 16, 16, 16, 6]);
+        let flat: Vec<u8> = parts.concat();
+        assert_eq!(flat[15], 2);
+        assert_eq!(flat.len(), 70);
+    }
+
+    #[tokio::test]
+    async fn rechunk_of_empty_stream_is_empty() {
+        let parts: Vec<Bytes> = rechunk(bytes_stream(Bytes::new()), 16)
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(parts.is_empty());
+    }
+
+    #[test]
+    fn transient_errors_survive_io_wrapping() {
+        let err = StoreError::Transient {
+            store: "gs://b".into(),
+            op: "read",
+            key: "k".into(),
+            message: "503".into(),
+        }
+        .into_io();
+        assert!(StoreError::io_is_transient(&err));
+        let permanent = StoreError::NotFound {
+            store: "gs://b".into(),
+            key: "k".into(),
+        }
+        .into_io();
+        assert!(!StoreError::io_is_transient(&permanent));
+    }
+}

@@ -1,0 +1,215 @@
+//! What every function binary shares: one `Function` trait, and the two ways
+//! to run it — under the AWS Lambda runtime, or locally with `--event FILE`
+//! (the result is printed as JSON on stdout; the exit code tells success).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use backstop_cloud::oidc::{AuthError, OidcVerifier};
+use backstop_core::events::{EventError, HttpRequest, Invocation, MAX_EVENT_BYTES};
+
+use crate::http::HttpResponse;
+
+/// A function's answer: an HTTP status (used as is for Function URL requests;
+/// for direct invocations anything >= 300 is an invocation error) and a body.
+pub type Reply = HttpResponse;
+
+pub fn reply_error(status: u16, code: &str, message: impl std::fmt::Display) -> Reply {
+    HttpResponse::new(
+        status,
+        json!({"error": code, "message": message.to_string()}),
+    )
+}
+
+/// Maps a malformed event to a 400 that names the problem.
+pub fn reply_bad_event(err: &EventError) -> Reply {
+    reply_error(400, "bad_event", err)
+}
+
+/// Checks the OIDC token of a Function URL request: 401 when it is missing
+/// or invalid, 503 when Google's keys could not be fetched (retryable).
+pub async fn authenticate(oidc: &OidcVerifier, req: &HttpRequest) -> Result<String, Reply> {
+    oidc.verify(req).await.map_err(|e| match e {
+        AuthError::KeysUnavailable(_) => reply_error(503, "auth_unavailable", &e),
+        _ => reply_error(401, "unauthenticated", &e),
+    })
+}
+
+#[async_trait]
+pub trait Function: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn invoke(&self, invocation: Invocation) -> Reply;
+}
+
+/// Reads a local event file, refusing huge files before reading them.
+pub fn read_event_file(path: &Path) -> Result<Value, String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read event file {}: {e}", path.display()))?;
+    // Function URL requests carry the body base64-encoded: allow for that.
+    if meta.len() as usize > MAX_EVENT_BYTES * 2 {
+        return Err(format!(
+            "event file {} is {} bytes; events are at most {} bytes",
+            path.display(),
+            meta.len(),
+            MAX_EVENT_BYTES * 2
+        ));
+    }
+    let raw = std::fs::read(path)
+        .map_err(|e| format!("cannot read event file {}: {e}", path.display()))?;
+    serde_json::from_slice(&raw)
+        .map_err(|e| format!("event file {} is not JSON: {e}", path.display()))
+}
+
+/// Runs one event through the function and prints the reply.
+pub async fn run_local(function: &dyn Function, path: &Path) -> std::process::ExitCode {
+    let started = std::time::Instant::now();
+    let reply = match read_event_file(path).map(Invocation::classify) {
+        Ok(Ok(invocation)) => function.invoke(invocation).await,
+        Ok(Err(e)) => reply_bad_event(&e),
+        Err(message) => reply_error(400, "bad_event_file", message),
+    };
+    tracing::info!(
+        function = function.name(),
+        status = reply.status,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "event handled"
+    );
+    println!("{}", json!({"status": reply.status, "result": reply.body}));
+    if reply.status < 300 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Serves events from the Lambda Runtime API until the runtime stops us.
+/// Function URL requests get an HTTP response (status included, so Pub/Sub
+/// sees 2xx = ack, 4xx/5xx = redeliver); direct invocations fail the
+/// invocation on an error status so that async retries apply.
+pub async fn run_lambda(function: Arc<dyn Function>) -> Result<(), lambda_runtime::Error> {
+    let handler = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
+        let function = function.clone();
+        async move {
+            match Invocation::classify(event.payload) {
+                Ok(inv @ Invocation::Http(_)) => {
+                    Ok::<Value, lambda_runtime::Error>(function.invoke(inv).await.to_lambda())
+                }
+                Ok(inv @ Invocation::Direct(_)) => {
+                    let reply = function.invoke(inv).await;
+                    if reply.status < 300 {
+                        Ok(reply.body)
+                    } else {
+                        Err(reply.body.to_string().into())
+                    }
+                }
+                Err(e) => Ok(reply_bad_event(&e).to_lambda()),
+            }
+        }
+    });
+    lambda_runtime::run(handler).await
+}
+
+/// The `main` of a function binary: `--event FILE` runs locally, otherwise
+/// the Lambda runtime is expected (`AWS_LAMBDA_RUNTIME_API`).
+pub async fn main(function: Arc<dyn Function>) -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag, path] if flag == "--event" => run_local(function.as_ref(), Path::new(path)).await,
+        [] if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => {
+            match run_lambda(function).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: Lambda runtime stopped: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        _ => {
+            eprintln!(
+                "usage: {0} --event FILE   (run one event locally)\n       {0}                (under AWS Lambda: needs AWS_LAMBDA_RUNTIME_API)",
+                function.name()
+            );
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// A minimal local HTTP front for a function, standing in for its Function
+/// URL in the local stack: the Pub/Sub emulator's push subscription posts
+/// here. The emulator cannot mint Google-signed OIDC tokens, so requests are
+/// handled as direct (trusted) invocations; the listener therefore refuses
+/// any non-loopback address.
+pub async fn serve_local(
+    function: Arc<dyn Function>,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        return Err(std::io::Error::other(format!(
+            "refusing to serve {} on {addr}: the local front has no authentication and only binds loopback",
+            function.name()
+        )));
+    }
+    tracing::info!(function = function.name(), %addr, "serving local push endpoint");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let function = function.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(function.as_ref(), stream).await {
+                tracing::warn!(error = %e, "local push connection failed");
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    function: &dyn Function,
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let mut headers = std::collections::BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).await? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let reply = if len > MAX_EVENT_BYTES {
+        reply_bad_event(&EventError::TooLarge(len))
+    } else {
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).await?;
+        match backstop_core::events::parse_json(&body) {
+            Ok(value) => function.invoke(Invocation::Direct(value)).await,
+            Err(e) => reply_bad_event(&e),
+        }
+    };
+    tracing::info!(
+        function = function.name(),
+        status = reply.status,
+        "local push handled"
+    );
+    let body = reply.body.to_string();
+    let response = format!(
+        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        reply.status,
+        body.len(),
+        body
+    );
+    let mut stream = reader.into_inner();
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,10 @@
+//! Backstop's Lambda edge: the [`lambda::Function`] trait and its runners
+//! (Lambda Runtime API, a local event file, a local HTTP endpoint), replies
+//! to Function URL requests ([`http`]), and the two functions wired from the
+//! environment: [`replicator::ReplicatorFunction`] and
+//! [`retention::RetentionFunction`].
+
+pub mod http;
+pub mod lambda;
+pub mod replicator;
+pub mod retention;

@@ -1,0 +1,96 @@
+//! The replicator as a deployable Lambda function.
+
+use std::sync::Arc;
+
+use backstop_core::alerts::AlertSink;
+use backstop_core::events::StorageEvent;
+use backstop_core::replicate::{ReplicateError, Replicator};
+
+/// The replicator as a deployable function: OIDC-checked Function URL
+/// requests and direct invocations in, [`Outcome`]s out.
+#[derive(Debug)]
+pub struct ReplicatorFunction {
+    pub replicator: Replicator,
+    pub oidc: backstop_cloud::oidc::OidcVerifier,
+}
+
+impl ReplicatorFunction {
+    /// Builds clients and keys from the environment (see README for the
+    /// variables); every missing or invalid variable is named.
+    pub async fn from_env(
+        env: &backstop_core::config::Env,
+    ) -> Result<Self, backstop_core::config::ConfigError> {
+        use backstop_cloud::gcs::GcsStore;
+        use backstop_cloud::s3::S3Store;
+        // The GCS client loads the CA certificates on a task of its own; the
+        // first event's S3 read does not wait for it.
+        let source = GcsStore::start_from_env(env, "BACKSTOP_GCS_BUCKET")?;
+        let (target, keys) = tokio::try_join!(
+            env.spawn(|env| async move { S3Store::from_env(&env, "BACKSTOP_S3_BUCKET").await }),
+            env.spawn(|env| async move { backstop_core::trust::TrustedKeys::from_env(&env).await }),
+        )?;
+        let source_bucket = source.bucket().to_string();
+        let mut namespaces = env.list("BACKSTOP_REPLICATE_NAMESPACES");
+        if namespaces.is_empty() {
+            namespaces.push("production".into());
+        }
+        let alerts: Arc<dyn AlertSink> = Arc::from(backstop_cloud::pubsub::from_env(env)?);
+        let oidc = backstop_cloud::oidc::OidcVerifier::new(
+            &backstop_cloud::oidc::OidcConfig::from_env(env)?,
+        );
+        Ok(Self {
+            replicator: Replicator {
+                source: Arc::new(source),
+                target: Arc::new(target),
+                source_bucket,
+                signing_keys: keys.signing,
+                recipients: keys.recipients,
+                namespaces,
+                alerts,
+            },
+            oidc,
+        })
+    }
+
+    async fn run(
+        &self,
+        event: Result<StorageEvent, backstop_core::events::EventError>,
+    ) -> crate::lambda::Reply {
+        use crate::lambda::{reply_bad_event, reply_error};
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => return reply_bad_event(&e),
+        };
+        match self.replicator.handle(&event).await {
+            Ok(outcome) => crate::http::HttpResponse::new(
+                200,
+                serde_json::to_value(&outcome).expect("outcome serializes"),
+            ),
+            Err(e @ ReplicateError::UnknownBucket { .. }) => reply_error(400, "unknown_bucket", e),
+            Err(e @ ReplicateError::Retry { .. }) => {
+                tracing::warn!(error = %e, "replication will be retried");
+                reply_error(503, "retry", e)
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::lambda::Function for ReplicatorFunction {
+    fn name(&self) -> &'static str {
+        "replicator"
+    }
+
+    async fn invoke(&self, invocation: backstop_core::events::Invocation) -> crate::lambda::Reply {
+        use backstop_core::events::{Invocation, parse_storage_event, storage_event_from_value};
+        match invocation {
+            Invocation::Http(req) => {
+                if let Err(reply) = crate::lambda::authenticate(&self.oidc, &req).await {
+                    return reply;
+                }
+                self.run(parse_storage_event(&req.headers, &req.body)).await
+            }
+            Invocation::Direct(value) => self.run(storage_event_from_value(&value)).await,
+        }
+    }
+}
