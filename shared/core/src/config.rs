@@ -19,6 +19,17 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// An invalid setting (a variable or a command-line option) and its value.
+    pub fn invalid(name: &str, value: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            name: name.into(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// A source of configuration values: the process environment in binaries, a
 /// map in tests (so tests never mutate the global environment).
 #[derive(Debug, Clone, Default)]
@@ -123,11 +134,7 @@ impl Env {
     }
 
     pub fn invalid(&self, name: &str, reason: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            name: name.to_string(),
-            value: self.optional(name).unwrap_or_default(),
-            reason: reason.into(),
-        }
+        ConfigError::invalid(name, &self.optional(name).unwrap_or_default(), reason)
     }
 }
 

@@ -24,7 +24,7 @@ const STAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error(
-        "namespace {0:?} is invalid: use 1-63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit (see `backstop namespace` to derive one from a branch name)"
+        "namespace {0:?} is invalid: use 1-63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
     )]
     Namespace(String),
     #[error(
@@ -37,9 +37,14 @@ pub enum NameError {
     NotABackup(String),
 }
 
+/// The longest name PostgreSQL keeps (NAMEDATALEN - 1 bytes; it truncates
+/// longer identifiers): the limit of namespaces, database names and
+/// patterns alike.
+pub const MAX_NAME_BYTES: usize = 63;
+
 fn valid_segment(s: &str, lower_only: bool) -> bool {
     !s.is_empty()
-        && s.len() <= 63
+        && s.len() <= MAX_NAME_BYTES
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars().all(|c| {
             (c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
@@ -244,7 +249,7 @@ pub fn namespace_for_branch(branch: &str) -> Namespace {
         use sha2::Digest;
         hex::encode(&sha2::Sha256::digest(branch.as_bytes())[..4])
     };
-    let head: String = slug.chars().take(63 - 9).collect();
+    let head: String = slug.chars().take(MAX_NAME_BYTES - 9).collect();
     let head = head.trim_end_matches('-');
     let name = if head.is_empty() {
         format!("b-{hash}")
@@ -325,19 +330,30 @@ mod tests {
 
 /// Matches a namespace against a pattern where `*` stands for any run of
 /// characters (`production`, `feature-*`, `*`).
+/// Iterative with one backtrack point (the last `*`): linear in practice,
+/// never exponential however many stars a pattern has. The one glob matcher:
+/// replication and retention patterns both use it.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((head, rest)) => {
-            let Some(tail) = name.strip_prefix(head) else {
-                return false;
-            };
-            // Try every split point for the rest of the pattern.
-            (0..=tail.len())
-                .filter(|i| tail.is_char_boundary(*i))
-                .any(|i| pattern_matches(rest, &tail[i..]))
+    let (pat, s) = (pattern.as_bytes(), name.as_bytes());
+    let (mut p, mut i) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while i < s.len() {
+        if p < pat.len() && pat[p] == b'*' {
+            star = Some(p);
+            mark = i;
+            p += 1;
+        } else if p < pat.len() && pat[p] == s[i] {
+            p += 1;
+            i += 1;
+        } else if let Some(sp) = star {
+            p = sp + 1;
+            mark += 1;
+            i = mark;
+        } else {
+            return false;
         }
     }
+    pat[p..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]

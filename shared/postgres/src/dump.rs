@@ -125,11 +125,7 @@ fn missing(name: &str, hint: &str) -> ConfigError {
 }
 
 fn invalid(name: &str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        name: name.into(),
-        value: value.into(),
-        reason: reason.into(),
-    }
+    ConfigError::invalid(name, value, reason)
 }
 
 /// Splits a comma-separated list of key settings. Armored key text may

@@ -171,11 +171,7 @@ pub struct RestoreSettings {
 }
 
 fn invalid(name: &str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        name: name.into(),
-        value: value.into(),
-        reason: reason.into(),
-    }
+    ConfigError::invalid(name, value, reason)
 }
 
 impl RestoreConfig {

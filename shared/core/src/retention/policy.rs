@@ -231,7 +231,7 @@ pub struct NamespacePattern(String);
 impl NamespacePattern {
     pub fn new(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
-            && s.len() <= 63
+            && s.len() <= crate::naming::MAX_NAME_BYTES
             && s.chars().all(|c| {
                 c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '*')
             });
@@ -254,7 +254,7 @@ impl NamespacePattern {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        glob_match(self.0.as_bytes(), name.as_bytes())
+        crate::naming::pattern_matches(&self.0, name)
     }
 }
 
@@ -262,29 +262,6 @@ impl fmt::Display for NamespacePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-fn glob_match(pat: &[u8], s: &[u8]) -> bool {
-    // Iterative with one backtrack point: linear enough for 63-byte names.
-    let (mut p, mut i) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while i < s.len() {
-        if p < pat.len() && pat[p] == b'*' {
-            star = Some(p);
-            mark = i;
-            p += 1;
-        } else if p < pat.len() && pat[p] == s[i] {
-            p += 1;
-            i += 1;
-        } else if let Some(sp) = star {
-            p = sp + 1;
-            mark += 1;
-            i = mark;
-        } else {
-            return false;
-        }
-    }
-    pat[p..].iter().all(|&c| c == b'*')
 }
 
 /// One entry of the policy set: which namespaces, and what to do with them.
