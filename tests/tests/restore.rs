@@ -639,15 +639,15 @@ async fn unreachable_gcs_falls_back_to_s3() {
         s3.put(&key, got.body, PutOptions::default()).await.unwrap();
     }
     // GCS "down": a client pointing at a closed port.
-    let dead = GcsStore::from_env(
-        &Env::from_pairs([
-            ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9"),
-            ("BACKSTOP_GCS_BUCKET", gcs.bucket()),
-        ]),
-        "BACKSTOP_GCS_BUCKET",
-    )
-    .await
-    .unwrap();
+    let dead = GcsStore::builder()
+        .env(&Env::from_pairs([(
+            "STORAGE_EMULATOR_HOST",
+            "http://127.0.0.1:9",
+        )]))
+        .bucket(gcs.bucket())
+        .build()
+        .await
+        .unwrap();
     let target = unique("rs_dst_s3");
     let report = restore_with(&fx.config(fx.on_server(&target)), &dead, Some(&s3))
         .await

@@ -74,13 +74,7 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
             .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
     };
     let config = DumpConfig::load(settings, &CloudKms::from_env(&env)).await?;
-    // The store reads its bucket from the environment; --bucket wins.
-    let gcs_env = Env::from_pairs(
-        std::env::vars()
-            .filter(|(k, _)| k != BUCKET_VAR)
-            .chain([(BUCKET_VAR.to_string(), bucket)]),
-    );
-    let store = GcsStore::from_env(&gcs_env, BUCKET_VAR).await?;
+    let store = GcsStore::builder().env(&env).bucket(bucket).build().await?;
     let summary = run_dump(&config, &store).await?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())

@@ -200,16 +200,6 @@ impl Progress for TermProgress {
     }
 }
 
-/// The process environment with `name` set to `value` (command-line values
-/// win over the environment for the store constructors, which read it).
-fn env_with(name: &str, value: &str) -> Env {
-    Env::from_pairs(
-        std::env::vars()
-            .filter(|(k, _)| k != name)
-            .chain([(name.to_string(), value.to_string())]),
-    )
-}
-
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let env = Env::from_process();
     let settings = RestoreSettings {
@@ -235,7 +225,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
 
     let gcs = match args.gcs_bucket.filter(|b| !b.trim().is_empty()) {
         Some(bucket) => {
-            match GcsStore::from_env(&env_with(GCS_BUCKET_VAR, &bucket), GCS_BUCKET_VAR).await {
+            match GcsStore::builder().env(&env).bucket(bucket).build().await {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot build the GCS client; trying the S3 replica only");
@@ -247,7 +237,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     };
     let s3 = match args.s3_bucket.filter(|b| !b.trim().is_empty()) {
         Some(bucket) => {
-            Some(S3Store::from_env(&env_with(S3_BUCKET_VAR, &bucket), S3_BUCKET_VAR).await?)
+            Some(S3Store::builder().env(&env).bucket(bucket).build().await?)
         }
         None => None,
     };

@@ -16,8 +16,8 @@ pub struct PingArgs {}
 
 pub async fn ping(_args: PingArgs) -> anyhow::Result<()> {
     let env = Env::from_process();
-    let gcs = GcsStore::from_env(&env, "BACKSTOP_GCS_BUCKET").await?;
-    let s3 = S3Store::from_env(&env, "BACKSTOP_S3_BUCKET").await?;
+    let gcs = GcsStore::from_env(&env).await?;
+    let s3 = S3Store::from_env(&env).await?;
     for store in [&gcs as &dyn ObjectStore, &s3 as &dyn ObjectStore] {
         let page = store.list_page("", None).await?;
         println!(

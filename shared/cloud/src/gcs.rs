@@ -39,7 +39,7 @@ pub struct GcsStore {
 }
 
 /// The `Storage` client, built on a task of its own from the moment the
-/// store is made (see [`GcsStore::start_from_env`]): building it loads and
+/// store is made (see [`GcsStoreBuilder::start`]): building it loads and
 /// parses the system's CA certificates, the longest step of a cold start,
 /// and whatever the caller does meanwhile (building other clients, reading
 /// from S3) overlaps it. Every call waits for it; a failed build is reported
@@ -138,27 +138,55 @@ pub fn emulator_endpoint(env: &Env) -> Option<String> {
     })
 }
 
-impl GcsStore {
+/// The variable that names the backups bucket.
+pub const GCS_BUCKET_VAR: &str = "BACKSTOP_GCS_BUCKET";
+
+/// Builds a [`GcsStore`]: the bucket, and the client settings of an [`Env`]
+/// (`STORAGE_EMULATOR_HOST`, `GOOGLE_APPLICATION_CREDENTIALS`).
+#[derive(Debug, Clone, Default)]
+pub struct GcsStoreBuilder {
+    bucket: Option<String>,
+    env: Env,
+}
+
+impl GcsStoreBuilder {
+    /// The bucket; without it, [`GCS_BUCKET_VAR`] from the environment.
+    pub fn bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.bucket = Some(bucket.into());
+        self
+    }
+
+    /// Where the client settings (and the default bucket) come from.
+    pub fn env(mut self, env: &Env) -> Self {
+        self.env = env.clone();
+        self
+    }
+
     /// Production clients with Application Default Credentials, or the local
     /// emulator (anonymous) when `STORAGE_EMULATOR_HOST` is set. Returns once
     /// the client is built, so that a bad credential fails here.
-    pub async fn from_env(env: &Env, bucket_var: &str) -> Result<Self, ConfigError> {
-        let store = Self::start_from_env(env, bucket_var)?;
+    pub async fn build(self) -> Result<GcsStore, ConfigError> {
+        let store = self.start()?;
         store.storage.ready().await?;
         Ok(store)
     }
 
-    /// As [`GcsStore::from_env`], but returns as soon as the configuration is
-    /// read, with the client still being built; the first call waits for it,
-    /// and reports a failed build (say, a bad credential) as its error. For
-    /// the replicator's cold start, where the S3 read of an event goes out
-    /// while this client loads its CA certificates. Needs a Tokio runtime.
-    pub fn start_from_env(env: &Env, bucket_var: &str) -> Result<Self, ConfigError> {
-        let bucket = env.required(bucket_var, "the GCS bucket that holds backups")?;
+    /// As [`GcsStoreBuilder::build`], but returns as soon as the
+    /// configuration is read, with the client still being built; the first
+    /// call waits for it, and reports a failed build (say, a bad credential)
+    /// as its error. For the replicator's cold start, where the S3 read of an
+    /// event goes out while this client loads its CA certificates. Needs a
+    /// Tokio runtime.
+    pub fn start(self) -> Result<GcsStore, ConfigError> {
+        let env = self.env;
+        let bucket = match self.bucket {
+            Some(bucket) => bucket,
+            None => env.required(GCS_BUCKET_VAR, "the GCS bucket that holds backups")?,
+        };
         let credentials = env
             .optional("GOOGLE_APPLICATION_CREDENTIALS")
             .unwrap_or_default();
-        let emulator = emulator_endpoint(env);
+        let emulator = emulator_endpoint(&env);
         let builder = match &emulator {
             Some(endpoint) => Storage::builder()
                 .with_endpoint(endpoint.clone())
@@ -176,7 +204,7 @@ impl GcsStore {
                 ),
             })
         });
-        Ok(Self {
+        Ok(GcsStore {
             storage,
             control: LazyControl {
                 emulator,
@@ -185,6 +213,18 @@ impl GcsStore {
             bucket,
             page_size: 1000,
         })
+    }
+}
+
+impl GcsStore {
+    /// A builder: `GcsStore::builder().env(&env).bucket("b").build().await`.
+    pub fn builder() -> GcsStoreBuilder {
+        GcsStoreBuilder::default()
+    }
+
+    /// The store of [`GCS_BUCKET_VAR`], client settings from `env`.
+    pub async fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::builder().env(env).build().await
     }
 
     pub fn with_page_size(mut self, page_size: i32) -> Self {

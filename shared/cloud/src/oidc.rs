@@ -23,6 +23,16 @@ pub enum AuthError {
     KeysUnavailable(String),
 }
 
+impl backstop_core::error::Classify for AuthError {
+    /// Google's keys may be reachable later; a bad or missing token stays bad.
+    fn retry(&self) -> backstop_core::error::Retry {
+        match self {
+            AuthError::KeysUnavailable(_) => backstop_core::error::Retry::Transient,
+            _ => backstop_core::error::Retry::Permanent,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
     pub audience: String,

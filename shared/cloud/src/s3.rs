@@ -64,6 +64,42 @@ fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
         .build_https()
 }
 
+/// The variable that names the replica bucket.
+pub const S3_BUCKET_VAR: &str = "BACKSTOP_S3_BUCKET";
+
+/// Builds an [`S3Store`]: the bucket, and the client settings of an [`Env`]
+/// (the AWS configuration chain, `AWS_ENDPOINT_URL_S3`).
+#[derive(Debug, Clone, Default)]
+pub struct S3StoreBuilder {
+    bucket: Option<String>,
+    env: Env,
+}
+
+impl S3StoreBuilder {
+    /// The bucket; without it, [`S3_BUCKET_VAR`] from the environment.
+    pub fn bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.bucket = Some(bucket.into());
+        self
+    }
+
+    /// Where the client settings (and the default bucket) come from.
+    pub fn env(mut self, env: &Env) -> Self {
+        self.env = env.clone();
+        self
+    }
+
+    /// Builds the client.
+    pub async fn build(self) -> Result<S3Store, ConfigError> {
+        let bucket = match self.bucket {
+            Some(bucket) => bucket,
+            None => self
+                .env
+                .required(S3_BUCKET_VAR, "the S3 bucket that holds backup replicas")?,
+        };
+        S3Store::connect(&self.env, bucket).await
+    }
+}
+
 impl S3Store {
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         Self {
@@ -75,12 +111,21 @@ impl S3Store {
         }
     }
 
+    /// A builder: `S3Store::builder().env(&env).bucket("b").build().await`.
+    pub fn builder() -> S3StoreBuilder {
+        S3StoreBuilder::default()
+    }
+
+    /// The store of [`S3_BUCKET_VAR`], client settings from `env`.
+    pub async fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::builder().env(env).build().await
+    }
+
     /// Builds a client from the standard AWS configuration chain. With
     /// `AWS_ENDPOINT_URL_S3` set (local S3 servers) requests use path-style
     /// addressing. Checksums are computed and validated only where we ask for
     /// them: local servers get multipart full-object checksums wrong.
-    pub async fn from_env(env: &Env, bucket_var: &str) -> Result<Self, ConfigError> {
-        let bucket = env.required(bucket_var, "the S3 bucket that holds backup replicas")?;
+    async fn connect(env: &Env, bucket: String) -> Result<Self, ConfigError> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if env.optional("AWS_ACCESS_KEY_ID").is_some() {
             // What the default chain would pick first anyway (and what Lambda

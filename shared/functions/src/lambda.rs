@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use backstop_cloud::oidc::{AuthError, OidcVerifier};
 use backstop_core::events::{EventError, HttpRequest, Invocation, MAX_EVENT_BYTES};
 
+use backstop_core::error::{Classify, Retry};
+
 use crate::http::HttpResponse;
 
 /// A function's answer: an HTTP status (used as is for Function URL requests;
@@ -32,10 +34,43 @@ pub fn reply_bad_event(err: &EventError) -> Reply {
 /// Checks the OIDC token of a Function URL request: 401 when it is missing
 /// or invalid, 503 when Google's keys could not be fetched (retryable).
 pub async fn authenticate(oidc: &OidcVerifier, req: &HttpRequest) -> Result<String, Reply> {
-    oidc.verify(req).await.map_err(|e| match e {
-        AuthError::KeysUnavailable(_) => reply_error(503, "auth_unavailable", &e),
-        _ => reply_error(401, "unauthenticated", &e),
-    })
+    oidc.verify(req)
+        .await
+        .map_err(|e: AuthError| match e.retry() {
+            Retry::Transient => reply_error(503, "auth_unavailable", &e),
+            Retry::Permanent => reply_error(401, "unauthenticated", &e),
+        })
+}
+
+/// The status a failed request gets from its error's [`Retry`] class: 503
+/// makes Pub/Sub redeliver; `permanent` (4xx) acknowledges, since a
+/// redelivery would fail the same way.
+pub fn reply_failure<E: Classify + std::fmt::Display>(code: &str, permanent: u16, e: &E) -> Reply {
+    match e.retry() {
+        Retry::Transient => reply_error(503, code, e),
+        Retry::Permanent => reply_error(permanent, code, e),
+    }
+}
+
+/// A failed direct invocation as lambda_runtime reports it: the error type
+/// is the retry class and the reply's code (`Transient.retry`,
+/// `Permanent.bad_event`), so that a CloudWatch metric filter or an async
+/// retry policy can tell them apart without parsing the message.
+fn diagnostic(reply: &Reply) -> lambda_runtime::Diagnostic {
+    let class = if reply.status >= 500 {
+        "Transient"
+    } else {
+        "Permanent"
+    };
+    let code = reply.body["error"].as_str().unwrap_or("error");
+    let message = match reply.body["message"].as_str() {
+        Some(m) => m.to_string(),
+        None => reply.body.to_string(),
+    };
+    lambda_runtime::Diagnostic {
+        error_type: format!("{class}.{code}"),
+        error_message: message,
+    }
 }
 
 #[async_trait]
@@ -95,14 +130,14 @@ pub async fn run_lambda(function: Arc<dyn Function>) -> Result<(), lambda_runtim
         async move {
             match Invocation::classify(event.payload) {
                 Ok(inv @ Invocation::Http(_)) => {
-                    Ok::<Value, lambda_runtime::Error>(function.invoke(inv).await.to_lambda())
+                    Ok::<Value, lambda_runtime::Diagnostic>(function.invoke(inv).await.to_lambda())
                 }
                 Ok(inv @ Invocation::Direct(_)) => {
                     let reply = function.invoke(inv).await;
                     if reply.status < 300 {
                         Ok(reply.body)
                     } else {
-                        Err(reply.body.to_string().into())
+                        Err(diagnostic(&reply))
                     }
                 }
                 Err(e) => Ok(reply_bad_event(&e).to_lambda()),

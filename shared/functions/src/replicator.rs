@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use backstop_core::alerts::AlertSink;
+use backstop_core::error::Classify;
 use backstop_core::events::StorageEvent;
 use backstop_core::replicate::{ReplicateError, Replicator};
 
@@ -24,9 +25,9 @@ impl ReplicatorFunction {
         use backstop_cloud::s3::S3Store;
         // The GCS client loads the CA certificates on a task of its own; the
         // first event's S3 read does not wait for it.
-        let source = GcsStore::start_from_env(env, "BACKSTOP_GCS_BUCKET")?;
+        let source = GcsStore::builder().env(env).start()?;
         let (target, keys) = tokio::try_join!(
-            env.spawn(|env| async move { S3Store::from_env(&env, "BACKSTOP_S3_BUCKET").await }),
+            env.spawn(|env| async move { S3Store::from_env(&env).await }),
             env.spawn(|env| async move { backstop_core::trust::TrustedKeys::from_env(&env).await }),
         )?;
         let source_bucket = source.bucket().to_string();
@@ -56,7 +57,7 @@ impl ReplicatorFunction {
         &self,
         event: Result<StorageEvent, backstop_core::events::EventError>,
     ) -> crate::lambda::Reply {
-        use crate::lambda::{reply_bad_event, reply_error};
+        use crate::lambda::{reply_bad_event, reply_failure};
         let event = match event {
             Ok(e) => e,
             Err(e) => return reply_bad_event(&e),
@@ -66,10 +67,15 @@ impl ReplicatorFunction {
                 200,
                 serde_json::to_value(&outcome).expect("outcome serializes"),
             ),
-            Err(e @ ReplicateError::UnknownBucket { .. }) => reply_error(400, "unknown_bucket", e),
-            Err(e @ ReplicateError::Retry { .. }) => {
-                tracing::warn!(error = %e, "replication will be retried");
-                reply_error(503, "retry", e)
+            Err(e) => {
+                let code = match e {
+                    ReplicateError::UnknownBucket { .. } => "unknown_bucket",
+                    ReplicateError::Retry { .. } => "retry",
+                };
+                if e.is_transient() {
+                    tracing::warn!(error = %e, "replication will be retried");
+                }
+                reply_failure(code, 400, &e)
             }
         }
     }

@@ -81,12 +81,9 @@ impl RetentionFunction {
     pub async fn from_env(env: &Env) -> Result<Self, ConfigError> {
         use backstop_cloud::gcs::GcsStore;
         use backstop_cloud::s3::S3Store;
-        let primary: Arc<dyn ObjectStore> =
-            Arc::new(GcsStore::from_env(env, "BACKSTOP_GCS_BUCKET").await?);
+        let primary: Arc<dyn ObjectStore> = Arc::new(GcsStore::from_env(env).await?);
         let replica: Option<Arc<dyn ObjectStore>> = match env.optional("BACKSTOP_S3_BUCKET") {
-            Some(_) => Some(Arc::new(
-                S3Store::from_env(env, "BACKSTOP_S3_BUCKET").await?,
-            )),
+            Some(_) => Some(Arc::new(S3Store::from_env(env).await?)),
             None => None,
         };
         let policies = PolicySet::from_env_value(

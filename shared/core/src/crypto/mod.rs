@@ -33,6 +33,7 @@
 mod compress;
 pub mod decrypt;
 pub mod encrypt;
+pub mod files;
 pub mod inspect;
 pub mod keys;
 pub(crate) mod packet;
@@ -272,19 +273,6 @@ impl CryptoError {
         } else {
             CryptoError::Input(err)
         }
-    }
-
-    /// Whether this error says something about the data (a bad backup, which
-    /// retrying will not fix) rather than about the environment.
-    pub fn is_bad_data(&self) -> bool {
-        !matches!(
-            self,
-            CryptoError::Input(_)
-                | CryptoError::Output(_)
-                | CryptoError::Pipeline(_)
-                | CryptoError::Kms { .. }
-                | CryptoError::KeyFile { .. }
-        )
     }
 }
 

@@ -16,6 +16,9 @@ use super::{
 #[derive(Debug, Default)]
 struct State {
     objects: BTreeMap<String, Bytes>,
+    /// User metadata of the objects put with some (keys lower-cased, as
+    /// both clouds return them).
+    metadata: BTreeMap<String, BTreeMap<String, String>>,
     page_size: usize,
     /// Listing page index (0-based) that fails.
     fail_list_page: Option<usize>,
@@ -84,12 +87,21 @@ impl MemStore {
         self.with(|s| s.list_calls)
     }
 
-    fn meta(key: &str, data: &Bytes) -> ObjectMeta {
+    fn meta(s: &State, key: &str, data: &Bytes) -> ObjectMeta {
         ObjectMeta {
             key: key.to_string(),
             size: data.len() as u64,
+            metadata: s.metadata.get(key).cloned().unwrap_or_default(),
             ..ObjectMeta::default()
         }
+    }
+
+    fn lookup(&self, key: &str) -> StoreResult<ObjectMeta> {
+        self.with(|s| s.objects.get(key).map(|data| Self::meta(s, key, data)))
+            .ok_or_else(|| StoreError::NotFound {
+                store: self.url.clone(),
+                key: key.into(),
+            })
     }
 
     fn transient(&self, op: &'static str, key: &str) -> StoreError {
@@ -126,35 +138,30 @@ impl ObjectStore for MemStore {
                 });
             }
             s.objects.insert(key.to_string(), data.clone());
-            Ok(())
-        })?;
-        Ok(Self::meta(key, &data))
+            let metadata = opts
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect();
+            s.metadata.insert(key.to_string(), metadata);
+            Ok(Self::meta(s, key, &data))
+        })
     }
 
     async fn get(&self, key: &str) -> StoreResult<GetResult> {
         if self.with(|s| s.fail_get.contains(key)) {
             return Err(self.transient("get", key));
         }
-        let data =
-            self.with(|s| s.objects.get(key).cloned())
-                .ok_or_else(|| StoreError::NotFound {
-                    store: self.url.clone(),
-                    key: key.into(),
-                })?;
+        let meta = self.lookup(key)?;
+        let data = self.with(|s| s.objects.get(key).cloned().unwrap_or_default());
         Ok(GetResult {
-            meta: Self::meta(key, &data),
+            meta,
             body: bytes_stream(data),
         })
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        let data =
-            self.with(|s| s.objects.get(key).cloned())
-                .ok_or_else(|| StoreError::NotFound {
-                    store: self.url.clone(),
-                    key: key.into(),
-                })?;
-        Ok(Self::meta(key, &data))
+        self.lookup(key)
     }
 
     async fn list_page(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
@@ -174,7 +181,7 @@ impl ObjectStore for MemStore {
             Ok(ListPage {
                 objects: matching[start.min(end)..end]
                     .iter()
-                    .map(|(k, v)| Self::meta(k, v))
+                    .map(|(k, v)| Self::meta(s, k, v))
                     .collect(),
                 next_page_token: (end < matching.len()).then(|| end.to_string()),
             })
@@ -193,6 +200,7 @@ impl ObjectStore for MemStore {
                 });
             }
             s.delete_log.push((key.to_string(), true));
+            s.metadata.remove(key);
             match s.objects.remove(key) {
                 Some(_) => Ok(()),
                 None => Err(StoreError::NotFound {

@@ -139,15 +139,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same operation later may succeed.
+    /// Whether retrying the same operation later may succeed: the
+    /// [`Classify`](crate::error::Classify) answer (kept as a method so
+    /// callers need no trait import).
     pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Transient { .. } => true,
-            StoreError::Source { source, .. } => {
-                Self::inner(source).is_some_and(StoreError::is_transient)
-            }
-            _ => false,
-        }
+        crate::error::Classify::is_transient(self)
     }
 
     /// Carries a store error through an `io::Error` (inside a byte stream).
@@ -163,7 +159,7 @@ impl StoreError {
     /// failure (for example a GCS read dying mid-stream).
     pub fn io_is_transient(err: &io::Error) -> bool {
         match Self::inner(err) {
-            Some(e) => e.is_transient(),
+            Some(e) => crate::error::Classify::is_transient(e),
             None => matches!(
                 err.kind(),
                 io::ErrorKind::TimedOut
