@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use backstop_cloud::gcs::GcsStore;
 use backstop_cloud::kms::CloudKms;
-use backstop_core::config::{ConfigError, Env};
+use backstop_core::config::{ConfigError, Env, hint};
 use backstop_postgres::dump::{DATABASE_URL_VAR, DumpConfig, DumpSettings, run_dump};
 
-const BUCKET_VAR: &str = "BACKSTOP_GCS_BUCKET";
+use backstop_cloud::gcs::GCS_BUCKET_VAR as BUCKET_VAR;
 
 /// Dumps a database with `pg_dump -Fc`, encrypts it to the backup public
 /// key(s) and uploads it to the GCS bucket, then writes the signed manifest.
@@ -37,10 +37,6 @@ pub struct DumpArgs {
 
 pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
     let env = Env::from_process();
-    let missing = |name: &str, hint: &str| ConfigError::Missing {
-        name: name.into(),
-        hint: hint.into(),
-    };
     // Checked in the order an operator sets them up, before any key is read,
     // so a misconfigured job fails fast and names the variable.
     if args
@@ -48,17 +44,13 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
         .as_deref()
         .is_none_or(|u| u.trim().is_empty())
     {
-        return Err(missing(
-            DATABASE_URL_VAR,
-            "the database to dump, postgres://user@host:port/dbname (or pass --database-url)",
-        )
-        .into());
+        return Err(ConfigError::missing(DATABASE_URL_VAR, hint::DATABASE_URL).into());
     }
     let bucket = args
         .bucket
         .filter(|b| !b.trim().is_empty())
         .ok_or_else(|| {
-            missing(
+            ConfigError::missing(
                 BUCKET_VAR,
                 "the GCS bucket that receives backups (or pass --bucket)",
             )

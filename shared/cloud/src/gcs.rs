@@ -127,7 +127,7 @@ impl LazyControl {
 }
 
 /// The emulator endpoint from `STORAGE_EMULATOR_HOST`, with a scheme.
-pub fn emulator_endpoint(env: &Env) -> Option<String> {
+pub(crate) fn emulator_endpoint(env: &Env) -> Option<String> {
     env.optional("STORAGE_EMULATOR_HOST").map(|host| {
         let host = host.trim_end_matches('/');
         if host.starts_with("http://") || host.starts_with("https://") {
@@ -181,7 +181,7 @@ impl GcsStoreBuilder {
         let env = self.env;
         let bucket = match self.bucket {
             Some(bucket) => bucket,
-            None => env.required(GCS_BUCKET_VAR, "the GCS bucket that holds backups")?,
+            None => env.required(GCS_BUCKET_VAR, backstop_core::config::hint::GCS_BUCKET)?,
         };
         let credentials = env
             .optional("GOOGLE_APPLICATION_CREDENTIALS")
@@ -236,7 +236,7 @@ impl GcsStore {
         &self.bucket
     }
 
-    pub fn bucket_path(&self) -> String {
+    pub(crate) fn bucket_path(&self) -> String {
         format!("projects/_/buckets/{}", self.bucket)
     }
 
@@ -286,7 +286,7 @@ impl GcsStore {
 }
 
 /// Maps the client's error onto the store's kinds by HTTP status or gRPC code.
-pub fn map_gcs_error(
+pub(crate) fn map_gcs_error(
     store: &str,
     op: &'static str,
     key: &str,

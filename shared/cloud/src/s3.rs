@@ -94,7 +94,7 @@ impl S3StoreBuilder {
             Some(bucket) => bucket,
             None => self
                 .env
-                .required(S3_BUCKET_VAR, "the S3 bucket that holds backup replicas")?,
+                .required(S3_BUCKET_VAR, backstop_core::config::hint::S3_BUCKET)?,
         };
         S3Store::connect(&self.env, bucket).await
     }
@@ -290,6 +290,37 @@ impl S3Store {
         result
     }
 
+    /// Uploads part `number` with its CRC32C; returns the completed part,
+    /// its size and its CRC32C (combined into the object's checksum).
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        part: Bytes,
+    ) -> StoreResult<(CompletedPart, u64, u32)> {
+        let size = part.len() as u64;
+        let crc = crc32c::crc32c(&part);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .checksum_crc32_c(crc_b64(crc))
+            .body(AwsBody::from(part))
+            .send()
+            .await
+            .map_err(|e| self.map_err("upload part", key, e))?;
+        let completed = CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .checksum_crc32_c(crc_b64(crc))
+            .build();
+        Ok((completed, size, crc))
+    }
+
     async fn upload_parts_and_complete(
         &self,
         key: &str,
@@ -305,8 +336,7 @@ impl S3Store {
             .enumerate()
             .map(|(i, part)| {
                 let this = this.clone();
-                let key = key.to_string();
-                let upload_id = upload_id.to_string();
+                let (key, upload_id) = (key.to_string(), upload_id.to_string());
                 let store = store.clone();
                 async move {
                     let part = part.map_err(|source| StoreError::Source {
@@ -314,30 +344,7 @@ impl S3Store {
                         key: key.clone(),
                         source,
                     })?;
-                    let number = i as i32 + 1;
-                    let size = part.len() as u64;
-                    let crc = crc32c::crc32c(&part);
-                    let out = this
-                        .client
-                        .upload_part()
-                        .bucket(&this.bucket)
-                        .key(&key)
-                        .upload_id(&upload_id)
-                        .part_number(number)
-                        .checksum_crc32_c(crc_b64(crc))
-                        .body(AwsBody::from(part))
-                        .send()
-                        .await
-                        .map_err(|e| this.map_err("upload part", &key, e))?;
-                    Ok::<_, StoreError>((
-                        CompletedPart::builder()
-                            .part_number(number)
-                            .set_e_tag(out.e_tag().map(str::to_string))
-                            .checksum_crc32_c(crc_b64(crc))
-                            .build(),
-                        size,
-                        crc,
-                    ))
+                    this.upload_part(&key, &upload_id, i as i32 + 1, part).await
                 }
             })
             .buffered(self.concurrency);

@@ -4,38 +4,57 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+/// How urgent an alert is; ordered, `Critical` highest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Worth knowing; nothing to do.
     Info,
+    /// Something looks wrong and needs a look; the backups may still be fine.
     Warning,
+    /// A backup is missing, tampered with or unproven, or a check could not
+    /// run: act now.
     Critical,
 }
 
+/// One alert, published as JSON (the Pub/Sub message attributes repeat `code`,
+/// `source` and `severity`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
+    /// How urgent it is.
     pub severity: Severity,
     /// `replicator`, `retention`, `restore`, ...
     pub source: String,
     /// A stable machine-readable code, e.g. `verification_failed`.
     pub code: String,
+    /// What happened, for a human.
     pub message: String,
+    /// The backup concerned, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_id: Option<String>,
+    /// Machine-readable context (stores, findings); omitted when null.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
 }
 
+/// Publishing an alert failed. Classified transient: the triggering event is
+/// retried, and the alert with it.
 #[derive(Debug, thiserror::Error)]
 #[error("could not publish alert {code} to {topic}: {message}; the alert is in the error log")]
 pub struct AlertError {
+    /// The Pub/Sub topic, `projects/P/topics/T`.
     pub topic: String,
+    /// The alert's [`Alert::code`].
     pub code: String,
+    /// The publisher's error.
     pub message: String,
 }
 
+/// Where alerts go: Pub/Sub when `BACKSTOP_ALERT_TOPIC` is set, otherwise
+/// [`LogAlerts`].
 #[async_trait]
 pub trait AlertSink: Send + Sync + std::fmt::Debug {
+    /// Sends one alert; an error means it was not delivered.
     async fn publish(&self, alert: &Alert) -> Result<(), AlertError>;
 }
 

@@ -9,17 +9,55 @@ use std::str::FromStr;
 /// A configuration problem, always naming the variable at fault.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// A required setting is unset or empty.
     #[error("environment variable {name} is not set: {hint}")]
-    Missing { name: String, hint: String },
+    Missing {
+        /// The variable's name.
+        name: String,
+        /// What to set it to.
+        hint: String,
+    },
+    /// A setting's value does not parse or is not allowed.
     #[error("environment variable {name}={value:?} is invalid: {reason}")]
     Invalid {
+        /// The variable's (or command-line option's) name.
         name: String,
+        /// The value as given, trimmed.
         value: String,
+        /// Why it is refused, and what is expected.
         reason: String,
     },
 }
 
+/// What to set, for each setting more than one place asks for: one text
+/// each, so that every command's error says the same.
+pub mod hint {
+    /// `BACKSTOP_DATABASE_URL` / `--database-url`.
+    pub const DATABASE_URL: &str =
+        "the database to dump, postgres://user@host:port/dbname (or pass --database-url)";
+    /// `BACKSTOP_SIGNING_PUBLIC_KEY`.
+    pub const SIGNING_PUBLIC_KEY: &str =
+        "the dump job's public signing key: file:/path/signing.pub.asc, or the armored key";
+    /// `BACKSTOP_RECIPIENTS`.
+    pub const RECIPIENTS: &str =
+        "the backup public key(s): file:/path/backup.pub.asc, or the armored key";
+    /// `BACKSTOP_BACKUP_KEY`.
+    pub const BACKUP_KEY: &str = "the backup secret key: file:/path/backup.sec.asc or gcpkms:projects/P/locations/L/keyRings/R/cryptoKeys/K:/path/backup.sec.asc.kms";
+    /// `BACKSTOP_GCS_BUCKET`.
+    pub const GCS_BUCKET: &str = "the GCS bucket that holds backups";
+    /// `BACKSTOP_S3_BUCKET`.
+    pub const S3_BUCKET: &str = "the S3 bucket that holds backup replicas";
+}
+
 impl ConfigError {
+    /// A required setting that is absent, with what to give.
+    pub fn missing(name: &str, hint: &str) -> Self {
+        ConfigError::Missing {
+            name: name.into(),
+            hint: hint.into(),
+        }
+    }
+
     /// An invalid setting (a variable or a command-line option) and its value.
     pub fn invalid(name: &str, value: &str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
@@ -62,6 +100,7 @@ impl Env {
         }
     }
 
+    /// An environment holding exactly `pairs` (tests).
     pub fn from_pairs<I, K, V>(pairs: I) -> Self
     where
         I: IntoIterator<Item = (K, V)>,
@@ -84,6 +123,7 @@ impl Env {
             .filter(|v| !v.is_empty())
     }
 
+    /// The value, or [`ConfigError::Missing`] with `hint` when unset or empty.
     pub fn required(&self, name: &str, hint: &str) -> Result<String, ConfigError> {
         self.optional(name).ok_or_else(|| ConfigError::Missing {
             name: name.to_string(),
@@ -133,6 +173,7 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// A [`ConfigError::Invalid`] for `name`, quoting its current value.
     pub fn invalid(&self, name: &str, reason: impl Into<String>) -> ConfigError {
         ConfigError::invalid(name, &self.optional(name).unwrap_or_default(), reason)
     }

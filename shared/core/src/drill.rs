@@ -18,11 +18,13 @@ pub const MAX_DRILL_BYTES: usize = 1024 * 1024;
 pub struct TableMismatch {
     /// `schema.table`
     pub table: String,
+    /// Row count the manifest records.
     pub expected: u64,
     /// `None`: the table is missing from the restored database.
     pub actual: Option<u64>,
 }
 
+/// The outcome of one restore drill, stored as JSON at [`Self::key`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrillRecord {
     /// `<namespace>/<database>/<stamp>` of the restored backup.
@@ -31,11 +33,15 @@ pub struct DrillRecord {
     pub namespace: Namespace,
     /// Database the backup was restored into.
     pub target_database: String,
+    /// When the restore started.
     pub started_at: DateTime<Utc>,
+    /// When the drill ended, whatever its outcome.
     pub finished_at: DateTime<Utc>,
     /// Restored, and every table's row count matched the manifest.
     pub success: bool,
+    /// How many tables' row counts were compared.
     pub tables_checked: u64,
+    /// Tables whose row count differs from the manifest's or that are missing.
     #[serde(default)]
     pub mismatches: Vec<TableMismatch>,
     /// Why the drill failed, when it did.
@@ -53,12 +59,14 @@ impl DrillRecord {
         Ok(self.backup_id.parse::<BackupId>()?.drill_key())
     }
 
+    /// Pretty-printed JSON with a final newline, as stored.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = serde_json::to_vec_pretty(self).expect("drill record serializes");
         out.push(b'\n');
         out
     }
 
+    /// Parses a stored record.
     pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }

@@ -18,16 +18,23 @@ use serde_json::Value;
 /// notification comes close (Lambda itself caps requests at 6 MB).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
+/// The CloudEvent type of a completed GCS object write; other types are
+/// [`StorageEvent::Other`].
 pub const CLOUDEVENT_FINALIZED: &str = "google.cloud.storage.object.v1.finalized";
 
+/// A trigger that cannot be parsed. Permanent: redelivering it cannot help.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventError {
+    /// The body, or its base64 form, is over the [`MAX_EVENT_BYTES`] limit;
+    /// holds its length.
     #[error(
         "event body is {0} bytes, more than the {MAX_EVENT_BYTES} accepted; this is not a storage notification"
     )]
     TooLarge(usize),
+    /// The body is not JSON (nor base64 of JSON, for a schedule).
     #[error("event body is not JSON: {0}")]
     NotJson(String),
+    /// The JSON is not any trigger this function accepts, or is inconsistent.
     #[error("malformed event: {0}")]
     Malformed(String),
 }
@@ -35,14 +42,18 @@ pub enum EventError {
 /// An HTTP request as delivered by a Lambda Function URL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpRequest {
+    /// HTTP method, `POST` when the request does not say.
     pub method: String,
+    /// The raw request path.
     pub path: String,
     /// Lower-case names.
     pub headers: BTreeMap<String, String>,
+    /// The request body, base64-decoded when the URL delivered it encoded.
     pub body: Bytes,
 }
 
 impl HttpRequest {
+    /// A header's value, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(&name.to_ascii_lowercase())
@@ -124,19 +135,27 @@ pub fn parse_json(body: &[u8]) -> Result<Value, EventError> {
 /// A GCS object named by a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRef {
+    /// The bucket name.
     pub bucket: String,
+    /// The object's key.
     pub name: String,
+    /// The object generation written, when the notification carries it.
     pub generation: Option<i64>,
+    /// Object size in bytes, when the notification carries it.
     pub size: Option<u64>,
 }
 
+/// What a storage notification reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageEvent {
     /// A new object (or a new generation of one) is complete.
     Finalized(ObjectRef),
     /// Any other notification (delete, archive, metadata update): nothing to do.
     Other {
+        /// The notification's event type (`OBJECT_DELETE`, a CloudEvent type,
+        /// ...).
         event_type: String,
+        /// The object's key, when named.
         object: Option<String>,
     },
 }
@@ -306,6 +325,8 @@ pub fn parse_schedule(body: &[u8]) -> Result<ScheduleRequest, EventError> {
     schedule_from_value(&value)
 }
 
+/// [`parse_schedule`] for an already-decoded JSON value (a direct invocation):
+/// an EventBridge scheduled event, a request object or null.
 pub fn schedule_from_value(value: &Value) -> Result<ScheduleRequest, EventError> {
     if value.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
         let detail = value.get("detail").cloned().unwrap_or(Value::Null);

@@ -16,7 +16,7 @@
 //!
 //! `shared/ARCHITECTURE.md` says which crate may depend on which.
 
-// TODO-DOCS #![warn(missing_docs)]
+#![warn(missing_docs)]
 
 pub mod alerts;
 pub mod config;

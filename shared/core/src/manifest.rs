@@ -15,15 +15,20 @@ use crate::naming::{BackupId, Namespace};
 /// restore reads (custom-format archives).
 pub const DUMP_FORMAT: &str = "custom";
 
+/// The manifest's `kind`: tells a Backstop manifest from any other JSON.
 pub const MANIFEST_KIND: &str = "backstop.manifest";
+/// The newest manifest `version` this build writes and reads.
 pub const MANIFEST_VERSION: u32 = 1;
 /// Manifests are small; anything larger is not one of ours.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// The encrypted data object, as the dump job wrote it: what a verifier checks
+/// the stored object against.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CiphertextInfo {
     /// Name of the data object, relative to the backup's prefix.
     pub object: String,
+    /// Ciphertext size in bytes.
     pub size: u64,
     /// Lower-case hex.
     pub sha256: String,
@@ -32,20 +37,30 @@ pub struct CiphertextInfo {
     pub crc32c: u32,
 }
 
+/// A backup's manifest (`manifest.json`), stored with its detached signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Always [`MANIFEST_KIND`].
     pub kind: String,
+    /// Format version, 1 to [`MANIFEST_VERSION`].
     pub version: u32,
+    /// The namespace the backup belongs to.
     pub namespace: Namespace,
+    /// The database that was dumped.
     pub database: String,
     /// `<namespace>/<database>/<stamp>`; must match where the manifest lives.
     pub backup_id: String,
+    /// The server's `SHOW server_version` at dump time.
     pub server_version: String,
     /// `pg_dump` output format (`custom`).
     pub dump_format: String,
+    /// When the dump started: the backup id's time.
     pub started_at: DateTime<Utc>,
+    /// When the data object was stored, just before the manifest was signed.
     pub finished_at: DateTime<Utc>,
+    /// Size in bytes of the `pg_dump` output before encryption.
     pub plaintext_size: u64,
+    /// The data object's name, size and digests.
     pub ciphertext: CiphertextInfo,
     /// Fingerprints (upper-case hex) of the keys the session key is encrypted to.
     pub recipients: Vec<String>,
@@ -57,20 +72,32 @@ pub struct Manifest {
     pub tool: String,
 }
 
+/// A manifest that cannot be accepted. Permanent: the object will not change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
+    /// Not JSON, a field missing or mistyped, or an invalid `backup_id`.
     #[error("manifest is not valid JSON or misses a field: {0}")]
     Malformed(String),
+    /// The `kind` is not [`MANIFEST_KIND`].
     #[error("manifest kind {0:?} is not {MANIFEST_KIND:?}: this object is not a Backstop manifest")]
     WrongKind(String),
+    /// The `version` is 0 or newer than [`MANIFEST_VERSION`]: upgrade Backstop.
     #[error(
         "manifest version {0} is newer than this Backstop understands (max {MANIFEST_VERSION}); upgrade Backstop"
     )]
     UnsupportedVersion(u32),
+    /// The manifest's `backup_id` is not the backup it is stored under (copied
+    /// or swapped).
     #[error(
         "manifest describes backup {found} but was found at {expected}: it belongs to another backup"
     )]
-    WrongBackup { expected: String, found: String },
+    WrongBackup {
+        /// The backup id of the location it was read from.
+        expected: String,
+        /// The backup id the manifest names.
+        found: String,
+    },
+    /// The object is larger than [`MAX_MANIFEST_BYTES`].
     #[error("manifest is larger than {MAX_MANIFEST_BYTES} bytes")]
     TooLarge,
 }
@@ -99,6 +126,7 @@ impl Manifest {
         }
     }
 
+    /// The backup id, parsed from `backup_id`.
     pub fn id(&self) -> Result<BackupId, ManifestError> {
         self.backup_id
             .parse()

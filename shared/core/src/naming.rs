@@ -14,23 +14,32 @@ use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
+/// File name of a backup's encrypted dump.
 pub const DATA_FILE: &str = "data.pgdump.pgp";
+/// File name of a backup's manifest, its commit marker (written last).
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// File name of the manifest's detached signature.
 pub const SIGNATURE_FILE: &str = "manifest.json.sig";
+/// Key prefix of the restore drill records.
 pub const DRILLS_PREFIX: &str = "_drills/";
 
 const STAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
+/// A name that breaks the naming rules. Permanent: fix the name or the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// A namespace breaks the rules of [`Namespace::new`].
     #[error(
         "namespace {0:?} is invalid: use 1-63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
     )]
     Namespace(String),
+    /// A database name is not 1-63 characters from a-z, A-Z, 0-9, `.`, `_`
+    /// and `-`, starting with a letter or digit.
     #[error(
         "database name {0:?} is invalid: use 1-63 characters from a-z, A-Z, 0-9, '.', '_' and '-'"
     )]
     Database(String),
+    /// An object key or backup id does not have the shape of a backup's.
     #[error(
         "{0:?} is not a backup object name (expected <namespace>/<database>/<yyyymmddThhmmssZ-xxxxxx>/<file>)"
     )]
@@ -60,6 +69,8 @@ fn valid_segment(s: &str, lower_only: bool) -> bool {
 pub struct Namespace(String);
 
 impl Namespace {
+    /// Validates `s`: 1 to [`MAX_NAME_BYTES`] characters from a-z, 0-9, `.`,
+    /// `_` and `-`, starting with a letter or digit.
     pub fn new(s: &str) -> Result<Self, NameError> {
         if valid_segment(s, true) {
             Ok(Self(s.to_string()))
@@ -68,6 +79,7 @@ impl Namespace {
         }
     }
 
+    /// The namespace as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -95,9 +107,14 @@ impl fmt::Display for Namespace {
 /// Identifies one backup: namespace, database and a time-ordered stamp.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackupId {
+    /// The namespace the backup belongs to.
     pub namespace: Namespace,
+    /// The database that was dumped (validated, may contain upper case).
     pub database: String,
+    /// When the dump started, in whole seconds (UTC).
     pub taken_at: DateTime<Utc>,
+    /// Hex suffix of the stamp (6 random digits for new ids): keeps dumps in
+    /// the same second apart.
     pub nonce: String,
 }
 
@@ -112,6 +129,8 @@ impl BackupId {
         Self::with_nonce(namespace, database, taken_at, &nonce)
     }
 
+    /// An id with the given suffix (tests, parsing); checks the database name
+    /// and drops sub-second precision.
     pub fn with_nonce(
         namespace: Namespace,
         database: &str,
@@ -131,6 +150,7 @@ impl BackupId {
         })
     }
 
+    /// `yyyymmddThhmmssZ-<nonce>`: sorts by time.
     pub fn stamp(&self) -> String {
         format!("{}-{}", self.taken_at.format(STAMP_FORMAT), self.nonce)
     }
@@ -140,18 +160,23 @@ impl BackupId {
         format!("{}/{}/{}/", self.namespace, self.database, self.stamp())
     }
 
+    /// Key of the encrypted dump, `<prefix>data.pgdump.pgp`.
     pub fn data_key(&self) -> String {
         format!("{}{DATA_FILE}", self.prefix())
     }
 
+    /// Key of the manifest, `<prefix>manifest.json`.
     pub fn manifest_key(&self) -> String {
         format!("{}{MANIFEST_FILE}", self.prefix())
     }
 
+    /// Key of the manifest signature, `<prefix>manifest.json.sig`.
     pub fn signature_key(&self) -> String {
         format!("{}{SIGNATURE_FILE}", self.prefix())
     }
 
+    /// Key of this backup's drill record,
+    /// `_drills/<namespace>/<database>-<stamp>.json`.
     pub fn drill_key(&self) -> String {
         format!(
             "{DRILLS_PREFIX}{}/{}-{}.json",

@@ -27,40 +27,70 @@ use crate::store::{ByteStream, ObjectStore, ObjectStoreExt, PutOptions, StoreErr
 
 /// User metadata written on replicated objects.
 pub const META_SHA256: &str = "backstop-sha256";
+/// User metadata holding the backup id, on every object the replicator writes
+/// (`backstop-sha256` is on the data object only).
 pub const META_BACKUP_ID: &str = "backstop-backup-id";
 
 /// What happened to one notification; serialized as the function's result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
+    /// The backup verified and was copied: data, signature, then manifest.
     Replicated {
+        /// `<namespace>/<database>/<stamp>`.
         backup_id: String,
+        /// Size of the data object in bytes.
         bytes: u64,
+        /// The data object's SHA-256, lower-case hex.
         sha256: String,
+        /// Wall time of the whole replication, in seconds.
         seconds: f64,
     },
+    /// The target already holds this exact manifest (a redelivery).
     AlreadyReplicated {
+        /// `<namespace>/<database>/<stamp>`.
         backup_id: String,
     },
+    /// Nothing to replicate: not a manifest, a namespace not configured, not a
+    /// finalize event, or a manifest deleted since.
     Ignored {
+        /// The object the notification named.
         object: String,
+        /// Why it needs no replication.
         reason: String,
     },
     /// Verification failed: nothing was copied, an alert was published.
     Rejected {
+        /// `<namespace>/<database>/<stamp>`.
         backup_id: String,
+        /// What failed verification.
         reason: String,
     },
 }
 
+/// A notification the replicator could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicateError {
+    /// The notification names a bucket other than the one served. Permanent:
+    /// fix the notification config.
     #[error(
         "notification is for bucket {got:?} but this replicator serves {expected:?}; fix the notification config or BACKSTOP_GCS_BUCKET"
     )]
-    UnknownBucket { expected: String, got: String },
+    UnknownBucket {
+        /// The bucket this replicator serves.
+        expected: String,
+        /// The notification's bucket.
+        got: String,
+    },
+    /// A store failed, a publish failed, or a concurrent copy left other
+    /// content: transient, the notification should be redelivered.
     #[error("replication of {backup_id} failed and should be retried: {message}")]
-    Retry { backup_id: String, message: String },
+    Retry {
+        /// `<namespace>/<database>/<stamp>`.
+        backup_id: String,
+        /// The underlying error.
+        message: String,
+    },
 }
 
 /// A failure found while the data streamed past; travels inside the byte
@@ -69,15 +99,23 @@ pub enum ReplicateError {
 #[error("{0}")]
 struct VerificationFailed(CryptoError);
 
+/// Copies verified backups from `source` to `target` (see the module docs).
 pub struct Replicator {
+    /// The backups bucket the notifications come from.
     pub source: Arc<dyn ObjectStore>,
+    /// The replica bucket; written with create-only puts.
     pub target: Arc<dyn ObjectStore>,
     /// The GCS bucket whose notifications are accepted.
     pub source_bucket: String,
+    /// Keys a manifest must be signed by.
     pub signing_keys: Vec<VerifyingKey>,
+    /// Subkeys the data may be encrypted to; every recipient the manifest lists
+    /// must be one of them.
     pub recipients: RecipientSet,
     /// Namespace patterns to replicate (`*` globs); default `production`.
     pub namespaces: Vec<String>,
+    /// Where rejections are published; a failed publish gets the notification
+    /// retried.
     pub alerts: Arc<dyn AlertSink>,
 }
 

@@ -6,7 +6,9 @@ use tracing_subscriber::EnvFilter;
 /// Where the process runs, which decides the log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// JSON lines, one event each (Lambda; CloudWatch parses them).
     Json,
+    /// The human-readable format, for terminals.
     Human,
 }
 

@@ -41,11 +41,7 @@ async fn read_all(
 /// `BACKSTOP_RECIPIENTS`: the backup public key(s) data is encrypted to.
 pub async fn recipients_from_env(env: &Env) -> Result<Vec<RecipientKey>, ConfigError> {
     const NAME: &str = "BACKSTOP_RECIPIENTS";
-    let sources = key_settings(
-        env,
-        NAME,
-        "the backup public key(s): file:/path/backup.pub.asc, or the armored key",
-    )?;
+    let sources = key_settings(env, NAME, crate::config::hint::RECIPIENTS)?;
     read_all(env, NAME, &sources)
         .await?
         .iter()
@@ -57,11 +53,7 @@ pub async fn recipients_from_env(env: &Env) -> Result<Vec<RecipientKey>, ConfigE
 /// (several during a rotation).
 pub async fn signing_keys_from_env(env: &Env) -> Result<Vec<VerifyingKey>, ConfigError> {
     const NAME: &str = "BACKSTOP_SIGNING_PUBLIC_KEY";
-    let sources = key_settings(
-        env,
-        NAME,
-        "the dump job's public signing key: file:/path/signing.pub.asc, or the armored key",
-    )?;
+    let sources = key_settings(env, NAME, crate::config::hint::SIGNING_PUBLIC_KEY)?;
     read_all(env, NAME, &sources)
         .await?
         .iter()
@@ -72,11 +64,15 @@ pub async fn signing_keys_from_env(env: &Env) -> Result<Vec<VerifyingKey>, Confi
 /// Everything a verifier needs, with public keys only.
 #[derive(Debug, Clone)]
 pub struct TrustedKeys {
+    /// Keys allowed to sign manifests (`BACKSTOP_SIGNING_PUBLIC_KEY`).
     pub signing: Vec<VerifyingKey>,
+    /// Subkeys backups may be encrypted to (`BACKSTOP_RECIPIENTS`).
     pub recipients: RecipientSet,
 }
 
 impl TrustedKeys {
+    /// Reads both settings; `gcpkms:` is refused, public keys are never
+    /// wrapped.
     pub async fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             signing: signing_keys_from_env(env).await?,

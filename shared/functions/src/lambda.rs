@@ -80,7 +80,7 @@ pub trait Function: Send + Sync {
 }
 
 /// Reads a local event file, refusing huge files before reading them.
-pub fn read_event_file(path: &Path) -> Result<Value, String> {
+fn read_event_file(path: &Path) -> Result<Value, String> {
     let meta = std::fs::metadata(path)
         .map_err(|e| format!("cannot read event file {}: {e}", path.display()))?;
     // Function URL requests carry the body base64-encoded: allow for that.
@@ -124,7 +124,7 @@ pub async fn run_local(function: &dyn Function, path: &Path) -> std::process::Ex
 /// Function URL requests get an HTTP response (status included, so Pub/Sub
 /// sees 2xx = ack, 4xx/5xx = redeliver); direct invocations fail the
 /// invocation on an error status so that async retries apply.
-pub async fn run_lambda(function: Arc<dyn Function>) -> Result<(), lambda_runtime::Error> {
+async fn run_lambda(function: Arc<dyn Function>) -> Result<(), lambda_runtime::Error> {
     let handler = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
         let function = function.clone();
         async move {

@@ -1,8 +1,12 @@
-//! PostgreSQL side of dumps and restores: snapshots, exact row counts,
-//! database creation, and running `pg_dump` / `pg_restore` as streaming
-//! child processes.
+//! The PostgreSQL client side that is not SQL: connection URLs (names,
+//! passwords kept out of logs), where the client programs live, and running
+//! `pg_dump` as a streaming child process whose failure cannot pass for a
+//! clean end.
+//!
+//! The statements themselves live in the crate's `server` module; the
+//! parts of it other crates use are re-exported here, so that `pg::connect`
+//! and friends stay where callers know them.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -10,9 +14,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
-use tokio_postgres::{Client, NoTls};
+use tokio::task::JoinHandle;
 
 use backstop_core::store::{ByteStream, byte_stream};
+
+pub use crate::server::{connect, quote_ident, row_counts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -44,7 +50,7 @@ pub struct PgTools {
 }
 
 impl PgTools {
-    pub fn program(&self, name: &str) -> PathBuf {
+    pub(crate) fn program(&self, name: &str) -> PathBuf {
         match &self.bindir {
             Some(dir) => dir.join(name),
             None => PathBuf::from(name),
@@ -53,7 +59,7 @@ impl PgTools {
 }
 
 /// Hides the password of a connection URL for messages and logs.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
@@ -67,7 +73,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The database name in a `postgres://.../dbname?...` URL.
-pub fn database_name(url: &str) -> Result<String, PgError> {
+pub(crate) fn database_name(url: &str) -> Result<String, PgError> {
     let rest = url
         .split_once("://")
         .map(|(_, r)| r)
@@ -98,150 +104,31 @@ pub fn with_database(url: &str, database: &str) -> Result<String, PgError> {
     Ok(format!("{scheme}://{authority}/{encoded}{query}"))
 }
 
-pub async fn connect(url: &str) -> Result<Client, PgError> {
-    let (client, conn) =
-        tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| PgError::Connect {
-                target: redact_url(url),
-                message: e.to_string(),
-            })?;
+/// How much of a child's stderr is kept: the end of it says why it failed.
+const STDERR_TAIL_BYTES: usize = 16 * 1024;
+
+/// Reads a child's stderr in the background (so the child never blocks on
+/// a full pipe) and yields its last 16 KiB, trimmed, for error messages;
+/// empty when stderr is not piped. Await it after the child has exited.
+pub(crate) fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
+    let stderr = child.stderr.take();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "PostgreSQL connection ended");
+        let Some(mut stderr) = stderr else {
+            return String::new();
+        };
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > STDERR_TAIL_BYTES {
+                buf.drain(..buf.len() - STDERR_TAIL_BYTES);
+            }
         }
-    });
-    Ok(client)
-}
-
-fn query_err(what: &str) -> impl Fn(tokio_postgres::Error) -> PgError + '_ {
-    move |e| PgError::Query {
-        what: what.to_string(),
-        message: match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
-        },
-    }
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// User tables (plain and partitioned), excluding system schemas and tables
-/// owned by extensions (their contents are recreated by the extension).
-const USER_TABLES: &str = "
-    SELECT n.nspname, c.relname
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p')
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-    ORDER BY 1, 2";
-
-/// Exact row counts of every user table, as seen by `client`'s current
-/// transaction (the dump's snapshot during a dump).
-pub async fn row_counts(client: &Client) -> Result<BTreeMap<String, u64>, PgError> {
-    let tables = client
-        .query(USER_TABLES, &[])
-        .await
-        .map_err(query_err("list tables"))?;
-    let mut counts = BTreeMap::new();
-    for row in tables {
-        let (schema, table): (String, String) = (row.get(0), row.get(1));
-        let sql = format!(
-            "SELECT count(*) FROM {}.{}",
-            quote_ident(&schema),
-            quote_ident(&table)
-        );
-        let n: i64 = client
-            .query_one(&sql, &[])
-            .await
-            .map_err(query_err(&format!("count rows of {schema}.{table}")))?
-            .get(0);
-        counts.insert(format!("{schema}.{table}"), n.max(0) as u64);
-    }
-    Ok(counts)
-}
-
-pub async fn server_version(client: &Client) -> Result<String, PgError> {
-    Ok(client
-        .query_one("SHOW server_version", &[])
-        .await
-        .map_err(query_err("server version"))?
-        .get(0))
-}
-
-/// A snapshot held open for `pg_dump --snapshot`, with the row counts and
-/// server version read inside it.
-pub struct ExportedSnapshot {
-    client: Client,
-    pub id: String,
-    pub server_version: String,
-}
-
-impl ExportedSnapshot {
-    /// Opens a repeatable-read transaction and exports its snapshot, for
-    /// `pg_dump --snapshot` and for [`Self::row_counts`].
-    pub async fn take(url: &str) -> Result<Self, PgError> {
-        let client = connect(url).await?;
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(query_err("begin snapshot transaction"))?;
-        let id: String = client
-            .query_one("SELECT pg_export_snapshot()", &[])
-            .await
-            .map_err(query_err("export snapshot"))?
-            .get(0);
-        let server_version = server_version(&client).await?;
-        Ok(Self {
-            client,
-            id,
-            server_version,
-        })
-    }
-
-    /// Rows per table as the snapshot sees them, so the manifest's counts
-    /// match the dump exactly. Runs while `pg_dump` reads the same snapshot,
-    /// so without parallel workers: one core at most, leaving the others to
-    /// `pg_dump`'s compression, which sets the dump's pace.
-    pub async fn row_counts(&self) -> Result<BTreeMap<String, u64>, PgError> {
-        self.client
-            .batch_execute("SET LOCAL max_parallel_workers_per_gather = 0")
-            .await
-            .map_err(query_err("limit the row counts to one worker"))?;
-        row_counts(&self.client).await
-    }
-
-    /// Ends the transaction once `pg_dump` no longer needs the snapshot.
-    pub async fn release(self) -> Result<(), PgError> {
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(query_err("end snapshot transaction"))
-    }
-}
-
-/// Keeps the last few KiB of a child's stderr for error messages.
-async fn tail_stderr(child: &mut Child) -> String {
-    let Some(mut stderr) = child.stderr.take() else {
-        return String::new();
-    };
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    while let Ok(n) = stderr.read(&mut chunk).await {
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > 16 * 1024 {
-            buf.drain(..buf.len() - 16 * 1024);
-        }
-    }
-    String::from_utf8_lossy(&buf).trim().to_string()
+        String::from_utf8_lossy(&buf).trim().to_string()
+    })
 }
 
 /// Runs `pg_dump -Fc -Z0` in `snapshot` and returns its output as a stream.
@@ -252,7 +139,7 @@ async fn tail_stderr(child: &mut Child) -> String {
 /// Uncompressed: `pg_dump` compresses on one core, which then sets the pace
 /// of the whole dump; the encryption compresses instead, on every core
 /// ([`backstop_core::crypto::Compression::Zip`]), into a packet `gpg` unpacks.
-pub fn pg_dump_stream(
+pub(crate) fn pg_dump_stream(
     tools: &PgTools,
     url: &str,
     snapshot: Option<&str>,
@@ -275,8 +162,9 @@ pub fn pg_dump_stream(
         message: e.to_string(),
     })?;
     let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = collect_stderr(&mut child);
     let stderr_task = tokio::spawn(async move {
-        let tail = tail_stderr(&mut child).await;
+        let tail = stderr.await.unwrap_or_default();
         let status = child.wait().await;
         (tail, status)
     });
@@ -299,4 +187,56 @@ pub fn pg_dump_stream(
         .chain(finish)
         .filter_map(|r: std::io::Result<Option<Bytes>>| async move { r.transpose() });
     Ok(byte_stream(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn database_names_come_from_the_path() {
+        assert_eq!(
+            database_name("postgres://u@h/My%20DB?sslmode=disable").unwrap(),
+            "My DB"
+        );
+        assert!(database_name("postgres://u@h/").is_err());
+        assert_eq!(
+            with_database("postgres://u@h:5/a?x=1", "b c").unwrap(),
+            "postgres://u@h:5/b%20c?x=1"
+        );
+    }
+
+    #[tokio::test]
+    async fn stderr_keeps_the_trimmed_tail() {
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "head -c 40000 /dev/zero | tr '\\0' x >&2; echo ' the end ' >&2",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let tail = collect_stderr(&mut child);
+        child.wait().await.unwrap();
+        let tail = tail.await.unwrap();
+        assert!(tail.len() <= STDERR_TAIL_BYTES, "{}", tail.len());
+        assert!(
+            tail.starts_with('x') && tail.ends_with("x the end"),
+            "{tail:?}"
+        );
+
+        let mut quiet = Command::new("true").spawn().unwrap();
+        let tail = collect_stderr(&mut quiet);
+        quiet.wait().await.unwrap();
+        assert_eq!(tail.await.unwrap(), "");
+    }
 }

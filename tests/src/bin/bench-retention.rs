@@ -19,9 +19,9 @@ use backstop_core::naming::{BackupId, DATA_FILE};
 use backstop_core::retention::PolicySet;
 use backstop_core::retention::SignatureVerifier;
 use backstop_core::store::{ObjectStore, ObjectStoreExt, PutOptions};
-use backstop_functions::retention::RetentionFunction;
+use backstop_functions::retention::{RetentionFunction, RunResult};
 use backstop_tests::backups::{TestKeys, backup_id, synthetic_manifest};
-use backstop_tests::counting::CountingStore;
+use backstop_tests::counting::{CallCounts, CountingStore};
 use backstop_tests::pseudo_random_stream;
 use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
@@ -70,48 +70,18 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("the GCS bucket is not empty: run the benchmark in a fresh stack");
     }
 
-    // One small real ciphertext shared by every backup: what the verifier
-    // checks (signature, size, the first packets) is all there.
-    let (plain, _) = pseudo_random_stream(PLAINTEXT_SIZE, 4096, 7);
-    let encrypted = encrypt_stream(plain, &[keys.recipient()])?;
-    let data: Bytes = encrypted
-        .stream
-        .try_fold(Vec::new(), |mut acc, chunk| async move {
-            acc.extend_from_slice(&chunk);
-            Ok(acc)
-        })
-        .await?
-        .into();
-    let summary = encrypted.summary.get().expect("summary after the stream");
-    let ciphertext = CiphertextInfo {
-        object: DATA_FILE.into(),
-        size: summary.ciphertext.size,
-        sha256: summary.ciphertext.sha256.clone(),
-        crc32c: summary.ciphertext.crc32c,
-    };
+    let (data, ciphertext, recipients) = one_ciphertext(&keys).await?;
 
-    // Each namespace gets a backup every 6 hours going back from now, so the
-    // policy keeps a handful and prunes the rest.
     let now = Utc::now();
     let per_ns = backups.div_ceil(namespaces);
-    let ids: Vec<BackupId> = (0..backups)
-        .map(|i| {
-            let ns = if i % namespaces == 0 {
-                "production".to_string()
-            } else {
-                format!("pr-{}", i % namespaces)
-            };
-            let age = TimeDelta::hours(6 * (i / namespaces) as i64 + 1);
-            backup_id(&ns, now - age)
-        })
-        .collect();
+    let ids = backup_ids(backups, namespaces, now);
     eprintln!(
         "[bench-retention] seeding {backups} backups ({namespaces} namespaces, ~{per_ns} each) into both clouds ..."
     );
     let seeded = Instant::now();
     let stores: [Arc<dyn ObjectStore>; 2] = [gcs.clone(), s3.clone()];
     futures::stream::iter(ids.iter().flat_map(|id| {
-        let objects = backup_objects(id, &keys, &data, &ciphertext, &summary.recipients);
+        let objects = backup_objects(id, &keys, &data, &ciphertext, &recipients);
         stores
             .clone()
             .into_iter()
@@ -157,13 +127,71 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("a listing failed; the report:\n{}", result.report);
     }
 
+    report(
+        &result,
+        backups,
+        namespaces,
+        wall,
+        [
+            ("gcs", gcs.counts(), before.0),
+            ("s3", s3.counts(), before.1),
+        ],
+    );
+    Ok(())
+}
+
+/// One small real ciphertext shared by every backup: what the verifier
+/// checks (signature, size, the first packets) is all there.
+async fn one_ciphertext(keys: &TestKeys) -> anyhow::Result<(Bytes, CiphertextInfo, Vec<String>)> {
+    let (plain, _) = pseudo_random_stream(PLAINTEXT_SIZE, 4096, 7);
+    let encrypted = encrypt_stream(plain, &[keys.recipient()])?;
+    let data: Bytes = encrypted
+        .stream
+        .try_fold(Vec::new(), |mut acc, chunk| async move {
+            acc.extend_from_slice(&chunk);
+            Ok(acc)
+        })
+        .await?
+        .into();
+    let summary = encrypted.summary.get().expect("summary after the stream");
+    let ciphertext = CiphertextInfo {
+        object: DATA_FILE.into(),
+        size: summary.ciphertext.size,
+        sha256: summary.ciphertext.sha256.clone(),
+        crc32c: summary.ciphertext.crc32c,
+    };
+
+    Ok((data, ciphertext, summary.recipients.clone()))
+}
+
+/// Each namespace gets a backup every 6 hours going back from `now`, so the
+/// policy keeps a handful and prunes the rest.
+fn backup_ids(backups: usize, namespaces: usize, now: chrono::DateTime<Utc>) -> Vec<BackupId> {
+    (0..backups)
+        .map(|i| {
+            let ns = if i % namespaces == 0 {
+                "production".to_string()
+            } else {
+                format!("pr-{}", i % namespaces)
+            };
+            let age = TimeDelta::hours(6 * (i / namespaces) as i64 + 1);
+            backup_id(&ns, now - age)
+        })
+        .collect()
+}
+
+/// The readable summary on stderr and the JSON line on stdout.
+fn report(
+    result: &RunResult,
+    backups: usize,
+    namespaces: usize,
+    wall: f64,
+    counts: [(&str, CallCounts, CallCounts); 2],
+) {
     let objects = 3 * backups as u64;
     let expected_lists = objects.div_ceil(PAGE_SIZE);
     let mut clouds = Vec::new();
-    for (cloud, after, before) in [
-        ("gcs", gcs.counts(), before.0),
-        ("s3", s3.counts(), before.1),
-    ] {
+    for (cloud, after, before) in counts {
         let calls = json!({
             "list": after.list - before.list,
             "get": after.get - before.get,
@@ -204,5 +232,4 @@ async fn main() -> anyhow::Result<()> {
             "warning": result.report.warning,
         })
     );
-    Ok(())
 }

@@ -36,6 +36,7 @@ pub struct EncryptSummary {
     /// Size, SHA-256 and CRC32C of the ciphertext (exactly the bytes the
     /// output stream yielded).
     pub ciphertext: Digests,
+    /// Bytes of input encrypted (before any compression): the dump's size.
     pub plaintext_size: u64,
     /// Fingerprints of the encryption subkeys the session key was encrypted
     /// to (the manifest's `recipients`).
@@ -63,6 +64,7 @@ pub struct EncryptedStream {
     /// Binary OpenPGP message; hand it to `ObjectStore::put`. An input error
     /// ends it with an error (the upload must then fail).
     pub stream: ByteStream,
+    /// Yields the [`EncryptSummary`] once `stream` has ended cleanly.
     pub summary: SummaryHandle,
 }
 

@@ -38,7 +38,9 @@ pub(crate) type OnEncrypted<'a> = dyn FnMut(&[PkeskInfo], &[u8]) -> Result<(), C
 pub struct PkeskInfo {
     /// Upper-case hex key id (the 8 low bytes of the subkey fingerprint).
     pub key_id: String,
+    /// The same key id as raw bytes; all zeros for an anonymous recipient.
     pub key_id_bytes: [u8; 8],
+    /// The public-key algorithm id (RFC 4880 §9.1: 1 RSA, 18 ECDH).
     pub algorithm: u8,
     /// The whole packet body (kept for decryption).
     pub body: Vec<u8>,
@@ -485,9 +487,11 @@ impl PacketInspector {
 /// Size, SHA-256 and CRC32C of a byte stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digests {
+    /// Length in bytes.
     pub size: u64,
     /// Lower-case hex.
     pub sha256: String,
+    /// CRC32C (Castagnoli) of the bytes.
     pub crc32c: u32,
 }
 
@@ -500,20 +504,24 @@ pub struct DigestState {
 }
 
 impl DigestState {
+    /// Digests of no bytes yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds the next bytes.
     pub fn update(&mut self, data: &[u8]) {
         self.sha.update(data);
         self.crc = crc32c::crc32c_append(self.crc, data);
         self.size += data.len() as u64;
     }
 
+    /// Bytes seen so far.
     pub fn size(&self) -> u64 {
         self.size
     }
 
+    /// The digests of every byte passed to [`Self::update`].
     pub fn finish(self) -> Digests {
         Digests {
             size: self.size,
@@ -531,6 +539,7 @@ pub struct DigestChecker {
 }
 
 impl DigestChecker {
+    /// A checker for a stream that must match `expected`.
     pub fn new(expected: &CiphertextInfo) -> Self {
         DigestChecker {
             expected: expected.clone(),
@@ -550,6 +559,8 @@ impl DigestChecker {
         Ok(())
     }
 
+    /// Ends the stream: fails on the first of size, SHA-256 and CRC32C that
+    /// differs from the manifest's, else returns the digests.
     pub fn finish(self) -> Result<Digests, CryptoError> {
         let d = self.state.finish();
         if d.size != self.expected.size {
@@ -608,6 +619,8 @@ impl BackupVerifier {
         })
     }
 
+    /// Checks the next chunk's structure and adds it to the digests; fails as
+    /// soon as either is wrong.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), CryptoError> {
         self.inspector.feed(chunk)?;
         self.digests.feed(chunk)

@@ -74,7 +74,10 @@ pub struct GeneratedKey {
     /// Fingerprint of the subkey that session keys are encrypted to (backup
     /// keys) or of the key that signs (signing keys).
     pub working_fingerprint: String,
+    /// The armored public key (`*.pub.asc`), safe to share.
     pub public_armored: String,
+    /// The armored, unprotected secret key (`*.sec.asc`); wrap it with KMS and
+    /// delete the plaintext. Zeroed on drop.
     pub secret_armored: Zeroizing<String>,
 }
 
@@ -292,10 +295,12 @@ impl RecipientKey {
         Ok(k)
     }
 
+    /// Parses armored key text (as given inline in a setting).
     pub fn from_armored(text: &str) -> Result<Self, CryptoError> {
         Self::from_bytes("the recipient key", text.as_bytes())
     }
 
+    /// Reads and parses a key file; errors name the file.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, CryptoError> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
@@ -325,6 +330,7 @@ impl RecipientKey {
         Ok(fpr_hex(&self.encryption_subkey()?.key))
     }
 
+    /// The public key, ASCII-armored.
     pub fn to_armored(&self) -> String {
         self.cert
             .to_armored_string(armor_opts())
@@ -342,6 +348,7 @@ pub struct RecipientSet {
 }
 
 impl RecipientSet {
+    /// Every encryption subkey of every recipient in `recipients`.
     pub fn new(recipients: &[RecipientKey]) -> Self {
         let mut by_id = BTreeMap::new();
         for r in recipients {
@@ -356,10 +363,12 @@ impl RecipientSet {
         RecipientSet { by_id }
     }
 
+    /// Whether no encryption subkey is configured (no recipient).
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
 
+    /// Whether a PKESK packet's 8-byte key id is one of the subkeys.
     pub fn contains_key_id(&self, id: &[u8; 8]) -> bool {
         self.by_id.contains_key(id)
     }
@@ -398,6 +407,8 @@ impl fmt::Debug for BackupSecretKey {
 }
 
 impl BackupSecretKey {
+    /// Parses an armored (or binary) secret key, which must hold a key that can
+    /// decrypt; `what` names it in errors.
     pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Self, CryptoError> {
         let key = parse_secret(what, bytes)?;
         let k = BackupSecretKey { key };
@@ -409,6 +420,7 @@ impl BackupSecretKey {
         Ok(k)
     }
 
+    /// Parses armored key text (as given inline in a setting).
     pub fn from_armored(text: &str) -> Result<Self, CryptoError> {
         Self::from_bytes("the backup secret key", text.as_bytes())
     }
@@ -419,6 +431,7 @@ impl BackupSecretKey {
         Self::from_bytes(&source.to_string(), &bytes)
     }
 
+    /// Primary key fingerprint, upper-case hex.
     pub fn fingerprint(&self) -> String {
         fpr_hex(&self.key.primary_key)
     }
@@ -505,6 +518,8 @@ pub(crate) enum SignKeyRef<'a> {
 }
 
 impl SigningKey {
+    /// Parses an armored (or binary) secret key that can sign and has no
+    /// passphrase; `what` names it in errors.
     pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Self, CryptoError> {
         let key = parse_secret(what, bytes)?;
         let k = SigningKey { key };
@@ -512,10 +527,12 @@ impl SigningKey {
         Ok(k)
     }
 
+    /// Parses armored key text (as given inline in a setting).
     pub fn from_armored(text: &str) -> Result<Self, CryptoError> {
         Self::from_bytes("the signing key", text.as_bytes())
     }
 
+    /// Reads the key from a [`KeySource`] (file, inline, or KMS-wrapped).
     pub async fn load(source: &KeySource, kms: &dyn KeyUnwrap) -> Result<Self, CryptoError> {
         let bytes = source.read(kms).await?;
         Self::from_bytes(&source.to_string(), &bytes)
@@ -526,6 +543,7 @@ impl SigningKey {
         fpr_hex(&self.key.primary_key)
     }
 
+    /// Its public half, which verifies its signatures.
     pub fn verifying_key(&self) -> VerifyingKey {
         VerifyingKey {
             cert: self.key.to_public_key(),
@@ -574,26 +592,32 @@ pub struct VerifyingKey {
 }
 
 impl VerifyingKey {
+    /// Parses an armored (or binary) public key; a secret key block gives its
+    /// public half. `what` names it in errors.
     pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Self, CryptoError> {
         Ok(VerifyingKey {
             cert: parse_public(what, bytes)?,
         })
     }
 
+    /// Parses armored key text (as given inline in a setting).
     pub fn from_armored(text: &str) -> Result<Self, CryptoError> {
         Self::from_bytes("the signing public key", text.as_bytes())
     }
 
+    /// Reads and parses a key file; errors name the file.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, CryptoError> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
         Self::from_bytes(&path.display().to_string(), &bytes)
     }
 
+    /// Primary key fingerprint, upper-case hex (a manifest's `signer`).
     pub fn fingerprint(&self) -> String {
         fpr_hex(&self.cert)
     }
 
+    /// The public key, ASCII-armored.
     pub fn to_armored(&self) -> String {
         self.cert
             .to_armored_string(armor_opts())
@@ -633,9 +657,18 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, CryptoError> {
 /// [`KmsOptions::endpoint`] (`BACKSTOP_KMS_ENDPOINT`).
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
+    /// `file:`: an armored key file.
     File(PathBuf),
+    /// The armored key text itself; zeroed on drop, never printed.
     Inline(Zeroizing<String>),
-    GcpKms { key_name: String, path: PathBuf },
+    /// `gcpkms:`: a secret key file wrapped with Cloud KMS.
+    GcpKms {
+        /// The KMS key that wrapped it,
+        /// `projects/P/locations/L/keyRings/R/cryptoKeys/K`.
+        key_name: String,
+        /// The file holding the raw KMS ciphertext of the armored key.
+        path: PathBuf,
+    },
 }
 
 impl fmt::Debug for KeySource {

@@ -18,11 +18,17 @@ use super::policy::{NamespaceRule, PolicySet, format_age, format_duration};
 use crate::drill::DrillRecord;
 use crate::naming::BackupId;
 
+/// How serious a finding is; ordered, `Critical` highest. Critical findings are
+/// published to the alert topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Worth knowing; nothing to do.
     Info,
+    /// Needs a look; the backups may still be fine.
     Warning,
+    /// A backup is missing, stale, invalid or at risk, or a listing failed: act
+    /// now.
     Critical,
 }
 
@@ -36,16 +42,20 @@ impl fmt::Display for Severity {
     }
 }
 
+/// One thing the audit found, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
+    /// How serious it is.
     pub severity: Severity,
     /// Stable identifier, e.g. `stale_backup`, `missing_replica`.
     pub code: String,
+    /// The namespace concerned, if the finding is about one.
     pub namespace: Option<String>,
     /// `gcs` / `s3`; `None` when the finding is not about one cloud.
     pub cloud: Option<String>,
     /// The backup id or object key concerned, if any.
     pub subject: Option<String>,
+    /// What is wrong and what to do, for a human.
     pub message: String,
 }
 
@@ -117,33 +127,45 @@ pub struct SeriesSummary {
     pub hold: usize,
 }
 
+/// The audit of one run over both clouds; `Display` is the readable summary,
+/// [`Self::to_json`] the full report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
+    /// The clock the audit ran at.
     pub generated_at: DateTime<Utc>,
+    /// Number of critical findings.
     pub critical: usize,
+    /// Number of warning findings.
     pub warning: usize,
+    /// Number of info findings.
     pub info: usize,
+    /// One summary per cloud audited.
     pub clouds: Vec<CloudSummary>,
+    /// One summary per series and cloud.
     pub series: Vec<SeriesSummary>,
     /// Most severe first.
     pub findings: Vec<Finding>,
 }
 
 impl Report {
+    /// Whether any finding is critical (an alert is due).
     pub fn has_critical(&self) -> bool {
         self.critical > 0
     }
 
+    /// The critical findings, in report order.
     pub fn critical_findings(&self) -> impl Iterator<Item = &Finding> {
         self.findings
             .iter()
             .filter(|f| f.severity == Severity::Critical)
     }
 
+    /// The whole report as pretty-printed JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("report serializes")
     }
 
+    /// The findings with this `code`.
     pub fn with_code<'a>(&'a self, code: &'a str) -> impl Iterator<Item = &'a Finding> + 'a {
         self.findings.iter().filter(move |f| f.code == code)
     }
@@ -235,6 +257,7 @@ pub struct CloudInput<'a> {
 }
 
 impl<'a> CloudInput<'a> {
+    /// A cloud whose listing succeeded.
     pub fn listed(cloud: &'a str, inventory: &'a Inventory) -> Self {
         Self {
             cloud,
@@ -245,6 +268,8 @@ impl<'a> CloudInput<'a> {
         }
     }
 
+    /// A cloud whose listing failed with `error`: audited as critical, nothing
+    /// planned.
     pub fn listing_failed(cloud: &'a str, error: &'a str) -> Self {
         Self {
             cloud,
@@ -255,25 +280,31 @@ impl<'a> CloudInput<'a> {
         }
     }
 
+    /// Uses `plan` instead of planning again.
     pub fn with_plan(mut self, plan: &'a Plan) -> Self {
         self.plan = Some(plan);
         self
     }
 
+    /// Adds what applying the plan did.
     pub fn with_applied(mut self, applied: &'a ApplyReport) -> Self {
         self.applied = Some(applied);
         self
     }
 
+    /// Adds the bucket's configuration, to check its lifecycle rules.
     pub fn with_bucket(mut self, bucket: &'a BucketConfig) -> Self {
         self.bucket = Some(bucket);
         self
     }
 }
 
+/// Everything [`audit`] looks at.
 #[derive(Debug, Clone)]
 pub struct AuditInput<'a> {
+    /// The clock; ages and grace periods count from it.
     pub now: DateTime<Utc>,
+    /// The retention policies the plans were made with.
     pub policies: &'a PolicySet,
     /// GCS: where backups are written.
     pub primary: CloudInput<'a>,
@@ -870,10 +901,13 @@ impl Audit<'_> {
 // ---------------------------------------------------------------------------
 // Bucket lifecycle rules
 
+/// A bucket description that cannot be parsed. Permanent: fix the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bucket description field `{field}`: {reason}")]
 pub struct BucketConfigError {
+    /// Path of the field at fault, e.g. `lifecycle.rule[0].action.type`.
     pub field: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -882,15 +916,23 @@ pub struct BucketConfigError {
 pub struct LifecycleRule {
     /// `Delete`, `SetStorageClass`, `AbortIncompleteMultipartUpload`, ...
     pub action: String,
+    /// The storage class a `SetStorageClass` action moves objects to.
     pub storage_class: Option<String>,
+    /// Condition: object age in days at least this.
     pub age_days: Option<u32>,
     /// `Some(false)`: only noncurrent (archived) versions.
     pub is_live: Option<bool>,
+    /// Condition: at least this many newer versions exist.
     pub num_newer_versions: Option<u32>,
+    /// Condition: days since the version became noncurrent.
     pub days_since_noncurrent_time: Option<u32>,
+    /// Condition: became noncurrent before this date (`YYYY-MM-DD`).
     pub noncurrent_time_before: Option<String>,
+    /// Condition: created before this date (`YYYY-MM-DD`).
     pub created_before: Option<String>,
+    /// Condition: the key starts with one of these; empty matches all.
     pub matches_prefix: Vec<String>,
+    /// Condition: the key ends with one of these; empty matches all.
     pub matches_suffix: Vec<String>,
 }
 
@@ -928,8 +970,12 @@ impl LifecycleRule {
 /// What the audit needs to know about a bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BucketConfig {
+    /// The bucket name, when the description gives it.
     pub name: Option<String>,
+    /// Whether object versioning is on (deleted backups linger as noncurrent
+    /// versions).
     pub versioning_enabled: bool,
+    /// The bucket's lifecycle rules, in order.
     pub lifecycle_rules: Vec<LifecycleRule>,
 }
 
@@ -947,6 +993,7 @@ impl BucketConfig {
         Self::from_gcs_value(&v)
     }
 
+    /// [`Self::from_gcs_json`] for an already-decoded JSON value.
     pub fn from_gcs_value(v: &Value) -> Result<Self, BucketConfigError> {
         let err = |field: &str, reason: &str| BucketConfigError {
             field: field.into(),

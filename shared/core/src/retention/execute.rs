@@ -50,25 +50,34 @@ pub async fn collect(
 /// A delete that failed; the backup's later objects were not attempted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeleteFailure {
+    /// The backup id.
     pub backup: String,
+    /// The object whose delete failed.
     pub key: String,
+    /// The store's error message.
     pub error: String,
+    /// Whether a later run may succeed ([`StoreError::is_transient`]).
     pub transient: bool,
     /// This backup's objects left in place because an earlier one failed.
     pub not_attempted: Vec<String>,
 }
 
+/// What [`apply`] did to one store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApplyReport {
+    /// The store's URL.
     pub store: String,
+    /// Whether this was a dry run (nothing deleted).
     pub dry_run: bool,
     /// Set when nothing was attempted, and why.
     pub refused: Option<String>,
+    /// Keys deleted, in plan order.
     pub deleted: Vec<String>,
     /// Already missing when deleted (an earlier run got there): counts as done.
     pub already_gone: Vec<String>,
     /// Dry run only: what would have been deleted, in order.
     pub would_delete: Vec<String>,
+    /// One entry per backup whose deletion stopped at a failed delete.
     pub failures: Vec<DeleteFailure>,
 }
 
@@ -209,8 +218,11 @@ pub async fn apply(store: &dyn ObjectStore, plan: &Plan, dry_run: bool) -> Apply
 /// Everything one pruning run produced.
 #[derive(Debug, Clone)]
 pub struct Pruned {
+    /// What the store held.
     pub inventory: Inventory,
+    /// The plan made from it.
     pub plan: Plan,
+    /// What applying the plan did.
     pub applied: ApplyReport,
 }
 

@@ -18,8 +18,11 @@ use crate::store::{ObjectMeta, ObjectStore, StoreError};
 /// The three objects that make up a backup; any may be missing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BackupObjects {
+    /// `data.pgdump.pgp`, the encrypted dump.
     pub data: Option<ObjectMeta>,
+    /// `manifest.json.sig`, the manifest's detached signature.
     pub signature: Option<ObjectMeta>,
+    /// `manifest.json`, the commit marker.
     pub manifest: Option<ObjectMeta>,
 }
 
@@ -70,6 +73,7 @@ pub enum InvalidKind {
     BadManifest,
     /// Objects disagree with the signed manifest (size, digest).
     Mismatch,
+    /// Any other verification failure (truncated data, a wrong recipient, ...).
     Other,
 }
 
@@ -105,10 +109,14 @@ impl fmt::Display for InvalidKind {
 pub enum Verification {
     /// The manifest's signature verified; the manifest is trusted.
     Verified {
+        /// The verified manifest.
         manifest: Box<Manifest>,
     },
+    /// Verification failed: the backup is held as evidence and reported.
     Invalid {
+        /// Which check failed.
         kind: InvalidKind,
+        /// The verifier's message.
         reason: String,
     },
     /// Not checked (incomplete, or no verifier ran).
@@ -117,6 +125,7 @@ pub enum Verification {
 }
 
 impl Verification {
+    /// The trusted manifest, when verified.
     pub fn manifest(&self) -> Option<&Manifest> {
         match self {
             Verification::Verified { manifest } => Some(manifest),
@@ -133,6 +142,7 @@ impl Verification {
 /// silently stop counting toward the policy.
 #[async_trait]
 pub trait ManifestVerifier: Send + Sync {
+    /// Checks one complete backup; `Err` only when the store could not be read.
     async fn verify(
         &self,
         store: &dyn ObjectStore,
@@ -161,12 +171,16 @@ impl ManifestVerifier for NoVerifier {
 /// One backup as found in a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupEntry {
+    /// The backup.
     pub id: BackupId,
+    /// Which of its objects exist.
     pub objects: BackupObjects,
+    /// The verifier's verdict; [`Verification::NotChecked`] until set.
     pub verification: Verification,
 }
 
 impl BackupEntry {
+    /// Data, signature and manifest all exist.
     pub fn is_complete(&self) -> bool {
         self.objects.is_complete()
     }
@@ -176,6 +190,7 @@ impl BackupEntry {
         self.is_complete() && matches!(self.verification, Verification::Verified { .. })
     }
 
+    /// The trusted manifest, when verified.
     pub fn manifest(&self) -> Option<&Manifest> {
         self.verification.manifest()
     }
@@ -185,11 +200,14 @@ impl BackupEntry {
 /// that one database's backups never push out another's.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SeriesKey {
+    /// The backups' namespace.
     pub namespace: Namespace,
+    /// The backups' database.
     pub database: String,
 }
 
 impl SeriesKey {
+    /// The series `id` belongs to.
     pub fn of(id: &BackupId) -> Self {
         Self {
             namespace: id.namespace.clone(),
@@ -292,6 +310,7 @@ impl Inventory {
         out
     }
 
+    /// One backup's entry, if listed.
     pub fn get(&self, id: &BackupId) -> Option<&BackupEntry> {
         self.backups.get(id)
     }

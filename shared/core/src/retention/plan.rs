@@ -47,18 +47,25 @@ use crate::naming::BackupId;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum BackupStatus {
+    /// Complete, and its signed manifest verified.
     Verified,
     /// Verified, but much smaller than the previous verified backup.
     Suspect {
+        /// What shrank, by how much, against which previous size.
         detail: String,
     },
+    /// Complete, but failed verification: held as evidence.
     Invalid {
+        /// Which check failed.
         kind: InvalidKind,
+        /// The verifier's message.
         reason: String,
     },
     /// Complete but not verified (no verifier ran).
     NotChecked,
+    /// One or more of data, signature and manifest is missing.
     Incomplete {
+        /// File names of the missing objects.
         missing: Vec<String>,
     },
 }
@@ -82,6 +89,7 @@ impl BackupStatus {
     }
 }
 
+/// Why a backup is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeleteReason {
@@ -93,6 +101,7 @@ pub enum DeleteReason {
     Orphan,
 }
 
+/// Why a backup is neither kept by policy nor deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HoldReason {
@@ -106,15 +115,30 @@ pub enum HoldReason {
     NoRule,
 }
 
+/// What the plan does with one backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Decision {
-    Keep { reasons: Vec<String> },
-    Delete { reason: DeleteReason },
-    Hold { reason: HoldReason },
+    /// Kept by policy.
+    Keep {
+        /// Every rule that keeps it (`newest verified`, `daily 2026-11-20`,
+        /// ...).
+        reasons: Vec<String>,
+    },
+    /// Deleted by [`super::apply`].
+    Delete {
+        /// Why it goes.
+        reason: DeleteReason,
+    },
+    /// Left alone, and reported by the audit where it matters.
+    Hold {
+        /// Why it is left alone.
+        reason: HoldReason,
+    },
 }
 
 impl Decision {
+    /// Whether the backup is to be deleted.
     pub fn is_delete(&self) -> bool {
         matches!(self, Decision::Delete { .. })
     }
@@ -124,20 +148,27 @@ fn id_string<S: serde::Serializer>(id: &BackupId, s: S) -> Result<S::Ok, S::Erro
     s.collect_str(id)
 }
 
+/// One backup's status and decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackupPlan {
+    /// The backup.
     #[serde(serialize_with = "id_string")]
     pub id: BackupId,
+    /// What is known about it.
     #[serde(flatten)]
     pub status: BackupStatus,
+    /// What the plan does with it.
     pub decision: Decision,
 }
 
+/// The plan for one series (namespace + database).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SeriesPlan {
+    /// Namespace and database.
     pub series: SeriesKey,
     /// The matching rule's pattern; `None`: no rule, nothing touched.
     pub rule: Option<String>,
+    /// Whether the matching rule is `protected`.
     pub protected: bool,
     /// Removed entirely (see module docs).
     pub abandoned: bool,
@@ -155,25 +186,31 @@ impl SeriesPlan {
 /// The objects of one backup to delete, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeleteOp {
+    /// The backup whose objects these are.
     #[serde(serialize_with = "id_string")]
     pub backup: BackupId,
+    /// Why it is deleted.
     pub reason: DeleteReason,
     /// Manifest, then signature, then data (only those that exist).
     pub keys: Vec<String>,
 }
 
+/// The plan for one bucket: a decision for every backup, and the deletes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
     /// The store the inventory was listed from; the executor refuses to
     /// apply the plan anywhere else.
     pub store: String,
+    /// The clock the plan was made at (grace periods count from it).
     pub now: DateTime<Utc>,
+    /// Every series of the bucket.
     pub series: Vec<SeriesPlan>,
     /// Oldest backup first.
     pub deletes: Vec<DeleteOp>,
 }
 
 impl Plan {
+    /// How many backups have a decision matching `pred`.
     pub fn count(&self, pred: impl Fn(&Decision) -> bool) -> usize {
         self.series
             .iter()

@@ -60,12 +60,21 @@ pub const POLICY_ENV: &str = "BACKSTOP_RETENTION_POLICY";
 /// The namespace that no configuration may ever abandon.
 pub const PRODUCTION: &str = "production";
 
+/// An invalid retention policy. Permanent: fix the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
+    /// The policy is not valid JSON.
     #[error("retention policy ({POLICY_ENV}) is not valid JSON: {0}")]
     Json(String),
+    /// A field is unknown, mistyped or out of range, or the rules break a
+    /// safety rule (keep nothing, abandon `production`).
     #[error("retention policy ({POLICY_ENV}) field `{field}`: {reason}")]
-    Field { field: String, reason: String },
+    Field {
+        /// Path of the field at fault, e.g. `rules[0].keep_daily`.
+        field: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
 }
 
 fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
@@ -78,12 +87,19 @@ fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PolicyError
 /// restic-style keep counts for one series of backups.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RetentionPolicy {
+    /// Keep the newest N counted backups.
     pub keep_last: u32,
+    /// Keep the newest backup of each of the last N UTC hours that have one.
     pub keep_hourly: u32,
+    /// Keep the newest backup of each of the last N UTC days that have one.
     pub keep_daily: u32,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
     pub keep_weekly: u32,
+    /// Keep the newest backup of each of the last N UTC months that have one.
     pub keep_monthly: u32,
+    /// Keep the newest backup of each of the last N UTC years that have one.
     pub keep_yearly: u32,
+    /// Keep every backup newer than the newest one minus this.
     pub keep_within: Option<TimeDelta>,
 }
 
@@ -229,6 +245,8 @@ impl RetentionPolicy {
 pub struct NamespacePattern(String);
 
 impl NamespacePattern {
+    /// Validates a pattern: 1 to 63 characters from a-z, 0-9, `.`, `_`, `-` and
+    /// `*`.
     pub fn new(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= crate::naming::MAX_NAME_BYTES
@@ -244,6 +262,7 @@ impl NamespacePattern {
         }
     }
 
+    /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -253,6 +272,7 @@ impl NamespacePattern {
         !self.0.contains('*')
     }
 
+    /// Whether namespace `name` fits the pattern.
     pub fn matches(&self, name: &str) -> bool {
         crate::naming::pattern_matches(&self.0, name)
     }
@@ -267,7 +287,9 @@ impl fmt::Display for NamespacePattern {
 /// One entry of the policy set: which namespaces, and what to do with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceRule {
+    /// The namespaces the rule applies to (`match`).
     pub pattern: NamespacePattern,
+    /// What to keep of each series (the `keep_*` fields).
     pub policy: RetentionPolicy,
     /// Never abandoned; missing or stale backups are critical.
     pub protected: bool,
@@ -284,6 +306,7 @@ pub struct NamespaceRule {
 /// Ordered rules plus global thresholds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicySet {
+    /// Tried in order; the first match applies, no match means untouched.
     pub rules: Vec<NamespaceRule>,
     /// An incomplete backup younger than this may still be being written.
     pub incomplete_grace: TimeDelta,
@@ -375,12 +398,15 @@ impl PolicySet {
         }
     }
 
+    /// Parses and validates policy JSON.
     pub fn from_json(json: &str) -> Result<Self, PolicyError> {
         let value: Value =
             serde_json::from_str(json).map_err(|e| PolicyError::Json(e.to_string()))?;
         Self::from_value(&value)
     }
 
+    /// Parses and validates an already-decoded policy; unset fields take the
+    /// defaults.
     pub fn from_value(value: &Value) -> Result<Self, PolicyError> {
         let obj = value
             .as_object()

@@ -15,6 +15,7 @@ use crate::trust::TrustedKeys;
 /// matches, and that the data starts as an encrypted OpenPGP message.
 #[derive(Debug, Clone)]
 pub struct SignatureVerifier {
+    /// The trusted signing keys and backup recipients.
     pub keys: TrustedKeys,
 }
 

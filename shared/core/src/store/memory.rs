@@ -29,6 +29,8 @@ struct State {
     list_calls: usize,
 }
 
+/// The in-memory store. Every object lives in one locked map; failures are
+/// injected per key or per listing page.
 #[derive(Debug)]
 pub struct MemStore {
     url: String,
@@ -36,6 +38,8 @@ pub struct MemStore {
 }
 
 impl MemStore {
+    /// An empty store whose [`ObjectStore::url`] is `url`, listing 1000
+    /// objects a page.
     pub fn new(url: &str) -> Self {
         Self {
             url: url.into(),
@@ -50,39 +54,49 @@ impl MemStore {
         f(&mut self.state.lock().unwrap())
     }
 
+    /// Writes an object's bytes directly, bypassing `put` and its metadata.
     pub fn insert(&self, key: &str, data: impl Into<Bytes>) {
         let data = data.into();
         self.with(|s| s.objects.insert(key.to_string(), data));
     }
 
+    /// Every object, by key.
     pub fn snapshot(&self) -> BTreeMap<String, Bytes> {
         self.with(|s| s.objects.clone())
     }
 
+    /// Whether `key` exists.
     pub fn contains(&self, key: &str) -> bool {
         self.with(|s| s.objects.contains_key(key))
     }
 
+    /// Sets the listing page size (at least 1), to test paging.
     pub fn set_page_size(&self, n: usize) {
         self.with(|s| s.page_size = n.max(1));
     }
 
+    /// Makes the listing page with this 0-based index fail transiently; `None`
+    /// clears it.
     pub fn fail_list_page(&self, page: Option<usize>) {
         self.with(|s| s.fail_list_page = page);
     }
 
+    /// Makes deletes of these keys fail permanently (replaces the previous set).
     pub fn fail_deletes(&self, keys: impl IntoIterator<Item = String>) {
         self.with(|s| s.fail_delete = keys.into_iter().collect());
     }
 
+    /// Makes gets of these keys fail transiently (replaces the previous set).
     pub fn fail_gets(&self, keys: impl IntoIterator<Item = String>) {
         self.with(|s| s.fail_get = keys.into_iter().collect());
     }
 
+    /// Every delete attempt so far, in order: (key, succeeded).
     pub fn delete_log(&self) -> Vec<(String, bool)> {
         self.with(|s| s.delete_log.clone())
     }
 
+    /// How many `list_page` calls were made.
     pub fn list_calls(&self) -> usize {
         self.with(|s| s.list_calls)
     }

@@ -44,9 +44,12 @@ pub fn bytes_stream(data: impl Into<Bytes>) -> ByteStream {
     }))
 }
 
+/// What a store reports about one object (put, head, listing).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObjectMeta {
+    /// The full object key in the bucket.
     pub key: String,
+    /// Object size in bytes.
     pub size: u64,
     /// User metadata (GCS `metadata`, S3 `x-amz-meta-*`). Keys are lower-case.
     pub metadata: BTreeMap<String, String>,
@@ -54,9 +57,11 @@ pub struct ObjectMeta {
     pub crc32c: Option<u32>,
     /// GCS generation or S3 version id / ETag: identifies this write.
     pub version: Option<String>,
+    /// Last write time, when the store reports one (S3 puts do not).
     pub updated: Option<DateTime<Utc>>,
 }
 
+/// Whether a put may replace an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PutMode {
     /// Replace whatever is there.
@@ -67,10 +72,15 @@ pub enum PutMode {
     Create,
 }
 
+/// How [`ObjectStore::put`] writes an object.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
+    /// Overwrite or create-only.
     pub mode: PutMode,
+    /// User metadata stored with the object; [`Self::with_metadata`]
+    /// lower-cases the keys.
     pub metadata: BTreeMap<String, String>,
+    /// The object's `Content-Type`; the store's default when `None`.
     pub content_type: Option<String>,
     /// The exact body size when known up front (small objects): lets GCS
     /// use a single-request upload.
@@ -78,6 +88,7 @@ pub struct PutOptions {
 }
 
 impl PutOptions {
+    /// Create-only options ([`PutMode::Create`]), otherwise default.
     pub fn create() -> Self {
         Self {
             mode: PutMode::Create,
@@ -85,54 +96,93 @@ impl PutOptions {
         }
     }
 
+    /// Sets the object's `Content-Type`.
     pub fn with_content_type(mut self, content_type: &str) -> Self {
         self.content_type = Some(content_type.to_string());
         self
     }
 
+    /// Adds one user-metadata entry, its key lower-cased.
     pub fn with_metadata(mut self, key: &str, value: impl Into<String>) -> Self {
         self.metadata.insert(key.to_ascii_lowercase(), value.into());
         self
     }
 }
 
+/// What [`ObjectStore::get`] returns: metadata and a body stream.
 pub struct GetResult {
+    /// The object's metadata, read before the body.
     pub meta: ObjectMeta,
+    /// The object's bytes, streamed.
     pub body: ByteStream,
 }
 
+/// One page of [`ObjectStore::list_page`].
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
+    /// The objects of this page, in key order.
     pub objects: Vec<ObjectMeta>,
+    /// Pass to the next `list_page` call; `None` or empty on the last page.
     pub next_page_token: Option<String>,
 }
 
+/// An object-store failure, in the kinds the callers act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The object does not exist (HTTP 404).
     #[error("{store}: object {key:?} not found")]
-    NotFound { store: String, key: String },
+    NotFound {
+        /// The store's URL (`gs://bucket`, `s3://bucket`).
+        store: String,
+        /// The object key.
+        key: String,
+    },
+    /// A create-only put found the object already there, or it changed under
+    /// a conditional write (HTTP 412).
     #[error("{store}: object {key:?} already exists or changed (conditional write refused)")]
-    PreconditionFailed { store: String, key: String },
+    PreconditionFailed {
+        /// The store's URL (`gs://bucket`, `s3://bucket`).
+        store: String,
+        /// The object key.
+        key: String,
+    },
+    /// A failure a later retry should get past: timeouts, connection errors,
+    /// HTTP 408, 429 and 5xx, a stream dying mid-read.
     #[error("{store}: {op} {key:?} failed temporarily ({message}); retrying later should succeed")]
     Transient {
+        /// The store's URL (`gs://bucket`, `s3://bucket`).
         store: String,
+        /// The operation that failed (`put`, `get`, `read`, `list`, ...).
         op: &'static str,
+        /// The object key, or the prefix of a listing.
         key: String,
+        /// What went wrong, usually the SDK's error text.
         message: String,
     },
+    /// A failure retrying will not fix: wrong bucket, permissions or
+    /// credentials, an object larger than expected.
     #[error(
         "{store}: {op} {key:?} failed ({message}); check the bucket name, permissions and credentials"
     )]
     Permanent {
+        /// The store's URL (`gs://bucket`, `s3://bucket`).
         store: String,
+        /// The operation that failed (`put`, `get`, `read`, `list`, ...).
         op: &'static str,
+        /// The object key, or the prefix of a listing.
         key: String,
+        /// What went wrong, usually the SDK's error text.
         message: String,
     },
+    /// The body stream of a put failed, so the upload was abandoned and
+    /// nothing was written.
     #[error("{store}: upload of {key:?} aborted because its source failed: {source}")]
     Source {
+        /// The store's URL (`gs://bucket`, `s3://bucket`).
         store: String,
+        /// The key that was being written.
         key: String,
+        /// The body stream's error.
         #[source]
         source: io::Error,
     },
@@ -172,6 +222,7 @@ impl StoreError {
     }
 }
 
+/// The result of every store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The contract every storage backend implements.
@@ -193,6 +244,8 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         Ok(self.get(key).await?.body)
     }
 
+    /// The object's metadata without its body; a missing object is
+    /// [`StoreError::NotFound`].
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
 
     /// One page of objects whose key starts with `prefix`, in key order.
@@ -220,6 +273,7 @@ pub trait ObjectStoreExt: ObjectStore {
         }
     }
 
+    /// Puts a small in-memory object, with its exact size as the size hint.
     async fn put_bytes(
         &self,
         key: &str,

@@ -1,0 +1,306 @@
+//! What a dump is given, checked before a snapshot is taken: the database
+//! URL (its name must make a valid backup name), the namespace, the public
+//! keys to encrypt to (a secret key is refused: the dump job must never be
+//! able to decrypt) and the signing key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use backstop_core::config::{ConfigError, Env};
+use backstop_core::crypto::{CryptoError, KeySource, KeyUnwrap, RecipientKey, SigningKey};
+use backstop_core::naming::{BackupId, Namespace};
+
+use crate::pg::{self, PgTools};
+use crate::{invalid, missing, shown_key_setting};
+
+/// The database to dump.
+pub const DATABASE_URL_VAR: &str = "BACKSTOP_DATABASE_URL";
+pub(crate) const NAMESPACE_VAR: &str = "BACKSTOP_NAMESPACE";
+pub(crate) const RECIPIENTS_VAR: &str = "BACKSTOP_RECIPIENTS";
+pub(crate) const SIGNING_KEY_VAR: &str = "BACKSTOP_SIGNING_KEY";
+pub(crate) const PG_BINDIR_VAR: &str = "BACKSTOP_PG_BINDIR";
+/// The namespace when none is given.
+pub const DEFAULT_NAMESPACE: &str = "production";
+
+/// Backoff for the signature and manifest uploads (small, replayable).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in total (1 = no retry).
+    pub attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+/// Everything one dump needs. Built by [`DumpConfig::load`] from settings
+/// (command line / environment) or directly by tests.
+#[derive(Debug, Clone)]
+pub struct DumpConfig {
+    /// `postgres://user[:password]@host:port/dbname` (never logged unredacted).
+    pub database_url: String,
+    pub namespace: Namespace,
+    pub tools: PgTools,
+    /// Public keys the data is encrypted to (at least one).
+    pub recipients: Vec<RecipientKey>,
+    /// Signs the manifest; the job's only secret.
+    pub signing_key: SigningKey,
+    pub retry: RetryPolicy,
+}
+
+/// Raw settings, as given on the command line or in the environment.
+/// [`DumpConfig::load`] validates them; errors name the variable.
+#[derive(Debug, Clone, Default)]
+pub struct DumpSettings {
+    /// `BACKSTOP_DATABASE_URL`
+    pub database_url: Option<String>,
+    /// `BACKSTOP_NAMESPACE` (default `production`)
+    pub namespace: Option<String>,
+    /// `BACKSTOP_RECIPIENTS`: one or more key settings, comma-separated
+    /// (`file:/path/backup.pub.asc`, or armored public key text).
+    pub recipients: Option<String>,
+    /// `BACKSTOP_SIGNING_KEY`: a key setting (`file:`, `gcpkms:`, armored).
+    pub signing_key: Option<String>,
+    /// `BACKSTOP_PG_BINDIR` (else `PG_BINDIR`, else `PATH`).
+    pub pg_bindir: Option<PathBuf>,
+}
+
+impl DumpSettings {
+    /// The settings from environment variables.
+    pub fn from_env(env: &Env) -> Self {
+        Self {
+            database_url: env.optional(DATABASE_URL_VAR),
+            namespace: env.optional(NAMESPACE_VAR),
+            recipients: env.optional(RECIPIENTS_VAR),
+            signing_key: env.optional(SIGNING_KEY_VAR),
+            pg_bindir: env
+                .optional(PG_BINDIR_VAR)
+                .or_else(|| env.optional("PG_BINDIR"))
+                .map(PathBuf::from),
+        }
+    }
+}
+
+/// Splits a comma-separated list of key settings. Armored key text may
+/// itself contain commas (in `Comment:` headers), so an armored block is
+/// taken whole, up to its `-----END PGP ...-----` line.
+pub(crate) fn split_key_settings(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = list.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+    while !rest.is_empty() {
+        let end = if rest.starts_with("-----BEGIN PGP") {
+            rest.find("-----END PGP")
+                .and_then(|i| rest[i + 5..].find("-----").map(|j| i + 5 + j + 5))
+                .unwrap_or(rest.len())
+        } else {
+            rest.find(',').unwrap_or(rest.len())
+        };
+        let item = rest[..end].trim();
+        if !item.is_empty() {
+            out.push(item.to_string());
+        }
+        rest = rest[end..].trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+    }
+    out
+}
+
+/// Whether `bytes` hold secret key material (armored or binary): the dump
+/// job must never be given a decryption secret.
+fn holds_secret_key(bytes: &[u8]) -> bool {
+    let armored =
+        String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]).contains("PRIVATE KEY BLOCK");
+    // Binary: first packet tag 5 (secret key), old or new packet format.
+    let binary = match bytes.first() {
+        Some(&b) if b & 0xC0 == 0xC0 => b & 0x3F == 5,
+        Some(&b) if b & 0xC0 == 0x80 => (b >> 2) & 0x0F == 5,
+        _ => false,
+    };
+    armored || binary
+}
+
+impl DumpConfig {
+    /// Validates settings and loads the keys. Errors name the variable.
+    pub async fn load(settings: DumpSettings, kms: &dyn KeyUnwrap) -> Result<Self, ConfigError> {
+        let database_url = settings.database_url.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            missing(
+                DATABASE_URL_VAR,
+                "the database to dump, postgres://user@host:port/dbname (or pass --database-url)",
+            )
+        })?;
+        check_database_url(&database_url)?;
+        let ns = settings.namespace.filter(|s| !s.trim().is_empty());
+        let ns_text = ns
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .trim()
+            .to_string();
+        let namespace = Namespace::new(&ns_text)
+            .map_err(|e| invalid(NAMESPACE_VAR, &ns_text, e.to_string()))?;
+
+        let recipients_text = settings.recipients.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            missing(
+                RECIPIENTS_VAR,
+                "the backup public key(s) to encrypt to: file:/path/backup.pub.asc or armored key text, comma-separated",
+            )
+        })?;
+        let signing_text = settings.signing_key.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            missing(
+                SIGNING_KEY_VAR,
+                "the manifest signing secret key: file:/path/signing.sec.asc or gcpkms:projects/P/locations/L/keyRings/R/cryptoKeys/K:/path/signing.sec.asc.kms",
+            )
+        })?;
+        let recipients = load_recipients(&recipients_text, kms).await?;
+        let bad = |e: CryptoError| {
+            invalid(
+                SIGNING_KEY_VAR,
+                &shown_key_setting(&signing_text),
+                e.to_string(),
+            )
+        };
+        let source: KeySource = signing_text.parse().map_err(bad)?;
+        let signing_key = SigningKey::load(&source, kms).await.map_err(bad)?;
+
+        Ok(Self {
+            database_url,
+            namespace,
+            tools: PgTools {
+                bindir: settings.pg_bindir,
+            },
+            recipients,
+            signing_key,
+            retry: RetryPolicy::default(),
+        })
+    }
+}
+
+/// The database name must be usable in object names: checked now, not
+/// after a snapshot was taken.
+fn check_database_url(database_url: &str) -> Result<(), ConfigError> {
+    let bad = |reason: String| invalid(DATABASE_URL_VAR, &pg::redact_url(database_url), reason);
+    let database = pg::database_name(database_url).map_err(|e| bad(e.to_string()))?;
+    let namespace = Namespace::new(DEFAULT_NAMESPACE).expect("valid");
+    BackupId::new(namespace, &database, Utc::now()).map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
+/// `BACKSTOP_RECIPIENTS`: the public keys to encrypt to, at least one, and
+/// never a secret key.
+async fn load_recipients(
+    recipients_text: &str,
+    kms: &dyn KeyUnwrap,
+) -> Result<Vec<RecipientKey>, ConfigError> {
+    let mut recipients = Vec::new();
+    for setting in split_key_settings(recipients_text) {
+        let shown = shown_key_setting(&setting);
+        let bad = |e: CryptoError| invalid(RECIPIENTS_VAR, &shown, e.to_string());
+        let source: KeySource = setting.parse().map_err(bad)?;
+        let bytes = source.read(kms).await.map_err(bad)?;
+        if holds_secret_key(&bytes) {
+            return Err(invalid(
+                RECIPIENTS_VAR,
+                &shown,
+                "this is a SECRET key; the dump job encrypts to public keys only and must not hold a decryption key (use the *.pub.asc file)",
+            ));
+        }
+        recipients.push(RecipientKey::from_bytes(&source.to_string(), &bytes).map_err(bad)?);
+    }
+    if recipients.is_empty() {
+        return Err(invalid(
+            RECIPIENTS_VAR,
+            recipients_text,
+            "no key settings found",
+        ));
+    }
+    Ok(recipients)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_settings_split_on_commas_but_keep_armor_whole() {
+        let armored = "-----BEGIN PGP PUBLIC KEY BLOCK-----\nComment: a, b\n\nxjMEZ\n=abcd\n-----END PGP PUBLIC KEY BLOCK-----";
+        let list = format!(" file:/a.asc ,{armored}, file:/b.asc,,");
+        assert_eq!(
+            split_key_settings(&list),
+            vec![
+                "file:/a.asc".to_string(),
+                armored.to_string(),
+                "file:/b.asc".to_string()
+            ]
+        );
+        assert_eq!(split_key_settings("file:/only.asc"), vec!["file:/only.asc"]);
+        assert!(split_key_settings(" , ").is_empty());
+    }
+
+    #[test]
+    fn secret_keys_are_recognised() {
+        assert!(holds_secret_key(b"-----BEGIN PGP PRIVATE KEY BLOCK-----\n"));
+        assert!(!holds_secret_key(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n"));
+        assert!(holds_secret_key(&[0xC5, 0x00]));
+        assert!(holds_secret_key(&[0x95, 0x00]));
+        assert!(!holds_secret_key(&[0xC6, 0x00]));
+        assert!(!holds_secret_key(&[0x99, 0x00]));
+    }
+
+    #[tokio::test]
+    async fn missing_settings_name_the_variable() {
+        let kms = backstop_core::crypto::NoKms;
+        let err = DumpConfig::load(DumpSettings::default(), &kms)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(DATABASE_URL_VAR), "{err}");
+        let s = DumpSettings {
+            database_url: Some("postgres://u@h:5432/app".into()),
+            ..Default::default()
+        };
+        let err = DumpConfig::load(s.clone(), &kms).await.unwrap_err();
+        assert!(err.to_string().contains(RECIPIENTS_VAR), "{err}");
+        let err = DumpConfig::load(
+            DumpSettings {
+                namespace: Some("Bad Name".into()),
+                ..s.clone()
+            },
+            &kms,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains(NAMESPACE_VAR), "{err}");
+        let err = DumpConfig::load(
+            DumpSettings {
+                recipients: Some("file:/nonexistent/backup.pub.asc".into()),
+                ..s.clone()
+            },
+            &kms,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains(SIGNING_KEY_VAR), "{err}");
+        let err = DumpConfig::load(
+            DumpSettings {
+                recipients: Some("file:/nonexistent/backup.pub.asc".into()),
+                signing_key: Some("file:/nonexistent/signing.sec.asc".into()),
+                ..s
+            },
+            &kms,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains(RECIPIENTS_VAR), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/backup.pub.asc"),
+            "{err}"
+        );
+    }
+}

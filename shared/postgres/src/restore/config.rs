@@ -1,0 +1,445 @@
+//! What a restore is given, checked before anything is read or created:
+//! the settings (command line and environment) turned into a
+//! [`RestoreConfig`] with loaded keys, the clouds to read from, and where
+//! progress goes. Also the URL parsing the target checks rely on.
+//!
+//! Everything that can be rejected without a network round trip is
+//! rejected here, so a mistyped option fails at once and names the option
+//! or variable at fault.
+
+use std::str::FromStr;
+
+use backstop_core::config::{ConfigError, Env};
+use backstop_core::crypto::{BackupSecretKey, CryptoError, KeySource, KeyUnwrap, VerifyingKey};
+use backstop_core::naming::{BackupId, MAX_NAME_BYTES, NameError, Namespace, namespace_for_branch};
+use backstop_core::store::ObjectStore;
+
+use crate::pg::{self, PgTools, redact_url};
+use crate::{invalid, missing, shown_key_setting};
+
+/// The backup secret key setting (`file:...` or `gcpkms:...:path`).
+pub(crate) const BACKUP_KEY_VAR: &str = "BACKSTOP_BACKUP_KEY";
+/// The signing public key(s) manifests must be signed with.
+pub(crate) const SIGNING_PUBLIC_KEY_VAR: &str = "BACKSTOP_SIGNING_PUBLIC_KEY";
+/// The database the backups are taken from: its server and name are never
+/// a restore target.
+pub(crate) const SOURCE_DATABASE_URL_VAR: &str = "BACKSTOP_SOURCE_DATABASE_URL";
+
+/// Where a backup is restored to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `postgres://user@host:port/dbname`: the database in the URL.
+    Url(String),
+    /// A database named `database` on the server of `server_url` (a URL the
+    /// restore can create and drop databases with, e.g. `.../postgres`).
+    OnServer {
+        server_url: String,
+        database: String,
+    },
+}
+
+impl Target {
+    /// The database for a branch (`feature/Fix-Login` →
+    /// `feature-fix-login-<hash>`), see [`database_for_branch`].
+    pub fn branch(server_url: &str, branch: &str) -> Self {
+        Target::OnServer {
+            server_url: server_url.to_string(),
+            database: database_for_branch(branch),
+        }
+    }
+}
+
+/// A valid, deterministic database name for a branch name: lower-case
+/// `a-z0-9-`, at most 63 bytes, with a short hash of the original appended
+/// whenever the name had to change (so two branches never share a
+/// database). The same rule as [`namespace_for_branch`].
+pub fn database_for_branch(branch: &str) -> String {
+    namespace_for_branch(branch).to_string()
+}
+
+/// Checks an explicit database name (it is always quoted, so any character
+/// is safe; only length and NUL matter).
+pub(crate) fn check_database_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the database name is empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "database name {name:?} is {} bytes long; PostgreSQL allows {MAX_NAME_BYTES} (use --branch to derive a short name)",
+            name.len()
+        ));
+    }
+    if name.contains('\0') {
+        return Err("the database name contains a NUL character".into());
+    }
+    if ["template0", "template1"].contains(&name) {
+        return Err(format!(
+            "{name} is a template database and never a restore target"
+        ));
+    }
+    Ok(())
+}
+
+/// Everything one restore needs.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    /// The source namespace whose backups are restored (`production`).
+    pub namespace: Namespace,
+    /// Only backups of this database within the namespace (default: any).
+    pub database: Option<String>,
+    /// A chosen backup instead of the newest verified one.
+    pub backup: Option<BackupId>,
+    pub target: Target,
+    /// Replace a non-empty target (restored into a staging database, swapped
+    /// in after the drill passed).
+    pub replace: bool,
+    /// `BACKSTOP_SOURCE_DATABASE_URL`: the database backups are taken from.
+    pub source_database_url: Option<String>,
+    pub tools: PgTools,
+    pub secret_key: BackupSecretKey,
+    pub signing_keys: Vec<VerifyingKey>,
+    /// Write a drill record (default true).
+    pub write_drill: bool,
+}
+
+/// Raw settings, from the command line and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreSettings {
+    pub namespace: Option<String>,
+    pub database: Option<String>,
+    pub backup: Option<String>,
+    pub target_url: Option<String>,
+    pub server_url: Option<String>,
+    pub branch: Option<String>,
+    pub target_db: Option<String>,
+    pub replace: bool,
+    pub source_database_url: Option<String>,
+    /// `BACKSTOP_BACKUP_KEY`
+    pub backup_key: Option<String>,
+    /// `BACKSTOP_SIGNING_PUBLIC_KEY`
+    pub signing_public_key: Option<String>,
+    /// `BACKSTOP_PG_BINDIR` (else `PG_BINDIR`, else `PATH`).
+    pub pg_bindir: Option<std::path::PathBuf>,
+}
+
+impl RestoreConfig {
+    /// Validates settings and loads the keys (`kms` unwraps a `gcpkms:`
+    /// backup key). Errors name the option or variable at fault.
+    pub async fn load(s: RestoreSettings, kms: &dyn KeyUnwrap) -> Result<Self, ConfigError> {
+        let ns_text = s.namespace.unwrap_or_else(|| "production".into());
+        let namespace = Namespace::new(ns_text.trim())
+            .map_err(|e| invalid("--namespace", &ns_text, e.to_string()))?;
+        let backup = chosen_backup(s.backup.as_deref(), &namespace)?;
+        let target = target_from(s.target_url, s.server_url, s.branch, s.target_db)?;
+        let secret_key = load_secret_key(s.backup_key, kms).await?;
+        let signing_keys = load_signing_keys(s.signing_public_key).await?;
+        Ok(Self {
+            namespace,
+            database: s.database.filter(|d| !d.trim().is_empty()),
+            backup,
+            target,
+            replace: s.replace,
+            source_database_url: s.source_database_url.filter(|u| !u.trim().is_empty()),
+            tools: PgTools {
+                bindir: s.pg_bindir,
+            },
+            secret_key,
+            signing_keys,
+            write_drill: true,
+        })
+    }
+}
+
+/// `--backup`: a backup id of the namespace being restored, or none.
+fn chosen_backup(
+    text: Option<&str>,
+    namespace: &Namespace,
+) -> Result<Option<BackupId>, ConfigError> {
+    let Some(b) = text.map(str::trim).filter(|b| !b.is_empty()) else {
+        return Ok(None);
+    };
+    let id: BackupId = b
+        .parse()
+        .map_err(|e: NameError| invalid("--backup", b, e.to_string()))?;
+    if id.namespace != *namespace {
+        return Err(invalid(
+            "--backup",
+            b,
+            format!(
+                "the backup belongs to namespace {}, not {namespace}",
+                id.namespace
+            ),
+        ));
+    }
+    Ok(Some(id))
+}
+
+/// Exactly one way of naming the target, with its database name checked.
+fn target_from(
+    target_url: Option<String>,
+    server_url: Option<String>,
+    branch: Option<String>,
+    target_db: Option<String>,
+) -> Result<Target, ConfigError> {
+    match (target_url, server_url, branch, target_db) {
+        (Some(url), None, None, None) => {
+            let name = pg::database_name(&url)
+                .map_err(|e| invalid("--target-url", &redact_url(&url), e.to_string()))?;
+            check_database_name(&name)
+                .map_err(|r| invalid("--target-url", &redact_url(&url), r))?;
+            Ok(Target::Url(url))
+        }
+        (None, Some(server_url), Some(branch), None) => {
+            if branch.trim().is_empty() {
+                return Err(invalid("--branch", &branch, "the branch name is empty"));
+            }
+            Ok(Target::branch(&server_url, &branch))
+        }
+        (None, Some(server_url), None, Some(db)) => {
+            check_database_name(&db).map_err(|r| invalid("--target-db", &db, r))?;
+            Ok(Target::OnServer {
+                server_url,
+                database: db,
+            })
+        }
+        _ => Err(invalid(
+            "--target-url",
+            "",
+            "give exactly one target: --target-url URL, or --server-url URL with --branch NAME or --target-db NAME",
+        )),
+    }
+}
+
+/// `BACKSTOP_BACKUP_KEY`, read (and unwrapped by `kms` when wrapped).
+async fn load_secret_key(
+    setting: Option<String>,
+    kms: &dyn KeyUnwrap,
+) -> Result<BackupSecretKey, ConfigError> {
+    let key_text = setting.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+        missing(
+            BACKUP_KEY_VAR,
+            "the backup secret key: file:/path/backup.sec.asc or gcpkms:projects/P/locations/L/keyRings/R/cryptoKeys/K:/path/backup.sec.asc.kms",
+        )
+    })?;
+    let shown = shown_key_setting(&key_text);
+    let bad = |e: CryptoError| invalid(BACKUP_KEY_VAR, &shown, e.to_string());
+    let source = KeySource::from_str(&key_text).map_err(bad)?;
+    BackupSecretKey::load(&source, kms).await.map_err(bad)
+}
+
+/// `BACKSTOP_SIGNING_PUBLIC_KEY`: the keys a manifest must be signed with.
+async fn load_signing_keys(setting: Option<String>) -> Result<Vec<VerifyingKey>, ConfigError> {
+    let signing = setting.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+        missing(
+            SIGNING_PUBLIC_KEY_VAR,
+            "the dump job's public signing key: file:/path/signing.pub.asc, or the armored key",
+        )
+    })?;
+    let pairs = [(SIGNING_PUBLIC_KEY_VAR, signing)];
+    backstop_core::trust::signing_keys_from_env(&Env::from_pairs(pairs)).await
+}
+
+/// The clouds to read from, in order of preference.
+#[derive(Clone, Copy)]
+pub struct Clouds<'a> {
+    /// The backups bucket (GCS).
+    pub primary: Option<&'a dyn ObjectStore>,
+    /// The replica (S3), used when the primary is unreachable or has no
+    /// usable backup.
+    pub replica: Option<&'a dyn ObjectStore>,
+}
+
+impl<'a> Clouds<'a> {
+    /// The configured clouds, named, primary first.
+    pub(super) fn ordered(&self) -> Vec<(&'static str, &'a dyn ObjectStore)> {
+        let mut out = Vec::new();
+        if let Some(p) = self.primary {
+            out.push(("gcs", p));
+        }
+        if let Some(r) = self.replica {
+            out.push(("s3", r));
+        }
+        out
+    }
+
+    /// The store of a cloud named by [`Self::ordered`].
+    pub(super) fn store(&self, cloud: &str) -> Option<&'a dyn ObjectStore> {
+        self.ordered()
+            .into_iter()
+            .find(|(c, _)| *c == cloud)
+            .map(|(_, s)| s)
+    }
+}
+
+/// Receives progress; every method has a no-op default.
+pub trait Progress: Send + Sync {
+    /// A phase begins (`selecting`, `restoring`, `verifying`, ...).
+    fn phase(&self, _phase: &str) {}
+    /// The download starts; `total` ciphertext bytes are expected.
+    fn start(&self, _backup: &str, _total: u64) {}
+    /// `done` ciphertext bytes were read so far.
+    fn advance(&self, _done: u64) {}
+    /// The download ended (successfully or not).
+    fn finish(&self) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// A server identity for "same server" checks: host (local names folded to
+/// `localhost`) and port.
+pub(super) fn server_of(url: &str) -> Option<(String, u16)> {
+    let config = tokio_postgres::Config::from_str(url).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.to_ascii_lowercase(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(_)) => "localhost".into(),
+        None => "localhost".into(),
+    };
+    let host = match host.trim_matches(|c| c == '[' || c == ']') {
+        "127.0.0.1" | "::1" | "localhost" | "" => "localhost".to_string(),
+        h => h.to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    Some((host, port))
+}
+
+/// Splits the password out of a URL, for `PGPASSWORD` (never on a command
+/// line, where `ps` shows it).
+pub(super) fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some(at) = authority.rfind('@') else {
+        return (url.to_string(), None);
+    };
+    let (creds, host) = authority.split_at(at);
+    match creds.split_once(':') {
+        Some((user, pw)) => {
+            let pw = percent_encoding::percent_decode_str(pw)
+                .decode_utf8_lossy()
+                .to_string();
+            (format!("{scheme}://{user}{host}{tail}"), Some(pw))
+        }
+        None => (url.to_string(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_databases_are_valid_and_deterministic() {
+        let hostile = format!(
+            "feature/x'; DROP DATABASE postgres; --\"é{}",
+            "a".repeat(100)
+        );
+        let a = database_for_branch(&hostile);
+        assert_eq!(a, database_for_branch(&hostile));
+        assert!(a.len() <= MAX_NAME_BYTES, "{a}");
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{a}"
+        );
+        assert!(database_for_branch("feature/Fix-Login").starts_with("feature-fix-login-"));
+        assert_ne!(
+            database_for_branch("feature/Fix-Login"),
+            database_for_branch("feature/fix-login")
+        );
+        check_database_name(&a).unwrap();
+    }
+
+    #[test]
+    fn explicit_names_are_checked() {
+        assert!(check_database_name("").is_err());
+        assert!(check_database_name(&"x".repeat(64)).is_err());
+        assert!(check_database_name("template1").is_err());
+        check_database_name("a\"b; DROP").unwrap();
+    }
+
+    #[test]
+    fn passwords_leave_the_url() {
+        assert_eq!(
+            split_password("postgres://u:p%40ss@h:5/db?sslmode=disable"),
+            (
+                "postgres://u@h:5/db?sslmode=disable".to_string(),
+                Some("p@ss".to_string())
+            )
+        );
+        assert_eq!(
+            split_password("postgres://u@h/db"),
+            ("postgres://u@h/db".to_string(), None)
+        );
+        assert_eq!(
+            split_password("postgres://h/db"),
+            ("postgres://h/db".to_string(), None)
+        );
+    }
+
+    #[test]
+    fn servers_compare_by_host_and_port() {
+        assert_eq!(
+            server_of("postgres://u@127.0.0.1/db"),
+            server_of("postgres://x:y@localhost:5432/other")
+        );
+        assert_ne!(
+            server_of("postgres://u@db1:5432/db"),
+            server_of("postgres://u@db1:5433/db")
+        );
+        assert_ne!(
+            server_of("postgres://u@db1/db"),
+            server_of("postgres://u@db2/db")
+        );
+    }
+
+    #[test]
+    fn exactly_one_target() {
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(
+            target_from(s("postgres://u@h/app"), None, None, None),
+            Ok(Target::Url("postgres://u@h/app".into()))
+        );
+        assert_eq!(
+            target_from(None, s("postgres://u@h/postgres"), None, s("app")),
+            Ok(Target::OnServer {
+                server_url: "postgres://u@h/postgres".into(),
+                database: "app".into()
+            })
+        );
+        for (url, server, branch, db) in [
+            (None, None, None, None),
+            (
+                s("postgres://u@h/app"),
+                s("postgres://u@h/postgres"),
+                None,
+                None,
+            ),
+            (None, s("postgres://u@h/postgres"), s("b"), s("app")),
+            (None, s("postgres://u@h/postgres"), s("  "), None),
+            (None, s("postgres://u@h/postgres"), None, s("template0")),
+        ] {
+            assert!(target_from(url, server, branch, db).is_err());
+        }
+    }
+
+    #[test]
+    fn a_chosen_backup_belongs_to_the_namespace() {
+        let ns = Namespace::new("production").unwrap();
+        assert_eq!(chosen_backup(Some("  "), &ns), Ok(None));
+        assert!(chosen_backup(Some("not a backup"), &ns).is_err());
+        let mine = BackupId::new(ns.clone(), "app", chrono::Utc::now()).unwrap();
+        assert_eq!(
+            chosen_backup(Some(&format!(" {mine} ")), &ns),
+            Ok(Some(mine))
+        );
+        let staging = Namespace::new("staging").unwrap();
+        let other = BackupId::new(staging, "app", chrono::Utc::now()).unwrap();
+        let err = chosen_backup(Some(&other.to_string()), &ns).unwrap_err();
+        assert!(err.to_string().contains("not production"), "{err}");
+    }
+}
