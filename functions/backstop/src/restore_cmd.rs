@@ -15,8 +15,8 @@ use backstop_postgres::restore::{
     Clouds, NoProgress, Progress, RestoreConfig, RestoreSettings, restore,
 };
 
-const GCS_BUCKET_VAR: &str = "BACKSTOP_GCS_BUCKET";
-const S3_BUCKET_VAR: &str = "BACKSTOP_S3_BUCKET";
+use backstop_cloud::gcs::GCS_BUCKET_VAR;
+use backstop_cloud::s3::S3_BUCKET_VAR;
 
 /// Restores the newest complete, signature-verified backup of a namespace
 /// (GCS first, S3 when GCS is unreachable) into a new database, then checks
@@ -200,6 +200,35 @@ impl Progress for TermProgress {
     }
 }
 
+/// The stores named on the command line (or by their variables). A GCS
+/// client that cannot be built leaves the S3 replica to try.
+async fn stores(
+    env: &Env,
+    gcs_bucket: Option<String>,
+    s3_bucket: Option<String>,
+) -> anyhow::Result<(Option<GcsStore>, Option<S3Store>)> {
+    let gcs = match gcs_bucket.filter(|b| !b.trim().is_empty()) {
+        Some(bucket) => match GcsStore::builder().env(env).bucket(bucket).build().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the GCS client; trying the S3 replica only");
+                None
+            }
+        },
+        None => None,
+    };
+    let s3 = match s3_bucket.filter(|b| !b.trim().is_empty()) {
+        Some(bucket) => Some(S3Store::builder().env(env).bucket(bucket).build().await?),
+        None => None,
+    };
+    if gcs.is_none() && s3.is_none() {
+        anyhow::bail!(
+            "no backup store: set {GCS_BUCKET_VAR} (or --gcs-bucket) and/or {S3_BUCKET_VAR} (or --s3-bucket)"
+        );
+    }
+    Ok((gcs, s3))
+}
+
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let env = Env::from_process();
     let settings = RestoreSettings {
@@ -223,29 +252,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         RestoreConfig::load(settings, &backstop_cloud::kms::CloudKms::from_env(&env)).await?;
     config.write_drill = !args.no_drill_record;
 
-    let gcs = match args.gcs_bucket.filter(|b| !b.trim().is_empty()) {
-        Some(bucket) => {
-            match GcsStore::builder().env(&env).bucket(bucket).build().await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot build the GCS client; trying the S3 replica only");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    let s3 = match args.s3_bucket.filter(|b| !b.trim().is_empty()) {
-        Some(bucket) => {
-            Some(S3Store::builder().env(&env).bucket(bucket).build().await?)
-        }
-        None => None,
-    };
-    if gcs.is_none() && s3.is_none() {
-        anyhow::bail!(
-            "no backup store: set {GCS_BUCKET_VAR} (or --gcs-bucket) and/or {S3_BUCKET_VAR} (or --s3-bucket)"
-        );
-    }
+    let (gcs, s3) = stores(&env, args.gcs_bucket, args.s3_bucket).await?;
     let clouds = Clouds {
         primary: gcs.as_ref().map(|s| s as &dyn ObjectStore),
         replica: s3.as_ref().map(|s| s as &dyn ObjectStore),

@@ -21,7 +21,7 @@ use crate::crypto::{
     BackupVerifier, CryptoError, Digests, RecipientSet, VerifyingKey, verify_manifest_at,
 };
 use crate::events::{ObjectRef, StorageEvent};
-use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use crate::manifest::{CiphertextInfo, MAX_MANIFEST_BYTES, Manifest};
 use crate::naming::{BackupId, MANIFEST_FILE, pattern_matches};
 use crate::store::{ByteStream, ObjectStore, ObjectStoreExt, PutOptions, StoreError, byte_stream};
 
@@ -221,25 +221,11 @@ impl Replicator {
             Ok(m) => m,
             Err(e) => return self.reject(id, "manifest_invalid", e.to_string()).await,
         };
-
-        match target_manifest {
-            Ok(existing) if existing == manifest_bytes => {
-                return Ok(Outcome::AlreadyReplicated { backup_id });
-            }
-            Ok(_) => {
-                return self
-                    .reject(
-                        id,
-                        "replica_conflict",
-                        format!(
-                            "{} already holds a different manifest for this backup",
-                            self.target.url()
-                        ),
-                    )
-                    .await;
-            }
-            Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(retry(&backup_id, e)),
+        if let Some(done) = self
+            .check_target(id, &manifest_bytes, target_manifest)
+            .await?
+        {
+            return Ok(done);
         }
 
         let digests = match self.copy_data(id, &manifest).await? {
@@ -249,6 +235,41 @@ impl Replicator {
         self.put_once(id, &id.signature_key(), signature).await?;
         self.put_once(id, &id.manifest_key(), manifest_bytes)
             .await?;
+        Ok(self.replicated(id, digests, started))
+    }
+
+    /// Looks at the target's manifest (read alongside the source's) once the
+    /// source's has verified. `Some`: nothing more to do, either because the
+    /// target holds this exact manifest (a redelivery) or because it holds a
+    /// different one (rejected).
+    async fn check_target(
+        &self,
+        id: &BackupId,
+        manifest_bytes: &Bytes,
+        target_manifest: Result<Bytes, StoreError>,
+    ) -> Result<Option<Outcome>, ReplicateError> {
+        match target_manifest {
+            Ok(existing) if existing == *manifest_bytes => Ok(Some(Outcome::AlreadyReplicated {
+                backup_id: id.to_string(),
+            })),
+            Ok(_) => self
+                .reject(
+                    id,
+                    "replica_conflict",
+                    format!(
+                        "{} already holds a different manifest for this backup",
+                        self.target.url()
+                    ),
+                )
+                .await
+                .map(Some),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(retry(&id.to_string(), e)),
+        }
+    }
+
+    /// Logs a finished replication and makes its outcome.
+    fn replicated(&self, id: &BackupId, digests: Digests, started: Instant) -> Outcome {
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             backup_id = %id,
@@ -259,12 +280,12 @@ impl Replicator {
             target = %self.target.url(),
             "backup replicated"
         );
-        Ok(Outcome::Replicated {
-            backup_id,
+        Outcome::Replicated {
+            backup_id: id.to_string(),
             bytes: digests.size,
             sha256: digests.sha256,
             seconds,
-        })
+        }
     }
 
     /// Streams the data object into the target while verifying it. The outer
@@ -278,25 +299,8 @@ impl Replicator {
         let key = id.data_key();
         let expected = &manifest.ciphertext;
         // A previous delivery may have copied the data already.
-        match self.target.head(&key).await {
-            Ok(meta) => {
-                let same = meta.size == expected.size
-                    && meta.metadata.get(META_SHA256) == Some(&expected.sha256);
-                return Ok(if same {
-                    Ok(Digests {
-                        size: expected.size,
-                        sha256: expected.sha256.clone(),
-                        crc32c: expected.crc32c,
-                    })
-                } else {
-                    Err(format!(
-                        "{} already holds a different data object for this backup",
-                        self.target.url()
-                    ))
-                });
-            }
-            Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(retry(&backup_id, e)),
+        if let Some(done) = self.existing_data(&backup_id, &key, expected).await? {
+            return Ok(done);
         }
         let verifier = match BackupVerifier::new(manifest, self.recipients.clone()) {
             Ok(v) => v,
@@ -314,26 +318,73 @@ impl Replicator {
         };
         let verified = Arc::new(Mutex::new(None));
         let body = verify_while_streaming(source, verifier, verified.clone());
+        if let Err(reason) = self.upload_data(&backup_id, &key, body, expected).await? {
+            return Ok(Err(reason));
+        }
+        let digests = verified
+            .lock()
+            .expect("digest slot")
+            .take()
+            .unwrap_or_else(|| expected_digests(expected));
+        Ok(Ok(digests))
+    }
+
+    /// The target's data object from a previous delivery, if there is one:
+    /// `Some(Ok)` when it is this backup's, `Some(Err)` when it is not.
+    async fn existing_data(
+        &self,
+        backup_id: &str,
+        key: &str,
+        expected: &CiphertextInfo,
+    ) -> Result<Option<Result<Digests, String>>, ReplicateError> {
+        match self.target.head(key).await {
+            Ok(meta) => {
+                let same = meta.size == expected.size
+                    && meta.metadata.get(META_SHA256) == Some(&expected.sha256);
+                Ok(Some(if same {
+                    Ok(expected_digests(expected))
+                } else {
+                    Err(format!(
+                        "{} already holds a different data object for this backup",
+                        self.target.url()
+                    ))
+                }))
+            }
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(retry(backup_id, e)),
+        }
+    }
+
+    /// The create-only upload of the verifying `body`. The inner error is a
+    /// verification failure, or a concurrent copy of another backup.
+    async fn upload_data(
+        &self,
+        backup_id: &str,
+        key: &str,
+        body: ByteStream,
+        expected: &CiphertextInfo,
+    ) -> Result<Result<(), String>, ReplicateError> {
         let opts = PutOptions::create()
             .with_content_type("application/pgp-encrypted")
             .with_metadata(META_SHA256, expected.sha256.clone())
-            .with_metadata(META_BACKUP_ID, backup_id.clone());
-        match self.target.put(&key, body, opts).await {
-            Ok(_) => {}
+            .with_metadata(META_BACKUP_ID, backup_id.to_string());
+        match self.target.put(key, body, opts).await {
+            Ok(_) => Ok(Ok(())),
             Err(StoreError::PreconditionFailed { .. }) => {
                 // A concurrent delivery won the race: accept its copy only if
                 // it is the same backup.
                 let meta = self
                     .target
-                    .head(&key)
+                    .head(key)
                     .await
-                    .map_err(|e| retry(&backup_id, e))?;
+                    .map_err(|e| retry(backup_id, e))?;
                 if meta.metadata.get(META_SHA256) != Some(&expected.sha256) {
                     return Ok(Err(format!(
                         "{} holds a different data object for this backup",
                         self.target.url()
                     )));
                 }
+                Ok(Ok(()))
             }
             Err(StoreError::Source { source, .. }) => {
                 if let Some(v) = source
@@ -342,20 +393,10 @@ impl Replicator {
                 {
                     return Ok(Err(v.0.to_string()));
                 }
-                return Err(retry(&backup_id, source));
+                Err(retry(backup_id, source))
             }
-            Err(e) => return Err(retry(&backup_id, e)),
+            Err(e) => Err(retry(backup_id, e)),
         }
-        let digests = verified
-            .lock()
-            .expect("digest slot")
-            .take()
-            .unwrap_or(Digests {
-                size: expected.size,
-                sha256: expected.sha256.clone(),
-                crc32c: expected.crc32c,
-            });
-        Ok(Ok(digests))
     }
 
     /// Create-only put that treats an identical existing object as success.
@@ -415,6 +456,15 @@ impl Replicator {
             backup_id: id.to_string(),
             reason,
         })
+    }
+}
+
+/// The digests the signed manifest promises for the data object.
+fn expected_digests(expected: &CiphertextInfo) -> Digests {
+    Digests {
+        size: expected.size,
+        sha256: expected.sha256.clone(),
+        crc32c: expected.crc32c,
     }
 }
 

@@ -19,12 +19,10 @@ pub(crate) fn invalid(name: &str, value: &str, reason: impl Into<String>) -> Con
     ConfigError::invalid(name, value, reason)
 }
 
-/// A required setting that is absent, with a hint of what to give.
+/// A required setting that is absent, with a hint of what to give
+/// (`backstop_core::config::hint` where the core has one).
 pub(crate) fn missing(name: &str, hint: &str) -> ConfigError {
-    ConfigError::Missing {
-        name: name.into(),
-        hint: hint.into(),
-    }
+    ConfigError::missing(name, hint)
 }
 
 /// How a key setting appears in error messages: armored key text is never

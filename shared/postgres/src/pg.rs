@@ -42,6 +42,17 @@ pub enum PgError {
     Url(String),
 }
 
+impl backstop_core::error::Classify for PgError {
+    /// A server that could not be reached may be back later; a failed query,
+    /// a missing program or a bad URL stays as it is.
+    fn retry(&self) -> backstop_core::error::Retry {
+        match self {
+            PgError::Connect { .. } => backstop_core::error::Retry::Transient,
+            _ => backstop_core::error::Retry::Permanent,
+        }
+    }
+}
+
 /// Where `pg_dump`/`pg_restore` live: `BACKSTOP_PG_BINDIR` (use the major
 /// version of the server or newer), else `PATH`.
 #[derive(Debug, Clone, Default)]

@@ -53,7 +53,7 @@ fn workers() -> usize {
 /// Starts the compression stages on `input` (plaintext); returns the
 /// compressed data packet's bytes. The clean end passes on `input`'s.
 pub(crate) fn spawn(
-    mut input: tokio::sync::mpsc::Receiver<Item<Bytes>>,
+    input: tokio::sync::mpsc::Receiver<Item<Bytes>>,
 ) -> Result<tokio::sync::mpsc::Receiver<Item<Bytes>>, CryptoError> {
     let n = workers();
     let mut job_txs: Vec<SyncSender<Item<Job>>> = Vec::with_capacity(n);
@@ -70,73 +70,89 @@ pub(crate) fn spawn(
     }
 
     // Literal packet framing, cut into blocks dealt round-robin.
-    pipeline::spawn("backstop-literal", move || {
-        let mut lit = PartialPacket::literal();
-        let mut dealer = Dealer {
-            txs: job_txs,
-            turn: 0,
-            block: BytesMut::with_capacity(BLOCK),
-            dictionary: Bytes::new(),
-            alive: true,
-        };
-        let control = loop {
-            match input.blocking_recv() {
-                Some(Item::Data(b)) => {
-                    lit.push(&b, &mut |piece| dealer.fill(piece));
-                    if !dealer.alive {
-                        return;
-                    }
-                }
-                Some(Item::End(plaintext)) => {
-                    lit.finish(&mut |piece| dealer.block.extend_from_slice(piece));
-                    dealer.cut(true);
-                    break Item::End(plaintext);
-                }
-                Some(Item::Fail(e)) => break Item::Fail(e),
-                None => break Item::Fail(pipeline::vanished("input")),
-            }
-        };
-        dealer.deal(control);
-    })?;
+    pipeline::spawn("backstop-literal", move || literal_stage(input, job_txs))?;
 
     // In order: worker 0, 1, .., N-1, 0, ... Control items (end, failure)
     // were dealt in turn too, so they arrive in sequence.
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Item<Bytes>>(pipeline::DEPTH);
-    pipeline::spawn("backstop-zip-join", move || {
-        let mut packet = PartialPacket::new(tag::COMPRESSED, &[ZIP]);
-        let mut buf = BytesMut::with_capacity(2 * BLOCK);
-        let send = |buf: &mut BytesMut| {
-            out_tx
-                .blocking_send(Item::Data(buf.split().freeze()))
-                .is_ok()
-        };
-        for turn in 0.. {
-            match done_rxs[turn % n].recv() {
-                Ok(Item::Data(d)) => {
-                    packet.push(&d, &mut |p| buf.extend_from_slice(p));
-                    if buf.len() >= BLOCK && !send(&mut buf) {
-                        return;
-                    }
-                }
-                Ok(Item::End(plaintext)) => {
-                    packet.finish(&mut |p| buf.extend_from_slice(p));
-                    if send(&mut buf) {
-                        let _ = out_tx.blocking_send(Item::End(plaintext));
-                    }
-                    return;
-                }
-                Ok(Item::Fail(e)) => {
-                    let _ = out_tx.blocking_send(Item::Fail(e));
-                    return;
-                }
-                Err(_) => {
-                    let _ = out_tx.blocking_send(Item::Fail(pipeline::vanished("compression")));
+    pipeline::spawn("backstop-zip-join", move || join_stage(done_rxs, out_tx))?;
+    Ok(out_rx)
+}
+
+/// Thread `backstop-literal`: the literal data packet around `input`, cut
+/// into blocks dealt round-robin to the workers' `job_txs`.
+fn literal_stage(
+    mut input: tokio::sync::mpsc::Receiver<Item<Bytes>>,
+    job_txs: Vec<SyncSender<Item<Job>>>,
+) {
+    let mut lit = PartialPacket::literal();
+    let mut dealer = Dealer {
+        txs: job_txs,
+        turn: 0,
+        block: BytesMut::with_capacity(BLOCK),
+        dictionary: Bytes::new(),
+        alive: true,
+    };
+    let control = loop {
+        match input.blocking_recv() {
+            Some(Item::Data(b)) => {
+                lit.push(&b, &mut |piece| dealer.fill(piece));
+                if !dealer.alive {
                     return;
                 }
             }
+            Some(Item::End(plaintext)) => {
+                lit.finish(&mut |piece| dealer.block.extend_from_slice(piece));
+                dealer.cut(true);
+                break Item::End(plaintext);
+            }
+            Some(Item::Fail(e)) => break Item::Fail(e),
+            None => break Item::Fail(pipeline::vanished("input")),
         }
-    })?;
-    Ok(out_rx)
+    };
+    dealer.deal(control);
+}
+
+/// Thread `backstop-zip-join`: collects the deflated blocks from the
+/// workers' `done_rxs` in turn and frames them as the compressed data
+/// packet.
+fn join_stage(
+    done_rxs: Vec<Receiver<Item<Bytes>>>,
+    out_tx: tokio::sync::mpsc::Sender<Item<Bytes>>,
+) {
+    let n = done_rxs.len();
+    let mut packet = PartialPacket::new(tag::COMPRESSED, &[ZIP]);
+    let mut buf = BytesMut::with_capacity(2 * BLOCK);
+    let send = |buf: &mut BytesMut| {
+        out_tx
+            .blocking_send(Item::Data(buf.split().freeze()))
+            .is_ok()
+    };
+    for turn in 0.. {
+        match done_rxs[turn % n].recv() {
+            Ok(Item::Data(d)) => {
+                packet.push(&d, &mut |p| buf.extend_from_slice(p));
+                if buf.len() >= BLOCK && !send(&mut buf) {
+                    return;
+                }
+            }
+            Ok(Item::End(plaintext)) => {
+                packet.finish(&mut |p| buf.extend_from_slice(p));
+                if send(&mut buf) {
+                    let _ = out_tx.blocking_send(Item::End(plaintext));
+                }
+                return;
+            }
+            Ok(Item::Fail(e)) => {
+                let _ = out_tx.blocking_send(Item::Fail(e));
+                return;
+            }
+            Err(_) => {
+                let _ = out_tx.blocking_send(Item::Fail(pipeline::vanished("compression")));
+                return;
+            }
+        }
+    }
 }
 
 /// Cuts the literal packet's bytes into blocks and deals them out.

@@ -14,6 +14,8 @@
 //! is dropped on error, a temporary file that is deleted) and only use the
 //! result when the stream returned `None` after its last chunk.
 
+use std::sync::mpsc::{Receiver, SyncSender};
+
 use bytes::{Bytes, BytesMut};
 use pgp::composed::PlainSessionKey;
 use pgp::packet::{PacketHeader, PublicKeyEncryptedSessionKey};
@@ -94,108 +96,12 @@ fn session_key(
 /// (recover them with [`CryptoError::from_io`]).
 pub fn decrypt_stream(input: ByteStream, key: &BackupSecretKey) -> ByteStream {
     let key = key.clone();
-    let mut input_rx = pipeline::pump(input);
+    let input_rx = pipeline::pump(input);
     let (opened_tx, opened_rx) = pipeline::channel::<Bytes>();
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Item<Bytes>>(pipeline::DEPTH);
 
-    let open = move || {
-        let mut inspector = PacketInspector::any_recipient();
-        let mut opener: Option<Opener> = None;
-        let mut pending = BytesMut::new();
-        let stopped = std::cell::Cell::new(false);
-        let mut on_encrypted = |pkesks: &[PkeskInfo], mut data: &[u8]| -> Result<(), CryptoError> {
-            let op = match opener.as_mut() {
-                Some(op) => op,
-                None => {
-                    let (alg, sk) = session_key(pkesks, &key)?;
-                    opener.insert(Opener::new(CfbDecryptor::new(alg, &sk)?))
-                }
-            };
-            while !data.is_empty() {
-                if pending.capacity() == 0 {
-                    pending.reserve(OPEN_CHUNK);
-                }
-                let n = (OPEN_CHUNK - pending.len()).min(data.len());
-                let start = pending.len();
-                pending.extend_from_slice(&data[..n]);
-                op.open_in_place(&mut pending[start..]);
-                data = &data[n..];
-                if pending.len() == OPEN_CHUNK {
-                    let full = pending.split().freeze();
-                    if opened_tx.send(Item::Data(full)).is_err() {
-                        stopped.set(true);
-                        return Ok(());
-                    }
-                }
-            }
-            Ok(())
-        };
-        let result = loop {
-            match input_rx.blocking_recv() {
-                Some(Item::Data(b)) => {
-                    if let Err(e) = inspector.feed_with(&b, &mut on_encrypted) {
-                        break Err(e);
-                    }
-                    if stopped.get() {
-                        return;
-                    }
-                }
-                Some(Item::End(_)) => break inspector.finish().map(|_| ()),
-                Some(Item::Fail(e)) => break Err(e),
-                None => break Err(pipeline::vanished("input")),
-            }
-        };
-        let item = match result {
-            Ok(()) => {
-                if !pending.is_empty()
-                    && opened_tx
-                        .send(Item::Data(pending.split().freeze()))
-                        .is_err()
-                {
-                    return;
-                }
-                Item::End(0)
-            }
-            Err(e) => Item::Fail(e),
-        };
-        let _ = opened_tx.send(item);
-    };
-
-    let unwrap = move || {
-        let mut unwrapper = Unwrapper::new();
-        let gone = std::cell::Cell::new(false);
-        let mut out = |b: Bytes| {
-            if !gone.get() && out_tx.blocking_send(Item::Data(b)).is_err() {
-                gone.set(true);
-            }
-        };
-        let mut result = Err(pipeline::vanished("decryption"));
-        for item in opened_rx.iter() {
-            match item {
-                Item::Data(b) => {
-                    if let Err(e) = unwrapper.push(b, &mut out) {
-                        result = Err(e);
-                        break;
-                    }
-                    if gone.get() {
-                        return;
-                    }
-                }
-                Item::End(_) => {
-                    result = std::mem::take(&mut unwrapper).finish(&mut out).map(|_| ());
-                    break;
-                }
-                Item::Fail(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        let _ = out_tx.blocking_send(match result {
-            Ok(()) => Item::End(0),
-            Err(e) => Item::Fail(e),
-        });
-    };
+    let open = move || open_stage(key, input_rx, opened_tx);
+    let unwrap = move || unwrap_stage(opened_rx, out_tx);
 
     let started = pipeline::spawn("backstop-open", open)
         .and_then(|()| pipeline::spawn("backstop-unwrap", unwrap));
@@ -203,6 +109,113 @@ pub fn decrypt_stream(input: ByteStream, key: &BackupSecretKey) -> ByteStream {
         Ok(()) => pipeline::output_stream(out_rx, |_| {}),
         Err(e) => crate::store::byte_stream(futures::stream::iter(vec![Err(e.into_io())])),
     }
+}
+
+/// Stage 1 (thread `backstop-open`): checks the packet structure, decrypts
+/// the session key and CFB-decrypts the SEIPD body in [`OPEN_CHUNK`]s.
+fn open_stage(
+    key: BackupSecretKey,
+    mut input_rx: tokio::sync::mpsc::Receiver<Item<Bytes>>,
+    opened_tx: SyncSender<Item<Bytes>>,
+) {
+    let mut inspector = PacketInspector::any_recipient();
+    let mut opener: Option<Opener> = None;
+    let mut pending = BytesMut::new();
+    let stopped = std::cell::Cell::new(false);
+    let mut on_encrypted = |pkesks: &[PkeskInfo], mut data: &[u8]| -> Result<(), CryptoError> {
+        let op = match opener.as_mut() {
+            Some(op) => op,
+            None => {
+                let (alg, sk) = session_key(pkesks, &key)?;
+                opener.insert(Opener::new(CfbDecryptor::new(alg, &sk)?))
+            }
+        };
+        while !data.is_empty() {
+            if pending.capacity() == 0 {
+                pending.reserve(OPEN_CHUNK);
+            }
+            let n = (OPEN_CHUNK - pending.len()).min(data.len());
+            let start = pending.len();
+            pending.extend_from_slice(&data[..n]);
+            op.open_in_place(&mut pending[start..]);
+            data = &data[n..];
+            if pending.len() == OPEN_CHUNK {
+                let full = pending.split().freeze();
+                if opened_tx.send(Item::Data(full)).is_err() {
+                    stopped.set(true);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    };
+    let result = loop {
+        match input_rx.blocking_recv() {
+            Some(Item::Data(b)) => {
+                if let Err(e) = inspector.feed_with(&b, &mut on_encrypted) {
+                    break Err(e);
+                }
+                if stopped.get() {
+                    return;
+                }
+            }
+            Some(Item::End(_)) => break inspector.finish().map(|_| ()),
+            Some(Item::Fail(e)) => break Err(e),
+            None => break Err(pipeline::vanished("input")),
+        }
+    };
+    let item = match result {
+        Ok(()) => {
+            if !pending.is_empty()
+                && opened_tx
+                    .send(Item::Data(pending.split().freeze()))
+                    .is_err()
+            {
+                return;
+            }
+            Item::End(0)
+        }
+        Err(e) => Item::Fail(e),
+    };
+    let _ = opened_tx.send(item);
+}
+
+/// Stage 2 (thread `backstop-unwrap`): prefix check, SHA-1/MDC and the
+/// inner packets; plaintext goes to `out_tx`.
+fn unwrap_stage(opened_rx: Receiver<Item<Bytes>>, out_tx: tokio::sync::mpsc::Sender<Item<Bytes>>) {
+    let mut unwrapper = Unwrapper::new();
+    let gone = std::cell::Cell::new(false);
+    let mut out = |b: Bytes| {
+        if !gone.get() && out_tx.blocking_send(Item::Data(b)).is_err() {
+            gone.set(true);
+        }
+    };
+    let mut result = Err(pipeline::vanished("decryption"));
+    for item in opened_rx.iter() {
+        match item {
+            Item::Data(b) => {
+                if let Err(e) = unwrapper.push(b, &mut out) {
+                    result = Err(e);
+                    break;
+                }
+                if gone.get() {
+                    return;
+                }
+            }
+            Item::End(_) => {
+                result = std::mem::take(&mut unwrapper).finish(&mut out).map(|_| ());
+                break;
+            }
+            Item::Fail(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let _ = out_tx.blocking_send(match result {
+        Ok(()) => Item::End(0),
+        Err(e) => Item::Fail(e),
+    });
 }
 
 /// Decrypts `input` into `writer` (on a blocking thread). Returns the

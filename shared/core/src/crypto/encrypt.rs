@@ -6,12 +6,13 @@
 //! ```
 //!
 //! With [`Compression::Zip`], the literal packet is deflated on every core
-//! first ([`super::compress`]) and the framer takes the compressed packet.
+//! first (the `compress` module) and the framer takes the compressed packet.
 //!
-//! Each stage runs on its own thread with [`super::pipeline::DEPTH`] chunks
+//! Each stage runs on its own thread with `pipeline::DEPTH` chunks
 //! of 1 MiB in flight, so memory is bounded (about 20 MiB at most) whatever
 //! the input size, and the work spreads over the available cores.
 
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -116,7 +117,7 @@ pub enum Compression {
     /// A literal data packet: for input that is compressed already.
     None,
     /// A ZIP compressed data packet around it, deflated on every core
-    /// (see [`super::compress`]).
+    /// (see the `compress` module).
     Zip,
 }
 
@@ -147,7 +148,7 @@ pub fn encrypt_stream_with(
 
     // The framer's input: plaintext to wrap in a literal packet, or the
     // compressed packet around it. Either ends with the plaintext size.
-    let (mut input_rx, mut framer) = match compression {
+    let (input_rx, framer) = match compression {
         Compression::None => (pipeline::pump(input), Framer::new(prefix)),
         Compression::Zip => (
             super::compress::spawn(pipeline::pump(input))?,
@@ -160,76 +161,20 @@ pub fn encrypt_stream_with(
 
     // Stage 1: framing and SHA-1.
     pipeline::spawn("backstop-frame", move || {
-        let stopped = std::cell::Cell::new(false);
-        let mut emit = |c: BodyChunk| {
-            if !stopped.get() && framed_tx.send(Item::Data(c)).is_err() {
-                stopped.set(true);
-            }
-        };
-        loop {
-            match input_rx.blocking_recv() {
-                Some(Item::Data(b)) => framer.push(&b, &mut emit),
-                Some(Item::End(plaintext)) => {
-                    framer.finish(&mut emit);
-                    let _ = framed_tx.send(Item::End(plaintext));
-                    return;
-                }
-                Some(Item::Fail(e)) => {
-                    let _ = framed_tx.send(Item::Fail(e));
-                    return;
-                }
-                None => {
-                    let _ = framed_tx.send(Item::Fail(pipeline::vanished("input")));
-                    return;
-                }
-            }
-            if stopped.get() {
-                return;
-            }
-        }
+        frame_stage(input_rx, framer, framed_tx)
     })?;
 
     // Stage 2: AES-256 CFB.
     let key = session_key.clone();
     pipeline::spawn("backstop-seal", move || {
-        let mut sealer = Sealer::new(&key);
-        drop(key);
-        if sealed_tx.send(Item::Data(Bytes::from(header))).is_err() {
-            return;
-        }
-        for item in framed_rx.iter() {
-            let out = match item {
-                Item::Data(c) => Item::Data(sealer.seal(c)),
-                Item::End(n) => Item::End(n),
-                Item::Fail(e) => Item::Fail(e),
-            };
-            let stop = !matches!(out, Item::Data(_));
-            if sealed_tx.send(out).is_err() || stop {
-                return;
-            }
-        }
-        let _ = sealed_tx.send(Item::Fail(pipeline::vanished("framing")));
+        seal_stage(key, header, framed_rx, sealed_tx)
     })?;
 
     // Stage 3: ciphertext digests.
     let summary = SummaryHandle::default();
     let (digest_tx, digest_rx) = std::sync::mpsc::sync_channel::<Digests>(1);
     pipeline::spawn("backstop-digest", move || {
-        let mut d = DigestState::new();
-        for item in sealed_rx.iter() {
-            let stop = !matches!(item, Item::Data(_));
-            match &item {
-                Item::Data(b) => d.update(b),
-                Item::End(_) => {
-                    let _ = digest_tx.send(std::mem::take(&mut d).finish());
-                }
-                Item::Fail(_) => {}
-            }
-            if out_tx.blocking_send(item).is_err() || stop {
-                return;
-            }
-        }
-        let _ = out_tx.blocking_send(Item::Fail(pipeline::vanished("encryption")));
+        digest_stage(sealed_rx, digest_tx, out_tx)
     })?;
 
     let handle = summary.clone();
@@ -243,6 +188,92 @@ pub fn encrypt_stream_with(
         }
     });
     Ok(EncryptedStream { stream, summary })
+}
+
+/// Stage 1 (thread `backstop-frame`): SEIPD framing and SHA-1.
+fn frame_stage(
+    mut input_rx: tokio::sync::mpsc::Receiver<Item<Bytes>>,
+    mut framer: Framer,
+    framed_tx: SyncSender<Item<BodyChunk>>,
+) {
+    let stopped = std::cell::Cell::new(false);
+    let mut emit = |c: BodyChunk| {
+        if !stopped.get() && framed_tx.send(Item::Data(c)).is_err() {
+            stopped.set(true);
+        }
+    };
+    loop {
+        match input_rx.blocking_recv() {
+            Some(Item::Data(b)) => framer.push(&b, &mut emit),
+            Some(Item::End(plaintext)) => {
+                framer.finish(&mut emit);
+                let _ = framed_tx.send(Item::End(plaintext));
+                return;
+            }
+            Some(Item::Fail(e)) => {
+                let _ = framed_tx.send(Item::Fail(e));
+                return;
+            }
+            None => {
+                let _ = framed_tx.send(Item::Fail(pipeline::vanished("input")));
+                return;
+            }
+        }
+        if stopped.get() {
+            return;
+        }
+    }
+}
+
+/// Stage 2 (thread `backstop-seal`): the session key packets (`header`),
+/// then the SEIPD body encrypted with AES-256 CFB.
+fn seal_stage(
+    key: Zeroizing<[u8; 32]>,
+    header: Vec<u8>,
+    framed_rx: Receiver<Item<BodyChunk>>,
+    sealed_tx: SyncSender<Item<Bytes>>,
+) {
+    let mut sealer = Sealer::new(&key);
+    drop(key);
+    if sealed_tx.send(Item::Data(Bytes::from(header))).is_err() {
+        return;
+    }
+    for item in framed_rx.iter() {
+        let out = match item {
+            Item::Data(c) => Item::Data(sealer.seal(c)),
+            Item::End(n) => Item::End(n),
+            Item::Fail(e) => Item::Fail(e),
+        };
+        let stop = !matches!(out, Item::Data(_));
+        if sealed_tx.send(out).is_err() || stop {
+            return;
+        }
+    }
+    let _ = sealed_tx.send(Item::Fail(pipeline::vanished("framing")));
+}
+
+/// Stage 3 (thread `backstop-digest`): size, SHA-256 and CRC32C of the
+/// ciphertext on its way out; the digests go to `digest_tx` at the end.
+fn digest_stage(
+    sealed_rx: Receiver<Item<Bytes>>,
+    digest_tx: SyncSender<Digests>,
+    out_tx: tokio::sync::mpsc::Sender<Item<Bytes>>,
+) {
+    let mut d = DigestState::new();
+    for item in sealed_rx.iter() {
+        let stop = !matches!(item, Item::Data(_));
+        match &item {
+            Item::Data(b) => d.update(b),
+            Item::End(_) => {
+                let _ = digest_tx.send(std::mem::take(&mut d).finish());
+            }
+            Item::Fail(_) => {}
+        }
+        if out_tx.blocking_send(item).is_err() || stop {
+            return;
+        }
+    }
+    let _ = out_tx.blocking_send(Item::Fail(pipeline::vanished("encryption")));
 }
 
 /// [`encrypt_stream`] over an `AsyncRead` (read in 1 MiB pieces).

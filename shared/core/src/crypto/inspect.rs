@@ -313,7 +313,7 @@ impl PacketInspector {
         on_encrypted: &mut OnEncrypted<'_>,
     ) -> Result<(), CryptoError> {
         while !data.is_empty() {
-            match self.state {
+            let used = match self.state {
                 State::Failed => {
                     return Err(CryptoError::Pipeline(
                         "inspector used after it reported an error".into(),
@@ -325,101 +325,128 @@ impl PacketInspector {
                         extra: data.len() as u64,
                     });
                 }
-                State::Header => {
-                    let start = self.hdr.len();
-                    let take = (6 - start).min(data.len());
-                    self.hdr.extend_from_slice(&data[..take]);
-                    match packet::parse_header(&self.hdr) {
-                        Err(e) => return Err(self.fail_header(e)),
-                        Ok(Parsed::NeedMore) => {
-                            data = &data[take..];
-                            self.offset += take as u64;
-                        }
-                        Ok(Parsed::Done(h, used)) => {
-                            let n = used - start;
-                            data = &data[n..];
-                            self.hdr.clear();
-                            self.start_packet(h)?;
-                            self.offset += n as u64;
-                        }
-                    }
-                }
-                State::Pkesk { remaining, start } => {
-                    let n = remaining.min(data.len() as u64) as usize;
-                    self.pkesk_body.extend_from_slice(&data[..n]);
-                    data = &data[n..];
-                    self.offset += n as u64;
-                    if remaining == n as u64 {
-                        self.end_pkesk(start)?;
-                    } else {
-                        self.state = State::Pkesk {
-                            remaining: remaining - n as u64,
-                            start,
-                        };
-                    }
-                }
+                State::Header => self.feed_header(data)?,
+                State::Pkesk { remaining, start } => self.feed_pkesk(data, remaining, start)?,
                 State::Seipd {
                     remaining,
                     partial,
                     indeterminate,
-                } => {
-                    let n = if indeterminate {
-                        data.len()
-                    } else {
-                        remaining.min(data.len() as u64) as usize
-                    };
-                    self.seipd_bytes(&data[..n], on_encrypted)?;
-                    data = &data[n..];
-                    self.offset += n as u64;
-                    if indeterminate {
-                        continue;
-                    }
-                    let remaining = remaining - n as u64;
-                    if remaining > 0 {
-                        self.state = State::Seipd {
-                            remaining,
-                            partial,
-                            indeterminate,
-                        };
-                    } else if partial {
-                        self.state = State::SeipdLen;
-                    } else {
-                        self.end_seipd()?;
-                    }
-                }
-                State::SeipdLen => {
-                    let start = self.hdr.len();
-                    let take = (5 - start).min(data.len());
-                    self.hdr.extend_from_slice(&data[..take]);
-                    match packet::parse_new_len(&self.hdr) {
-                        Parsed::NeedMore => {
-                            data = &data[take..];
-                            self.offset += take as u64;
-                        }
-                        Parsed::Done(len, used) => {
-                            let n = used - start;
-                            data = &data[n..];
-                            self.offset += n as u64;
-                            self.hdr.clear();
-                            let (remaining, partial) = match len {
-                                BodyLen::Fixed(n) => (n, false),
-                                BodyLen::Partial(n) => (n, true),
-                                BodyLen::Indeterminate => unreachable!(),
-                            };
-                            self.state = State::Seipd {
-                                remaining,
-                                partial,
-                                indeterminate: false,
-                            };
-                            if remaining == 0 && !partial {
-                                self.end_seipd()?;
-                            }
-                        }
-                    }
-                }
-            }
+                } => self.feed_seipd(data, remaining, partial, indeterminate, on_encrypted)?,
+                State::SeipdLen => self.feed_seipd_len(data)?,
+            };
+            data = &data[used..];
         }
         Ok(())
+    }
+
+    /// Between packets: collects a packet header from the front of `data`.
+    /// Returns the bytes used.
+    fn feed_header(&mut self, data: &[u8]) -> Result<usize, CryptoError> {
+        let start = self.hdr.len();
+        let take = (6 - start).min(data.len());
+        self.hdr.extend_from_slice(&data[..take]);
+        match packet::parse_header(&self.hdr) {
+            Err(e) => Err(self.fail_header(e)),
+            Ok(Parsed::NeedMore) => {
+                self.offset += take as u64;
+                Ok(take)
+            }
+            Ok(Parsed::Done(h, used)) => {
+                let n = used - start;
+                self.hdr.clear();
+                self.start_packet(h)?;
+                self.offset += n as u64;
+                Ok(n)
+            }
+        }
+    }
+
+    /// In a session key packet: collects its body. Returns the bytes used.
+    fn feed_pkesk(
+        &mut self,
+        data: &[u8],
+        remaining: u64,
+        start: u64,
+    ) -> Result<usize, CryptoError> {
+        let n = remaining.min(data.len() as u64) as usize;
+        self.pkesk_body.extend_from_slice(&data[..n]);
+        self.offset += n as u64;
+        if remaining == n as u64 {
+            self.end_pkesk(start)?;
+        } else {
+            self.state = State::Pkesk {
+                remaining: remaining - n as u64,
+                start,
+            };
+        }
+        Ok(n)
+    }
+
+    /// In the SEIPD body: hands its bytes on. Returns the bytes used.
+    fn feed_seipd(
+        &mut self,
+        data: &[u8],
+        remaining: u64,
+        partial: bool,
+        indeterminate: bool,
+        on_encrypted: &mut OnEncrypted<'_>,
+    ) -> Result<usize, CryptoError> {
+        let n = if indeterminate {
+            data.len()
+        } else {
+            remaining.min(data.len() as u64) as usize
+        };
+        self.seipd_bytes(&data[..n], on_encrypted)?;
+        self.offset += n as u64;
+        if indeterminate {
+            return Ok(n);
+        }
+        let remaining = remaining - n as u64;
+        if remaining > 0 {
+            self.state = State::Seipd {
+                remaining,
+                partial,
+                indeterminate,
+            };
+        } else if partial {
+            self.state = State::SeipdLen;
+        } else {
+            self.end_seipd()?;
+        }
+        Ok(n)
+    }
+
+    /// Between SEIPD partial chunks: collects the next length from the
+    /// front of `data`. Returns the bytes used.
+    fn feed_seipd_len(&mut self, data: &[u8]) -> Result<usize, CryptoError> {
+        let start = self.hdr.len();
+        let take = (5 - start).min(data.len());
+        self.hdr.extend_from_slice(&data[..take]);
+        match packet::parse_new_len(&self.hdr) {
+            Parsed::NeedMore => {
+                self.offset += take as u64;
+                Ok(take)
+            }
+            Parsed::Done(len, used) => {
+                let n = used - start;
+                self.offset += n as u64;
+                self.hdr.clear();
+                let (remaining, partial) = match len {
+                    BodyLen::Fixed(n) => (n, false),
+                    BodyLen::Partial(n) => (n, true),
+                    BodyLen::Indeterminate => unreachable!(),
+                };
+                self.state = State::Seipd {
+                    remaining,
+                    partial,
+                    indeterminate: false,
+                };
+                if remaining == 0 && !partial {
+                    self.end_seipd()?;
+                }
+                Ok(n)
+            }
+        }
     }
 
     /// Ends the input: the message must be complete.

@@ -3,6 +3,8 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+
+use crate::error::Classify;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 

@@ -8,7 +8,7 @@
 //!    [`ManifestVerifier`]). Any failure: no [`Inventory`], so nothing is
 //!    planned or deleted.
 //! 2. [`plan()`]: pure and deterministic, from the inventory, the
-//!    [`PolicySet`] and the clock. See [`plan`](mod@plan) for the safety rules.
+//!    [`PolicySet`] and the clock. The plan module's docs list the safety rules.
 //! 3. [`apply`]: delete in order (manifest, signature, data), stopping a
 //!    backup at its first failed delete; dry-run deletes nothing.
 //! 4. [`audit()`]: one [`Report`] over both clouds (JSON and a readable

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{ByteStream, ObjectStore, ObjectStoreExt, PutOptions, StoreError, byte_stream};
+use crate::error::Classify;
 
 /// A fresh key prefix, so that checks never see each other's objects.
 pub fn unique_prefix(test: &str) -> String {

@@ -22,8 +22,8 @@ mod memory;
 pub use memory::MemStore;
 
 /// A stream of object bytes. Errors are `io::Error` so that streams compose
-/// with `AsyncRead` adapters; a [`StoreError`] travelling inside one is
-/// recovered by [`StoreError::from_io`].
+/// with `AsyncRead` adapters; a [`StoreError`] travelling inside one keeps
+/// its class ([`StoreError::io_is_transient`]).
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 /// Wraps any byte stream as a [`ByteStream`].
@@ -189,13 +189,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same operation later may succeed: the
-    /// [`Classify`](crate::error::Classify) answer (kept as a method so
-    /// callers need no trait import).
-    pub fn is_transient(&self) -> bool {
-        crate::error::Classify::is_transient(self)
-    }
-
     /// Carries a store error through an `io::Error` (inside a byte stream).
     pub fn into_io(self) -> io::Error {
         io::Error::other(self)

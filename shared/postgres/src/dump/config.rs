@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use backstop_core::config::{ConfigError, Env};
+use backstop_core::config::{ConfigError, Env, hint};
 use backstop_core::crypto::{CryptoError, KeySource, KeyUnwrap, RecipientKey, SigningKey};
 use backstop_core::naming::{BackupId, Namespace};
 
@@ -131,12 +131,10 @@ fn holds_secret_key(bytes: &[u8]) -> bool {
 impl DumpConfig {
     /// Validates settings and loads the keys. Errors name the variable.
     pub async fn load(settings: DumpSettings, kms: &dyn KeyUnwrap) -> Result<Self, ConfigError> {
-        let database_url = settings.database_url.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-            missing(
-                DATABASE_URL_VAR,
-                "the database to dump, postgres://user@host:port/dbname (or pass --database-url)",
-            )
-        })?;
+        let database_url = settings
+            .database_url
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| missing(DATABASE_URL_VAR, hint::DATABASE_URL))?;
         check_database_url(&database_url)?;
         let ns = settings.namespace.filter(|s| !s.trim().is_empty());
         let ns_text = ns

@@ -6,6 +6,7 @@
 //! [`std::error::Error::source`], so that `{e:#}` (how the CLI prints
 //! errors) shows each cause once.
 
+use backstop_core::error::{Classify, Retry};
 use backstop_core::config::ConfigError;
 use backstop_core::crypto::CryptoError;
 use backstop_core::naming::NameError;
@@ -67,19 +68,20 @@ pub enum DumpError {
     Commit { key: String, error: StoreError },
 }
 
-impl DumpError {
+impl Classify for DumpError {
     /// Whether running the job again may succeed without a change of
     /// configuration (a scheduler's retry decision).
-    pub fn is_transient(&self) -> bool {
+    fn retry(&self) -> Retry {
         match self {
-            DumpError::Upload { error, .. } | DumpError::Commit { error, .. } => {
-                error.is_transient()
-            }
-            DumpError::Snapshot { error, .. } => matches!(error, PgError::Connect { .. }),
-            DumpError::PgDump { .. } | DumpError::RowCounts { .. } => true,
-            _ => false,
+            DumpError::Upload { error, .. } | DumpError::Commit { error, .. } => error.retry(),
+            DumpError::Snapshot { error, .. } => error.retry(),
+            DumpError::PgDump { .. } | DumpError::RowCounts { .. } => Retry::Transient,
+            _ => Retry::Permanent,
         }
     }
+}
+
+impl DumpError {
 
     /// A short name of what failed, for the failure log line.
     pub(crate) fn stage(&self) -> &'static str {

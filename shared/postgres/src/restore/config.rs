@@ -9,7 +9,7 @@
 
 use std::str::FromStr;
 
-use backstop_core::config::{ConfigError, Env};
+use backstop_core::config::{ConfigError, Env, hint};
 use backstop_core::crypto::{BackupSecretKey, CryptoError, KeySource, KeyUnwrap, VerifyingKey};
 use backstop_core::naming::{BackupId, MAX_NAME_BYTES, NameError, Namespace, namespace_for_branch};
 use backstop_core::store::ObjectStore;
@@ -215,12 +215,9 @@ async fn load_secret_key(
     setting: Option<String>,
     kms: &dyn KeyUnwrap,
 ) -> Result<BackupSecretKey, ConfigError> {
-    let key_text = setting.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
-        missing(
-            BACKUP_KEY_VAR,
-            "the backup secret key: file:/path/backup.sec.asc or gcpkms:projects/P/locations/L/keyRings/R/cryptoKeys/K:/path/backup.sec.asc.kms",
-        )
-    })?;
+    let key_text = setting
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| missing(BACKUP_KEY_VAR, hint::BACKUP_KEY))?;
     let shown = shown_key_setting(&key_text);
     let bad = |e: CryptoError| invalid(BACKUP_KEY_VAR, &shown, e.to_string());
     let source = KeySource::from_str(&key_text).map_err(bad)?;
@@ -229,12 +226,9 @@ async fn load_secret_key(
 
 /// `BACKSTOP_SIGNING_PUBLIC_KEY`: the keys a manifest must be signed with.
 async fn load_signing_keys(setting: Option<String>) -> Result<Vec<VerifyingKey>, ConfigError> {
-    let signing = setting.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
-        missing(
-            SIGNING_PUBLIC_KEY_VAR,
-            "the dump job's public signing key: file:/path/signing.pub.asc, or the armored key",
-        )
-    })?;
+    let signing = setting
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| missing(SIGNING_PUBLIC_KEY_VAR, hint::SIGNING_PUBLIC_KEY))?;
     let pairs = [(SIGNING_PUBLIC_KEY_VAR, signing)];
     backstop_core::trust::signing_keys_from_env(&Env::from_pairs(pairs)).await
 }

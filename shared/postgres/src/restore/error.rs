@@ -129,6 +129,19 @@ impl From<PgError> for RestoreError {
     }
 }
 
+impl backstop_core::error::Classify for RestoreError {
+    /// Unreachable clouds or servers may pass; a bad backup, a refused
+    /// target, a failed `pg_restore` or a verification failure need a person.
+    fn retry(&self) -> backstop_core::error::Retry {
+        use backstop_core::error::Retry;
+        match self {
+            RestoreError::Store(e) | RestoreError::Download { source: e, .. } => e.retry(),
+            RestoreError::Pg { source, .. } => source.retry(),
+            _ => Retry::Permanent,
+        }
+    }
+}
+
 impl RestoreError {
     /// A short name of what failed (logs and the JSON result).
     pub fn kind(&self) -> &'static str {
