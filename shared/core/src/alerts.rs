@@ -69,3 +69,11 @@ impl AlertSink for LogAlerts {
         Ok(())
     }
 }
+
+/// A failed publish: the topic may be back later (and the alert is in the
+/// error log meanwhile).
+impl crate::error::Classify for AlertError {
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Transient
+    }
+}

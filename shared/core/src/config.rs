@@ -179,6 +179,8 @@ impl Env {
     }
 }
 
+crate::error::permanent!(ConfigError);
+
 #[cfg(test)]
 mod tests {
     use super::*;

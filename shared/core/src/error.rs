@@ -26,98 +26,15 @@ pub trait Classify {
     }
 }
 
-/// Errors that no retry can fix: bad input, bad configuration, bad data.
+/// Implements [`Classify`] as [`Retry::Permanent`] for errors that no retry
+/// can fix (bad input, bad configuration, bad data).
 macro_rules! permanent {
     ($($t:ty),* $(,)?) => {
-        $(impl Classify for $t {
-            fn retry(&self) -> Retry {
-                Retry::Permanent
+        $(impl $crate::error::Classify for $t {
+            fn retry(&self) -> $crate::error::Retry {
+                $crate::error::Retry::Permanent
             }
         })*
     };
 }
-
-permanent!(
-    crate::config::ConfigError,
-    crate::naming::NameError,
-    crate::manifest::ManifestError,
-    crate::events::EventError,
-    crate::retention::PolicyError,
-    crate::retention::BucketConfigError,
-);
-
-/// A failed publish: the topic may be back later (and the alert is in the
-/// error log meanwhile).
-impl Classify for crate::alerts::AlertError {
-    fn retry(&self) -> Retry {
-        Retry::Transient
-    }
-}
-
-impl Classify for crate::store::StoreError {
-    fn retry(&self) -> Retry {
-        use crate::store::StoreError;
-        match self {
-            StoreError::Transient { .. } => Retry::Transient,
-            StoreError::Source { source, .. } if StoreError::io_is_transient(source) => {
-                Retry::Transient
-            }
-            _ => Retry::Permanent,
-        }
-    }
-}
-
-impl Classify for crate::crypto::CryptoError {
-    /// Data errors (a bad backup, a wrong key) are permanent; failures of the
-    /// environment around the data (reading, writing, KMS, a key file, the
-    /// pipeline's threads) may pass.
-    fn retry(&self) -> Retry {
-        use crate::crypto::CryptoError;
-        match self {
-            CryptoError::Input(_)
-            | CryptoError::Output(_)
-            | CryptoError::Pipeline(_)
-            | CryptoError::Kms { .. }
-            | CryptoError::KeyFile { .. } => Retry::Transient,
-            _ => Retry::Permanent,
-        }
-    }
-}
-
-impl Classify for crate::replicate::ReplicateError {
-    fn retry(&self) -> Retry {
-        use crate::replicate::ReplicateError;
-        match self {
-            ReplicateError::UnknownBucket { .. } => Retry::Permanent,
-            ReplicateError::Retry { .. } => Retry::Transient,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::StoreError;
-
-    #[test]
-    fn store_errors_inside_io_keep_their_class() {
-        let transient = StoreError::Transient {
-            store: "mem://".into(),
-            op: "get",
-            key: "k".into(),
-            message: "503".into(),
-        };
-        let wrapped = StoreError::Source {
-            store: "mem://".into(),
-            key: "k".into(),
-            source: transient.into_io(),
-        };
-        assert_eq!(wrapped.retry(), Retry::Transient);
-        let missing = StoreError::NotFound {
-            store: "mem://".into(),
-            key: "k".into(),
-        };
-        assert_eq!(missing.retry(), Retry::Permanent);
-        assert!(!missing.is_transient());
-    }
-}
+pub(crate) use permanent;

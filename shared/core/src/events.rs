@@ -346,6 +346,8 @@ pub fn schedule_from_value(value: &Value) -> Result<ScheduleRequest, EventError>
     }
 }
 
+crate::error::permanent!(EventError);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,6 +177,8 @@ impl Manifest {
     }
 }
 
+crate::error::permanent!(ManifestError);
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -284,6 +284,8 @@ pub fn namespace_for_branch(branch: &str) -> Namespace {
     Namespace::new(&name).expect("slug is valid by construction")
 }
 
+crate::error::permanent!(NameError);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -497,3 +497,12 @@ fn verify_while_streaming(
     });
     byte_stream(stream)
 }
+
+impl crate::error::Classify for ReplicateError {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            ReplicateError::UnknownBucket { .. } => crate::error::Retry::Permanent,
+            ReplicateError::Retry { .. } => crate::error::Retry::Transient,
+        }
+    }
+}

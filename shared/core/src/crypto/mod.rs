@@ -493,3 +493,19 @@ pub mod fuzzing {
         }
     }
 }
+
+impl crate::error::Classify for CryptoError {
+    /// Data errors (a bad backup, a wrong key) are permanent; failures of the
+    /// environment around the data (reading, writing, KMS, a key file, the
+    /// pipeline's threads) may pass.
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            CryptoError::Input(_)
+            | CryptoError::Output(_)
+            | CryptoError::Pipeline(_)
+            | CryptoError::Kms { .. }
+            | CryptoError::KeyFile { .. } => crate::error::Retry::Transient,
+            _ => crate::error::Retry::Permanent,
+        }
+    }
+}

@@ -734,6 +734,8 @@ pub fn format_age(d: TimeDelta) -> String {
     }
 }
 
+crate::error::permanent!(PolicyError);
+
 #[cfg(test)]
 #[path = "policy_tests.rs"]
 mod tests;

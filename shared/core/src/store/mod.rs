@@ -345,9 +345,22 @@ pub fn rechunk(body: ByteStream, size: usize) -> impl Stream<Item = io::Result<B
     )
 }
 
+impl crate::error::Classify for StoreError {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            StoreError::Transient { .. } => crate::error::Retry::Transient,
+            StoreError::Source { source, .. } if StoreError::io_is_transient(source) => {
+                crate::error::Retry::Transient
+            }
+            _ => crate::error::Retry::Permanent,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{Classify, Retry};
 
     #[tokio::test]
     async fn rechunk_makes_fixed_parts() {
@@ -389,5 +402,27 @@ mod tests {
         }
         .into_io();
         assert!(!StoreError::io_is_transient(&permanent));
+    }
+
+    #[test]
+    fn store_errors_inside_io_keep_their_class() {
+        let transient = StoreError::Transient {
+            store: "mem://".into(),
+            op: "get",
+            key: "k".into(),
+            message: "503".into(),
+        };
+        let wrapped = StoreError::Source {
+            store: "mem://".into(),
+            key: "k".into(),
+            source: transient.into_io(),
+        };
+        assert_eq!(wrapped.retry(), Retry::Transient);
+        let missing = StoreError::NotFound {
+            store: "mem://".into(),
+            key: "k".into(),
+        };
+        assert_eq!(missing.retry(), Retry::Permanent);
+        assert!(!missing.is_transient());
     }
 }

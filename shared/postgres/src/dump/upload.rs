@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
+use backstop_core::error::Classify;
 use backstop_core::store::{ByteStream, ObjectStore, PutOptions, StoreError, byte_stream};
 
 use super::config::RetryPolicy;

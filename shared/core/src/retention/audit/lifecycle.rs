@@ -349,3 +349,5 @@ fn rule_finding(
         ),
     })
 }
+
+crate::error::permanent!(BucketConfigError);
