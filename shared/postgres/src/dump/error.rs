@@ -6,9 +6,9 @@
 //! [`std::error::Error::source`], so that `{e:#}` (how the CLI prints
 //! errors) shows each cause once.
 
-use backstop_core::error::{Classify, Retry};
 use backstop_core::config::ConfigError;
 use backstop_core::crypto::CryptoError;
+use backstop_core::error::{Classify, Retry};
 use backstop_core::naming::NameError;
 use backstop_core::store::StoreError;
 
@@ -82,7 +82,6 @@ impl Classify for DumpError {
 }
 
 impl DumpError {
-
     /// A short name of what failed, for the failure log line.
     pub(crate) fn stage(&self) -> &'static str {
         match self {
