@@ -1,4 +1,5 @@
-//! `backstop`: the operator CLI. Thin over the `backstop` library: every
+//! `backstop`: the operator CLI. Thin over the library crates (core, cloud,
+//! postgres, functions; see shared/ARCHITECTURE.md): every
 //! subcommand reads its configuration, builds clients and calls one library
 //! function.
 
