@@ -135,12 +135,7 @@ pub async fn write_backup(
         id,
         keys,
         summary.plaintext_size,
-        CiphertextInfo {
-            object: DATA_FILE.into(),
-            size: summary.ciphertext.size,
-            sha256: summary.ciphertext.sha256.clone(),
-            crc32c: summary.ciphertext.crc32c,
-        },
+        summary.ciphertext_info(DATA_FILE),
         summary.recipients.clone(),
     );
     let (bytes, signature) = sign_manifest(&manifest, &keys.signer()).expect("sign");

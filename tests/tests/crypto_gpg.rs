@@ -394,6 +394,8 @@ fn manifest_signed_by(signer: &str) -> Manifest {
             size: 100,
             sha256: "00".repeat(32),
             crc32c: 1,
+            chunk_size: backstop_core::crypto::chunks::CHUNK_SIZE,
+            chunks: vec!["00".repeat(32)],
         },
         recipients: vec!["AB".repeat(20)],
         signer: signer.to_string(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use backstop_cloud::gcs::GcsStore;
 use backstop_core::config::Env;
+use backstop_core::crypto::chunks::ChunkHasher;
 use backstop_core::crypto::inspect::DigestState;
 use backstop_core::crypto::{
     BackupSecretKey, CryptoError, GeneratedKey, KeyAlgorithm, NoKms, SigningKey, VerifyingKey,
@@ -237,6 +238,8 @@ impl Fixture {
                 VerifyingKey::from_armored(&self.signing_key.public_armored).unwrap(),
             ],
             write_drill: true,
+            jobs: 1,
+            spool_dir: std::env::temp_dir(),
         }
     }
 
@@ -485,6 +488,9 @@ async fn tamper(fx: &Fixture, gcs: &GcsStore, data: Vec<u8>, resign: bool) {
         manifest.ciphertext.size = d.size;
         manifest.ciphertext.sha256 = d.sha256;
         manifest.ciphertext.crc32c = d.crc32c;
+        let mut chunks = ChunkHasher::new(manifest.ciphertext.chunk_size);
+        chunks.update(&data);
+        manifest.ciphertext.chunks = chunks.finish();
         let key = SigningKey::from_armored(&fx.signing_key.secret_armored).unwrap();
         let (bytes, sig) = sign_manifest(&manifest, &key).unwrap();
         gcs.put_bytes(
@@ -569,7 +575,8 @@ async fn tampered_backup_fails_and_leaves_the_target_untouched() {
                 matches!(
                     err,
                     RestoreError::Data {
-                        source: CryptoError::IntegrityCheckFailed
+                        source: CryptoError::IntegrityCheckFailed,
+                        ..
                     }
                 ),
                 "{what}: {err}"

@@ -170,6 +170,14 @@ async fn audit_flags_what_was_planted() {
             size: dump.len() as u64,
             sha256: "00".repeat(32),
             crc32c: 0,
+            chunk_size: backstop_core::crypto::chunks::CHUNK_SIZE,
+            chunks: vec![
+                "00".repeat(32);
+                backstop_core::crypto::chunks::chunk_count(
+                    dump.len() as u64,
+                    backstop_core::crypto::chunks::CHUNK_SIZE
+                ) as usize
+            ],
         },
         recipients: vec![keys.backup.working_fingerprint.clone()],
         signer: keys.signing.fingerprint.clone(),

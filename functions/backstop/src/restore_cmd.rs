@@ -12,7 +12,7 @@ use backstop_cloud::s3::S3Store;
 use backstop_core::config::Env;
 use backstop_core::store::ObjectStore;
 use backstop_postgres::restore::{
-    Clouds, NoProgress, Progress, RestoreConfig, RestoreSettings, restore,
+    Clouds, NoProgress, Progress, RestoreConfig, RestoreSettings, restore_reporting,
 };
 
 use backstop_cloud::gcs::GCS_BUCKET_VAR;
@@ -71,6 +71,16 @@ pub struct RestoreArgs {
     /// Directory of pg_restore (its major version >= the dump's); else PG_BINDIR, else PATH.
     #[arg(long, env = "BACKSTOP_PG_BINDIR")]
     pub pg_bindir: Option<PathBuf>,
+    /// Parallel pg_restore jobs. 1 (the default) streams the authenticated
+    /// archive into one transaction; more spool the decrypted archive to
+    /// --spool-dir (0600, removed afterwards; free space checked first) and
+    /// run pg_restore -j N into a new or staging database.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: u32,
+    /// Directory for spooled data (--jobs, and backups written before chunk
+    /// digests, which are verified whole before use).
+    #[arg(long, env = "BACKSTOP_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
     /// Do not write a drill record.
     #[arg(long)]
     pub no_drill_record: bool,
@@ -247,6 +257,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
             .pg_bindir
             .filter(|p| !p.as_os_str().is_empty())
             .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
+        jobs: Some(args.jobs),
+        spool_dir: args.spool_dir,
     };
     let mut config =
         RestoreConfig::load(settings, &backstop_cloud::kms::CloudKms::from_env(&env)).await?;
@@ -262,7 +274,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     } else {
         Box::new(NoProgress)
     };
-    match restore(&config, clouds, progress.as_ref()).await {
+    match restore_reporting(&config, clouds, progress.as_ref()).await {
         Ok(report) => {
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.success {
@@ -278,11 +290,15 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
                 )
             }
         }
-        Err(e) => {
+        Err(failed) => {
+            let e = failed.error;
             let json = serde_json::json!({
                 "success": false,
                 "kind": e.kind(),
                 "error": e.to_string(),
+                "backup_id": failed.backup_id,
+                "cloud": failed.cloud,
+                "fallback_reason": failed.fallback_reason,
             });
             println!("{}", serde_json::to_string_pretty(&json)?);
             Err(e.into())

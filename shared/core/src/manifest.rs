@@ -17,10 +17,16 @@ pub const DUMP_FORMAT: &str = "custom";
 
 /// The manifest's `kind`: tells a Backstop manifest from any other JSON.
 pub const MANIFEST_KIND: &str = "backstop.manifest";
-/// The newest manifest `version` this build writes and reads.
-pub const MANIFEST_VERSION: u32 = 1;
-/// Manifests are small; anything larger is not one of ours.
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// The newest manifest `version` this build writes and reads. Version 2
+/// adds chunk digests (`ciphertext.chunk_size`, `ciphertext.chunks`);
+/// version 1 manifests stay readable.
+pub const MANIFEST_VERSION: u32 = 2;
+/// The first version whose manifests must carry chunk digests.
+pub const CHUNKED_VERSION: u32 = 2;
+/// Manifests are small (a chunk digest costs 67 bytes per 8 MiB of backup,
+/// so 16 MiB holds the list of a backup of almost 2 TiB); anything larger
+/// is not one of ours.
+pub const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
 
 /// The encrypted data object, as the dump job wrote it: what a verifier checks
 /// the stored object against.
@@ -35,6 +41,19 @@ pub struct CiphertextInfo {
     /// The CRC32C as GCS reports it: big-endian, base64 of 4 bytes, and as a
     /// number here for humans.
     pub crc32c: u32,
+    /// Size of the digested chunks (`crypto::chunks`); 0 in version 1
+    /// manifests, which have none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunk_size: u64,
+    /// SHA-256 (lower-case hex) of every `chunk_size` piece of the
+    /// ciphertext, in order; the last piece may be shorter. Empty in
+    /// version 1 manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A backup's manifest (`manifest.json`), stored with its detached signature.
@@ -162,6 +181,10 @@ impl Manifest {
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
         m.id()?;
+        if m.version >= CHUNKED_VERSION || !m.ciphertext.chunks.is_empty() {
+            crate::crypto::chunks::check_chunk_list(&m.ciphertext)
+                .map_err(|e| ManifestError::Malformed(format!("ciphertext.chunks: {e}")))?;
+        }
         Ok(m)
     }
 
@@ -208,6 +231,8 @@ pub(crate) mod tests {
                 size: 1100,
                 sha256: "00".repeat(32),
                 crc32c: 7,
+                chunk_size: crate::crypto::chunks::CHUNK_SIZE,
+                chunks: vec!["00".repeat(32)],
             },
             recipients: vec!["AB".repeat(20)],
             signer: "CD".repeat(20),
@@ -226,10 +251,10 @@ pub(crate) mod tests {
     #[test]
     fn rejects_future_versions_other_kinds_and_junk() {
         let mut v: serde_json::Value = serde_json::from_slice(&sample().to_bytes()).unwrap();
-        v["version"] = 2.into();
+        v["version"] = (MANIFEST_VERSION + 1).into();
         assert_eq!(
             Manifest::parse(&serde_json::to_vec(&v).unwrap()),
-            Err(ManifestError::UnsupportedVersion(2))
+            Err(ManifestError::UnsupportedVersion(MANIFEST_VERSION + 1))
         );
         v["version"] = 1.into();
         v["kind"] = "other".into();
@@ -251,6 +276,25 @@ pub(crate) mod tests {
             Manifest::parse(&serde_json::to_vec(&v).unwrap()),
             Err(ManifestError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn version_1_manifests_without_chunks_stay_readable_and_version_2_needs_them() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_bytes()).unwrap();
+        let ct = v["ciphertext"].as_object_mut().unwrap();
+        ct.remove("chunks");
+        ct.remove("chunk_size");
+        assert!(matches!(
+            Manifest::parse(&serde_json::to_vec(&v).unwrap()),
+            Err(ManifestError::Malformed(m)) if m.contains("chunk")
+        ));
+        v["version"] = 1.into();
+        let m = Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(m.ciphertext.chunks.is_empty() && m.ciphertext.chunk_size == 0);
+        assert!(
+            !String::from_utf8(m.to_bytes()).unwrap().contains("chunk"),
+            "a version 1 manifest keeps its shape"
+        );
     }
 
     #[test]

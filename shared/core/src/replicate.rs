@@ -316,6 +316,17 @@ impl Replicator {
             }
             Err(e) => return Err(retry(&backup_id, e)),
         };
+        // Each chunk is authenticated before any byte of it reaches the
+        // upload, so a bad chunk never becomes a part; the whole-object
+        // checks (structure, recipients, digests) run beside it.
+        let source = if expected.chunks.is_empty() {
+            source
+        } else {
+            match crate::crypto::chunks::authenticated(source, expected) {
+                Ok(s) => as_verification_failures(s),
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        };
         let verified = Arc::new(Mutex::new(None));
         let body = verify_while_streaming(source, verifier, verified.clone());
         if let Err(reason) = self.upload_data(&backup_id, &key, body, expected).await? {
@@ -466,6 +477,20 @@ fn expected_digests(expected: &CiphertextInfo) -> Digests {
         sha256: expected.sha256.clone(),
         crc32c: expected.crc32c,
     }
+}
+
+/// Marks the authentication failures in `body` (a [`CryptoError`] inside
+/// the `io::Error`) as verification failures, told apart from store errors.
+fn as_verification_failures(body: ByteStream) -> ByteStream {
+    byte_stream(body.map(|item| {
+        item.map_err(|e| {
+            if e.get_ref().is_some_and(|x| x.is::<CryptoError>()) {
+                std::io::Error::other(VerificationFailed(CryptoError::from_io(e)))
+            } else {
+                e
+            }
+        })
+    }))
 }
 
 /// Passes `body` through while feeding the verifier; ends with an error

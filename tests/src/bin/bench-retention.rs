@@ -154,12 +154,7 @@ async fn one_ciphertext(keys: &TestKeys) -> anyhow::Result<(Bytes, CiphertextInf
         .await?
         .into();
     let summary = encrypted.summary.get().expect("summary after the stream");
-    let ciphertext = CiphertextInfo {
-        object: DATA_FILE.into(),
-        size: summary.ciphertext.size,
-        sha256: summary.ciphertext.sha256.clone(),
-        crc32c: summary.ciphertext.crc32c,
-    };
+    let ciphertext = summary.ciphertext_info(DATA_FILE);
 
     Ok((data, ciphertext, summary.recipients.clone()))
 }

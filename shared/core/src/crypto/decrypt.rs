@@ -95,13 +95,25 @@ fn session_key(
 /// module documentation). Errors are [`CryptoError`]s inside `io::Error`
 /// (recover them with [`CryptoError::from_io`]).
 pub fn decrypt_stream(input: ByteStream, key: &BackupSecretKey) -> ByteStream {
+    decrypt_stream_sized(input, key, None)
+}
+
+/// [`decrypt_stream`] of a backup whose signed manifest records its
+/// plaintext size: more plaintext is refused before it is produced
+/// ([`CryptoError::PlaintextTooLarge`], the decompression-bomb guard), less
+/// fails at the end ([`CryptoError::PlaintextSizeMismatch`]).
+pub fn decrypt_stream_sized(
+    input: ByteStream,
+    key: &BackupSecretKey,
+    plaintext_size: Option<u64>,
+) -> ByteStream {
     let key = key.clone();
     let input_rx = pipeline::pump(input);
     let (opened_tx, opened_rx) = pipeline::channel::<Bytes>();
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Item<Bytes>>(pipeline::DEPTH);
 
     let open = move || open_stage(key, input_rx, opened_tx);
-    let unwrap = move || unwrap_stage(opened_rx, out_tx);
+    let unwrap = move || unwrap_stage(opened_rx, out_tx, plaintext_size);
 
     let started = pipeline::spawn("backstop-open", open)
         .and_then(|()| pipeline::spawn("backstop-unwrap", unwrap));
@@ -182,10 +194,16 @@ fn open_stage(
 
 /// Stage 2 (thread `backstop-unwrap`): prefix check, SHA-1/MDC and the
 /// inner packets; plaintext goes to `out_tx`.
-fn unwrap_stage(opened_rx: Receiver<Item<Bytes>>, out_tx: tokio::sync::mpsc::Sender<Item<Bytes>>) {
-    let mut unwrapper = Unwrapper::new();
+fn unwrap_stage(
+    opened_rx: Receiver<Item<Bytes>>,
+    out_tx: tokio::sync::mpsc::Sender<Item<Bytes>>,
+    plaintext_size: Option<u64>,
+) {
+    let mut unwrapper = Unwrapper::with_limit(plaintext_size.unwrap_or(u64::MAX));
     let gone = std::cell::Cell::new(false);
+    let produced = std::cell::Cell::new(0u64);
     let mut out = |b: Bytes| {
+        produced.set(produced.get() + b.len() as u64);
         if !gone.get() && out_tx.blocking_send(Item::Data(b)).is_err() {
             gone.set(true);
         }
@@ -204,6 +222,14 @@ fn unwrap_stage(opened_rx: Receiver<Item<Bytes>>, out_tx: tokio::sync::mpsc::Sen
             }
             Item::End(_) => {
                 result = std::mem::take(&mut unwrapper).finish(&mut out).map(|_| ());
+                if let (Ok(()), Some(expected)) = (&result, plaintext_size)
+                    && produced.get() != expected
+                {
+                    result = Err(CryptoError::PlaintextSizeMismatch {
+                        expected,
+                        actual: produced.get(),
+                    });
+                }
                 break;
             }
             Item::Fail(e) => {

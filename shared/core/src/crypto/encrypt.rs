@@ -24,11 +24,13 @@ use rand08::RngCore;
 use tokio::io::AsyncRead;
 use zeroize::Zeroizing;
 
+use super::chunks::{CHUNK_SIZE, ChunkHasher};
 use super::inspect::{DigestState, Digests};
 use super::keys::RecipientKey;
 use super::pipeline::{self, Item};
 use super::seipd::{BodyChunk, Framer, Sealer};
 use super::{CryptoError, hex_upper};
+use crate::manifest::CiphertextInfo;
 use crate::store::ByteStream;
 
 /// What the dump job records in the manifest, known when the stream ends.
@@ -42,6 +44,23 @@ pub struct EncryptSummary {
     /// Fingerprints of the encryption subkeys the session key was encrypted
     /// to (the manifest's `recipients`).
     pub recipients: Vec<String>,
+    /// SHA-256 of every [`CHUNK_SIZE`] piece of the ciphertext.
+    pub chunks: Vec<String>,
+}
+
+impl EncryptSummary {
+    /// The manifest's description of the data object `object` holding this
+    /// ciphertext: size, digests and chunk digests.
+    pub fn ciphertext_info(&self, object: &str) -> CiphertextInfo {
+        CiphertextInfo {
+            object: object.to_string(),
+            size: self.ciphertext.size,
+            sha256: self.ciphertext.sha256.clone(),
+            crc32c: self.ciphertext.crc32c,
+            chunk_size: CHUNK_SIZE,
+            chunks: self.chunks.clone(),
+        }
+    }
 }
 
 /// Filled in when the output stream has yielded its last byte.
@@ -172,18 +191,19 @@ pub fn encrypt_stream_with(
 
     // Stage 3: ciphertext digests.
     let summary = SummaryHandle::default();
-    let (digest_tx, digest_rx) = std::sync::mpsc::sync_channel::<Digests>(1);
+    let (digest_tx, digest_rx) = std::sync::mpsc::sync_channel::<(Digests, Vec<String>)>(1);
     pipeline::spawn("backstop-digest", move || {
         digest_stage(sealed_rx, digest_tx, out_tx)
     })?;
 
     let handle = summary.clone();
     let stream = pipeline::output_stream(out_rx, move |plaintext_size| {
-        if let Ok(ciphertext) = digest_rx.try_recv() {
+        if let Ok((ciphertext, chunks)) = digest_rx.try_recv() {
             handle.set(EncryptSummary {
                 ciphertext,
                 plaintext_size,
                 recipients: fprs,
+                chunks,
             });
         }
     });
@@ -252,20 +272,27 @@ fn seal_stage(
     let _ = sealed_tx.send(Item::Fail(pipeline::vanished("framing")));
 }
 
-/// Stage 3 (thread `backstop-digest`): size, SHA-256 and CRC32C of the
-/// ciphertext on its way out; the digests go to `digest_tx` at the end.
+/// Stage 3 (thread `backstop-digest`): size, SHA-256, CRC32C and chunk
+/// digests of the ciphertext on its way out; they go to `digest_tx` at the
+/// end.
 fn digest_stage(
     sealed_rx: Receiver<Item<Bytes>>,
-    digest_tx: SyncSender<Digests>,
+    digest_tx: SyncSender<(Digests, Vec<String>)>,
     out_tx: tokio::sync::mpsc::Sender<Item<Bytes>>,
 ) {
     let mut d = DigestState::new();
+    let mut chunks = ChunkHasher::new(CHUNK_SIZE);
     for item in sealed_rx.iter() {
         let stop = !matches!(item, Item::Data(_));
         match &item {
-            Item::Data(b) => d.update(b),
+            Item::Data(b) => {
+                d.update(b);
+                chunks.update(b);
+            }
             Item::End(_) => {
-                let _ = digest_tx.send(std::mem::take(&mut d).finish());
+                let digests = std::mem::take(&mut d).finish();
+                let chunks = std::mem::replace(&mut chunks, ChunkHasher::new(CHUNK_SIZE));
+                let _ = digest_tx.send((digests, chunks.finish()));
             }
             Item::Fail(_) => {}
         }

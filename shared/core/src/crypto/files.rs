@@ -404,7 +404,6 @@ mod tests {
     use super::*;
     use crate::crypto::keys::tests::test_keys;
     use crate::crypto::{RecipientKey, SigningKey, encrypt_stream, sign_manifest};
-    use crate::manifest::CiphertextInfo;
     use crate::store::byte_stream;
 
     /// A fresh directory under the system temp dir, removed on drop.
@@ -481,12 +480,7 @@ mod tests {
         let (data, summary) = encrypt(plain).await;
         let mut m = crate::manifest::tests::sample();
         m.plaintext_size = summary.plaintext_size;
-        m.ciphertext = CiphertextInfo {
-            object: crate::naming::DATA_FILE.into(),
-            size: summary.ciphertext.size,
-            sha256: summary.ciphertext.sha256.clone(),
-            crc32c: summary.ciphertext.crc32c,
-        };
+        m.ciphertext = summary.ciphertext_info(crate::naming::DATA_FILE);
         m.recipients = summary.recipients.clone();
         m.signer = k.signing.fingerprint.clone();
         let key = SigningKey::from_armored(&k.signing.secret_armored).unwrap();

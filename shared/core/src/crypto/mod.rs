@@ -25,11 +25,14 @@
 //! - [`inspect`]: [`PacketInspector`], [`DigestChecker`] and
 //!   [`BackupVerifier`]: checks a backup while it streams past, with public
 //!   keys only.
+//! - [`chunks`]: chunk digests and the [`chunks::ChunkGate`] that hands on
+//!   only authenticated ciphertext.
 //! - [`sign`]: [`sign_manifest`] / [`verify_manifest`] (detached armored
 //!   OpenPGP signatures that `gpg --verify` accepts).
 //! - [`KeyUnwrap`]: the seam for KMS-wrapped secret keys (Cloud KMS is the
 //!   cloud crate's `CloudKms`).
 
+pub mod chunks;
 mod compress;
 pub mod decrypt;
 pub mod encrypt;
@@ -43,7 +46,7 @@ pub mod sign;
 #[cfg(test)]
 mod tests;
 
-pub use decrypt::{decrypt_stream, decrypt_to_writer};
+pub use decrypt::{decrypt_stream, decrypt_stream_sized, decrypt_to_writer};
 pub use encrypt::{
     Compression, EncryptSummary, EncryptedStream, SummaryHandle, encrypt_reader, encrypt_stream,
     encrypt_stream_with,
@@ -339,6 +342,47 @@ pub enum CryptoError {
         expected: u32,
         /// CRC32C of the data.
         actual: u32,
+    },
+    /// A chunk of the ciphertext differs from its digest in the signed
+    /// manifest. Nothing of this chunk (or after it) was handed on.
+    #[error(
+        "ciphertext chunk {index} of {count} (from byte {offset}) does not match its digest in the signed manifest: the object was modified or replaced; nothing of it was used"
+    )]
+    ChunkMismatch {
+        /// Zero-based chunk number.
+        index: usize,
+        /// The chunk's first byte in the object.
+        offset: u64,
+        /// How many chunks the manifest lists.
+        count: usize,
+    },
+    /// The manifest has no chunk digests (written before they existed), so
+    /// the data can only be authenticated whole.
+    #[error(
+        "the manifest has no chunk digests (an older backup): the data must be verified whole before use"
+    )]
+    NoChunkDigests,
+    /// The manifest's chunk list does not fit its ciphertext size.
+    #[error("the manifest's chunk digests are unusable: {0}")]
+    ChunkList(String),
+    /// Decryption produced more plaintext than the signed manifest says the
+    /// dump had (a decompression bomb, or another backup's data).
+    #[error(
+        "decryption produced more than the {limit} bytes of plaintext the signed manifest records: refusing the rest (decompression bomb or substituted data)"
+    )]
+    PlaintextTooLarge {
+        /// The manifest's `plaintext_size`.
+        limit: u64,
+    },
+    /// Decryption ended with less plaintext than the signed manifest says.
+    #[error(
+        "decryption produced {actual} bytes of plaintext, the signed manifest records {expected}: the data does not belong to this manifest"
+    )]
+    PlaintextSizeMismatch {
+        /// The manifest's `plaintext_size`.
+        expected: u64,
+        /// Bytes produced.
+        actual: u64,
     },
 
     // ---- signatures ------------------------------------------------------

@@ -463,11 +463,16 @@ impl Default for Unwrapper {
 
 impl Unwrapper {
     pub fn new() -> Self {
+        Self::with_limit(u64::MAX)
+    }
+
+    /// An unwrapper that fails once the plaintext exceeds `limit` bytes.
+    pub fn with_limit(limit: u64) -> Self {
         Unwrapper {
             sha1: Sha1::new(),
             prefix: Vec::with_capacity(PREFIX_LEN),
             tail: Vec::with_capacity(2 * MDC_LEN),
-            inner: InnerParser::new(0),
+            inner: InnerParser::with_limit(0, limit),
             total: 0,
         }
     }

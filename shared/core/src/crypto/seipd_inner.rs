@@ -12,6 +12,8 @@ use crate::crypto::packet::{self, BodyLen, Parsed, tag};
 /// layer of compression), skipping signature-related and padding packets.
 pub(crate) struct InnerParser {
     depth: u8,
+    /// Most literal data bytes this message may hold (`u64::MAX`: any).
+    limit: u64,
     hdr: Vec<u8>,
     state: InnerState,
     literal_seen: bool,
@@ -33,7 +35,13 @@ enum InnerState {
 }
 
 enum Handler {
-    Literal { head: Vec<u8>, head_done: bool },
+    Literal {
+        head: Vec<u8>,
+        head_done: bool,
+        /// Literal bytes still allowed before the limit.
+        left: u64,
+        limit: u64,
+    },
     Compressed(Box<Compressed>),
     Skip,
 }
@@ -128,7 +136,7 @@ impl Compressed {
 }
 
 impl Handler {
-    fn for_tag(t: u8, depth: u8, literal_seen: bool) -> Result<Handler, CryptoError> {
+    fn for_tag(t: u8, depth: u8, literal_seen: bool, limit: u64) -> Result<Handler, CryptoError> {
         match t {
             tag::LITERAL => {
                 if literal_seen {
@@ -139,12 +147,14 @@ impl Handler {
                 Ok(Handler::Literal {
                     head: Vec::new(),
                     head_done: false,
+                    left: limit,
+                    limit,
                 })
             }
             tag::COMPRESSED if depth == 0 => Ok(Handler::Compressed(Box::new(Compressed {
                 algo: None,
                 dec: None,
-                nested: InnerParser::new(depth + 1),
+                nested: InnerParser::with_limit(depth + 1, limit),
                 done: false,
             }))),
             tag::COMPRESSED => Err(CryptoError::InnerPacket(
@@ -162,7 +172,12 @@ impl Handler {
 
     fn push(&mut self, data: Bytes, out: &mut dyn FnMut(Bytes)) -> Result<(), CryptoError> {
         match self {
-            Handler::Literal { head, head_done } => {
+            Handler::Literal {
+                head,
+                head_done,
+                left,
+                limit,
+            } => {
                 let mut data = data;
                 if !*head_done {
                     // format (1), name length (1), name, date (4)
@@ -184,6 +199,12 @@ impl Handler {
                     }
                 }
                 if !data.is_empty() {
+                    // Checked before anything is handed on, so a bomb stops
+                    // within one inflate buffer of the limit.
+                    if data.len() as u64 > *left {
+                        return Err(CryptoError::PlaintextTooLarge { limit: *limit });
+                    }
+                    *left -= data.len() as u64;
                     out(data);
                 }
                 Ok(())
@@ -215,8 +236,14 @@ impl Handler {
 
 impl InnerParser {
     pub fn new(depth: u8) -> Self {
+        Self::with_limit(depth, u64::MAX)
+    }
+
+    /// A parser that fails once the literal data exceeds `limit` bytes.
+    pub fn with_limit(depth: u8, limit: u64) -> Self {
         InnerParser {
             depth,
+            limit,
             hdr: Vec::with_capacity(8),
             state: InnerState::Header,
             literal_seen: false,
@@ -275,7 +302,7 @@ impl InnerParser {
             Ok(Parsed::Done(h, used)) => {
                 let _ = data.split_to(used - start);
                 self.hdr.clear();
-                let handler = Handler::for_tag(h.tag, self.depth, self.literal_seen)?;
+                let handler = Handler::for_tag(h.tag, self.depth, self.literal_seen, self.limit)?;
                 self.state = match h.len {
                     BodyLen::Fixed(n) => InnerState::Body {
                         remaining: n,

@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 
 use super::keys::tests::test_keys;
 use super::*;
-use crate::manifest::{CiphertextInfo, Manifest, ManifestError};
+use crate::manifest::{Manifest, ManifestError};
 use crate::store::{ByteStream, byte_stream};
 
 /// Deterministic filler in chunks of `chunk` bytes.
@@ -218,12 +218,7 @@ async fn make_backup(plain: &[u8], to: &[RecipientKey], stamp_nonce: &str) -> Ba
     let mut m = crate::manifest::tests::sample();
     m.backup_id = format!("production/app/20261127T030000Z-{stamp_nonce}");
     m.plaintext_size = summary.plaintext_size;
-    m.ciphertext = CiphertextInfo {
-        object: crate::naming::DATA_FILE.into(),
-        size: summary.ciphertext.size,
-        sha256: summary.ciphertext.sha256.clone(),
-        crc32c: summary.ciphertext.crc32c,
-    };
+    m.ciphertext = summary.ciphertext_info(crate::naming::DATA_FILE);
     m.recipients = summary.recipients.clone();
     m.signer = k.signing.fingerprint.clone();
     let key = SigningKey::from_armored(&k.signing.secret_armored).unwrap();
@@ -629,4 +624,58 @@ fn inspector_is_incremental_and_refuses_use_after_error() {
         insp.feed(&[0xd2, 0x30, 0x01]),
         Err(CryptoError::NoRecipientsInMessage)
     ));
+}
+
+/// A decompression bomb inside a message that is otherwise fine: the
+/// decryption of a backup stops at the manifest's plaintext size, before
+/// producing more.
+#[tokio::test]
+async fn decryption_stops_at_the_signed_plaintext_size() {
+    let k = test_keys();
+    let key = secret(&k.backup);
+    let to = [recipient(&k.backup)];
+    let bomb = vec![0u8; 64 << 20];
+    let enc = encrypt_stream_with(chunked(&bomb, 1 << 20), &to, encrypt::Compression::Zip).unwrap();
+    let ct: Vec<Bytes> = enc.stream.try_collect().await.unwrap();
+    let ct = ct.concat();
+    assert!(
+        ct.len() < 1 << 20,
+        "64 MiB of zeros deflate to {}",
+        ct.len()
+    );
+
+    let limit = 1u64 << 20;
+    let mut s = decrypt_stream_sized(chunked(&ct, 1 << 16), &key, Some(limit));
+    let mut produced = 0u64;
+    let err = loop {
+        match futures::StreamExt::next(&mut s).await {
+            Some(Ok(b)) => produced += b.len() as u64,
+            Some(Err(e)) => break CryptoError::from_io(e),
+            None => panic!("the bomb decrypted in full"),
+        }
+    };
+    assert!(
+        matches!(err, CryptoError::PlaintextTooLarge { limit: l } if l == limit),
+        "{err}"
+    );
+    assert!(
+        produced <= limit,
+        "{produced} bytes produced past the limit"
+    );
+
+    // Less plaintext than the manifest says is an error too.
+    let out: Result<Vec<Bytes>, std::io::Error> =
+        decrypt_stream_sized(chunked(&ct, 1 << 16), &key, Some((64 << 20) + 1))
+            .try_collect()
+            .await;
+    assert!(matches!(
+        out.map_err(CryptoError::from_io),
+        Err(CryptoError::PlaintextSizeMismatch { .. })
+    ));
+    // The exact size passes.
+    let out: Vec<Bytes> = decrypt_stream_sized(chunked(&ct, 1 << 16), &key, Some(64 << 20))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(out.iter().map(|b| b.len()).sum::<usize>(), 64 << 20);
 }

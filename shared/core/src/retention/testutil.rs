@@ -107,6 +107,13 @@ pub fn data_size(plaintext: u64) -> u64 {
     plaintext + 100
 }
 
+/// Chunk digests that fit an object of `size` bytes (not its real ones:
+/// these tests never read data).
+fn placeholder_chunks(size: u64) -> Vec<String> {
+    let n = crate::crypto::chunks::chunk_count(size, crate::crypto::chunks::CHUNK_SIZE);
+    vec!["00".repeat(32); n as usize]
+}
+
 pub fn manifest_for(id: &BackupId, plaintext: u64, rows: u64) -> Manifest {
     Manifest {
         server_version: "16.4".into(),
@@ -117,6 +124,8 @@ pub fn manifest_for(id: &BackupId, plaintext: u64, rows: u64) -> Manifest {
             size: data_size(plaintext),
             sha256: format!("{:064x}", plaintext),
             crc32c: 0,
+            chunk_size: crate::crypto::chunks::CHUNK_SIZE,
+            chunks: placeholder_chunks(data_size(plaintext)),
         },
         recipients: vec!["AB".repeat(20)],
         signer: "CD".repeat(20),

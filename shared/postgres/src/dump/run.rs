@@ -12,7 +12,7 @@ use serde::Serialize;
 use backstop_core::crypto::{
     Compression, CryptoError, EncryptSummary, SummaryHandle, encrypt_stream_with, sign_manifest,
 };
-use backstop_core::manifest::{CiphertextInfo, Manifest};
+use backstop_core::manifest::Manifest;
 use backstop_core::naming::{BackupId, DATA_FILE};
 use backstop_core::store::{ObjectMeta, ObjectStore, PutOptions, StoreError};
 
@@ -226,12 +226,7 @@ impl Job<'_> {
             started_at,
             finished_at: Utc::now(),
             plaintext_size: summary.plaintext_size,
-            ciphertext: CiphertextInfo {
-                object: DATA_FILE.into(),
-                size: summary.ciphertext.size,
-                sha256: summary.ciphertext.sha256.clone(),
-                crc32c: summary.ciphertext.crc32c,
-            },
+            ciphertext: summary.ciphertext_info(DATA_FILE),
             recipients: summary.recipients.clone(),
             signer: self.config.signing_key.fingerprint(),
             tables: data.tables.clone(),

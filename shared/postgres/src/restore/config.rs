@@ -100,7 +100,18 @@ pub struct RestoreConfig {
     pub signing_keys: Vec<VerifyingKey>,
     /// Write a drill record (default true).
     pub write_drill: bool,
+    /// `pg_restore` jobs: 1 streams into one transaction (the default);
+    /// more spool the verified archive to [`Self::spool_dir`] and restore
+    /// it with `pg_restore -j` into a new or staging database.
+    pub jobs: u32,
+    /// Where verified data is spooled (older backups without chunk digests,
+    /// and `--jobs`): `BACKSTOP_SPOOL_DIR`, else the system's temporary
+    /// directory.
+    pub spool_dir: std::path::PathBuf,
 }
+
+/// The most `pg_restore` jobs `--jobs` accepts.
+pub const MAX_JOBS: u32 = 64;
 
 /// Raw settings, from the command line and the environment.
 #[derive(Debug, Clone, Default)]
@@ -120,6 +131,10 @@ pub struct RestoreSettings {
     pub signing_public_key: Option<String>,
     /// `BACKSTOP_PG_BINDIR` (else `PG_BINDIR`, else `PATH`).
     pub pg_bindir: Option<std::path::PathBuf>,
+    /// `--jobs` (default 1).
+    pub jobs: Option<u32>,
+    /// `BACKSTOP_SPOOL_DIR` (default: the system's temporary directory).
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 impl RestoreConfig {
@@ -146,7 +161,24 @@ impl RestoreConfig {
             secret_key,
             signing_keys,
             write_drill: true,
+            jobs: check_jobs(s.jobs)?,
+            spool_dir: s
+                .spool_dir
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or_else(std::env::temp_dir),
         })
+    }
+}
+
+/// `--jobs`: 1 (the default) to [`MAX_JOBS`].
+fn check_jobs(jobs: Option<u32>) -> Result<u32, ConfigError> {
+    match jobs.unwrap_or(1) {
+        n @ 1..=MAX_JOBS => Ok(n),
+        n => Err(invalid(
+            "--jobs",
+            &n.to_string(),
+            format!("give 1 (stream into one transaction) to {MAX_JOBS} parallel pg_restore jobs"),
+        )),
     }
 }
 

@@ -39,12 +39,23 @@ pub enum RestoreError {
         what: String,
         source: PgError,
     },
+    /// The backup's data failed authentication or decryption; nothing of
+    /// it was used. `object`: the cloud object it was read from.
     Data {
+        object: String,
         source: CryptoError,
     },
+    /// `pg_restore` failed. `committed`: it was not one transaction
+    /// (`--jobs`), so what it wrote stays until the database is dropped.
     PgRestore {
         status: String,
         stderr: String,
+        committed: bool,
+    },
+    /// Verified data could not be spooled to local disk.
+    Spool {
+        path: String,
+        message: String,
     },
     Download {
         store: String,
@@ -75,13 +86,29 @@ impl fmt::Display for RestoreError {
                 write!(f, "refusing to restore into {database}: {reason}")
             }
             RestoreError::Pg { what, source } => write!(f, "{what}: {source}"),
-            RestoreError::Data { source } => write!(
+            RestoreError::Data { object, source } => write!(
                 f,
-                "the backup data failed verification: {source}. Nothing was committed: pg_restore was stopped before the end of its input, so the target is as it was"
+                "the backup data {object} failed verification: {source}. Nothing was committed: pg_restore never received the unverified bytes, so the target is as it was"
             ),
-            RestoreError::PgRestore { status, stderr } => write!(
+            RestoreError::PgRestore {
+                status,
+                stderr,
+                committed: false,
+            } => write!(
                 f,
                 "pg_restore failed ({status}): {stderr}. Its single transaction was rolled back, so the target is as it was"
+            ),
+            RestoreError::PgRestore {
+                status,
+                stderr,
+                committed: true,
+            } => write!(
+                f,
+                "pg_restore failed ({status}): {stderr}. It ran with parallel jobs (not one transaction) into a database created for this restore, which is dropped again"
+            ),
+            RestoreError::Spool { path, message } => write!(
+                f,
+                "cannot spool the verified backup to {path}: {message}. Set BACKSTOP_SPOOL_DIR (--spool-dir) to a directory with enough free space, or restore without --jobs"
             ),
             RestoreError::Download { store, source } => write!(
                 f,
@@ -93,7 +120,7 @@ impl fmt::Display for RestoreError {
                 cleanup,
             } => write!(
                 f,
-                "pg_restore committed before the backup finished its integrity check, and the check then failed ({reason}); the database {database} holds unverified data{cleanup}"
+                "pg_restore committed, but the restore is not complete and verified ({reason}); the database {database} must not be used{cleanup}"
             ),
         }
     }
@@ -154,6 +181,7 @@ impl RestoreError {
             RestoreError::Pg { .. } => "postgres",
             RestoreError::Data { .. } => "verification",
             RestoreError::PgRestore { .. } => "pg_restore",
+            RestoreError::Spool { .. } => "spool",
             RestoreError::Download { .. } => "download",
             RestoreError::CommittedUnverified { .. } => "committed_unverified",
         }
@@ -217,10 +245,11 @@ mod tests {
             ),
             (
                 RestoreError::Data {
+                    object: "gs://b/k".into(),
                     source: CryptoError::IntegrityCheckFailed,
                 },
                 format!(
-                    "the backup data failed verification: {}. Nothing was committed: pg_restore was stopped before the end of its input, so the target is as it was",
+                    "the backup data gs://b/k failed verification: {}. Nothing was committed: pg_restore never received the unverified bytes, so the target is as it was",
                     CryptoError::IntegrityCheckFailed
                 ),
             ),
@@ -228,8 +257,24 @@ mod tests {
                 RestoreError::PgRestore {
                     status: "exit status: 1".into(),
                     stderr: "boom".into(),
+                    committed: false,
                 },
                 "pg_restore failed (exit status: 1): boom. Its single transaction was rolled back, so the target is as it was".into(),
+            ),
+            (
+                RestoreError::PgRestore {
+                    status: "exit status: 1".into(),
+                    stderr: "boom".into(),
+                    committed: true,
+                },
+                "pg_restore failed (exit status: 1): boom. It ran with parallel jobs (not one transaction) into a database created for this restore, which is dropped again".into(),
+            ),
+            (
+                RestoreError::Spool {
+                    path: "/tmp".into(),
+                    message: "full".into(),
+                },
+                "cannot spool the verified backup to /tmp: full. Set BACKSTOP_SPOOL_DIR (--spool-dir) to a directory with enough free space, or restore without --jobs".into(),
             ),
             (
                 RestoreError::Download {
@@ -247,7 +292,7 @@ mod tests {
                     reason: "why".into(),
                     cleanup: ": DROP IT".into(),
                 },
-                "pg_restore committed before the backup finished its integrity check, and the check then failed (why); the database app holds unverified data: DROP IT".into(),
+                "pg_restore committed, but the restore is not complete and verified (why); the database app must not be used: DROP IT".into(),
             ),
         ]
     }

@@ -31,6 +31,7 @@ mod error;
 mod report;
 mod run;
 mod select;
+mod spool;
 mod stream;
 mod target;
 
@@ -39,4 +40,4 @@ pub use config::{
 };
 pub use error::RestoreError;
 pub use report::{RestoreReport, SkippedBackup, Timings};
-pub use run::restore;
+pub use run::{FailedRestore, restore, restore_reporting};

@@ -16,7 +16,7 @@ use super::drill::{self, Recorded, compare_counts, count_restored};
 use super::error::RestoreError;
 use super::report::{RestoreReport, SkippedBackup, Timings};
 use super::select::{Candidate, select, verify_candidate};
-use super::stream::stream_into_pg_restore;
+use super::stream::restore_data;
 use super::target::{ResolvedTarget, SourceGuard, prepare, resolve};
 use crate::pg::redact_url;
 
@@ -28,9 +28,45 @@ pub async fn restore(
     clouds: Clouds<'_>,
     progress: &dyn Progress,
 ) -> Result<RestoreReport, RestoreError> {
+    restore_reporting(cfg, clouds, progress)
+        .await
+        .map_err(|f| f.error)
+}
+
+/// A failed restore: the error, and the backup it tried when one had been
+/// chosen (for the JSON result).
+#[derive(Debug)]
+pub struct FailedRestore {
+    pub error: RestoreError,
+    /// The backup the restore tried, if it got that far.
+    pub backup_id: Option<String>,
+    /// The cloud it was read from last.
+    pub cloud: Option<String>,
+    /// Why an earlier cloud was not (or no longer) used.
+    pub fallback_reason: Option<String>,
+}
+
+impl From<RestoreError> for FailedRestore {
+    fn from(error: RestoreError) -> Self {
+        FailedRestore {
+            error,
+            backup_id: None,
+            cloud: None,
+            fallback_reason: None,
+        }
+    }
+}
+
+/// [`restore`], with what a failed restore had tried.
+pub async fn restore_reporting(
+    cfg: &RestoreConfig,
+    clouds: Clouds<'_>,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, FailedRestore> {
     let result = restore_inner(cfg, &clouds, progress).await;
-    if let Err(e) = &result {
-        tracing::error!(event = "restore_failed", namespace = %cfg.namespace, kind = e.kind(), error = %e, "restore failed");
+    if let Err(f) = &result {
+        let e = &f.error;
+        tracing::error!(event = "restore_failed", namespace = %cfg.namespace, backup = f.backup_id.as_deref().unwrap_or(""), kind = e.kind(), error = %e, "restore failed");
     }
     result
 }
@@ -39,7 +75,7 @@ async fn restore_inner(
     cfg: &RestoreConfig,
     clouds: &Clouds<'_>,
     progress: &dyn Progress,
-) -> Result<RestoreReport, RestoreError> {
+) -> Result<RestoreReport, FailedRestore> {
     let clock = Instant::now();
     let started_at: DateTime<Utc> = Utc::now();
     let t = resolve(&cfg.target)?;
@@ -54,7 +90,12 @@ async fn restore_inner(
         Ok(r) => r,
         Err(e) => {
             drill::record_failure(cfg, clouds, sel.cand.cloud, &sel.unavailable, drill, &e).await;
-            return Err(e);
+            return Err(FailedRestore {
+                error: e,
+                backup_id: Some(sel.cand.id.to_string()),
+                cloud: Some(sel.cand.cloud.to_string()),
+                fallback_reason: sel.fallback_reason,
+            });
         }
     };
     let (used, mismatches) = (sel.cand.cloud, &restored.mismatches);
@@ -107,9 +148,10 @@ async fn select_backup(
     })
 }
 
-/// Restores the selected backup; a download that fails is retried from the
-/// next cloud that holds the same backup (the transaction rolled back, the
-/// target is as it was). Other failures are final.
+/// Restores the selected backup; a download that fails, or data that fails
+/// authentication (a modified or substituted object in one cloud), is
+/// retried from the next cloud that holds the same backup (nothing was
+/// committed, the target is as it was). Other failures are final.
 async fn restore_with_fallback(
     cfg: &RestoreConfig,
     clouds: &Clouds<'_>,
@@ -122,10 +164,11 @@ async fn restore_with_fallback(
             .store(sel.cand.cloud)
             .expect("the candidate's cloud is configured");
         let result = restore_into(cfg, store, &sel.cand, t, progress).await;
-        let Err(RestoreError::Download { source, .. }) = &result else {
-            return result;
+        let cause = match &result {
+            Err(RestoreError::Download { source, .. }) => source.to_string(),
+            Err(e @ RestoreError::Data { .. }) => e.to_string(),
+            _ => return result,
         };
-        let cause = source.to_string();
         let Some((next, next_url)) = next_copy(cfg, clouds, &sel.cand).await else {
             return result;
         };
@@ -138,7 +181,9 @@ async fn restore_with_fallback(
             Some(r) => format!("{r}; {why}"),
             None => why,
         });
-        sel.unavailable.push(sel.cand.cloud);
+        if matches!(result, Err(RestoreError::Download { .. })) {
+            sel.unavailable.push(sel.cand.cloud);
+        }
         sel.cand = next;
     }
 }
@@ -187,8 +232,7 @@ async fn restore_into(
 
     progress.phase("restoring");
     let clock = Instant::now();
-    let plaintext = match stream_into_pg_restore(cfg, store, cand, &prepared.db_url, progress).await
-    {
+    let plaintext = match restore_data(cfg, store, cand, &prepared.db_url, progress).await {
         Ok(n) => n,
         Err(e) => {
             prepared.discard("restore failed").await;

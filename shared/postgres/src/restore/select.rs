@@ -272,6 +272,7 @@ mod tests {
             size: 0,
             sha256: String::new(),
             crc32c: 0,
+            ..CiphertextInfo::default()
         };
         assert_eq!(
             data_key(&id, &info("data.pgdump.pgp")).unwrap(),

@@ -183,15 +183,16 @@ pub(super) async fn prepare(
             tracing::info!(event = "restore_created_database", database = %t.name, "created the target database");
             Plan::Direct { created: true }
         }
-        (true, false) => Plan::Direct { created: false },
-        (true, true) if cfg.replace => {
-            let staging = format!(
-                "backstop_restore_{:012x}",
-                rand::random::<u64>() & 0xffff_ffff_ffff
-            );
-            server::create_database(&admin, &staging).await?;
-            Plan::Staging { staging }
-        }
+        // Parallel jobs are not one transaction: an existing (empty) target
+        // is restored through a staging database too, so a failure leaves
+        // it as it was.
+        (true, false) if cfg.jobs <= 1 => Plan::Direct { created: false },
+        (true, false) => Plan::Staging {
+            staging: create_staging(&admin).await?,
+        },
+        (true, true) if cfg.replace => Plan::Staging {
+            staging: create_staging(&admin).await?,
+        },
         (true, true) => {
             return Err(RestoreError::Refused {
                 database: t.name.clone(),
@@ -211,6 +212,16 @@ pub(super) async fn prepare(
         plan,
         db_url,
     })
+}
+
+/// Creates a staging database with a random name, and returns the name.
+async fn create_staging(admin: &Client) -> Result<String, RestoreError> {
+    let staging = format!(
+        "backstop_restore_{:012x}",
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    );
+    server::create_database(admin, &staging).await?;
+    Ok(staging)
 }
 
 impl Prepared {

@@ -1,0 +1,398 @@
+//! Chunk digests: the signed manifest commits to the SHA-256 of every
+//! [`CHUNK_SIZE`] piece of the ciphertext, so a reader authenticates each
+//! piece **before** anything downstream of it (decryption, `pg_restore`, an
+//! S3 part) sees a byte of it.
+//!
+//! The whole-object SHA-256 and CRC32C cannot do that: they are known only
+//! after the last byte, and `pg_restore` has run the archive's SQL (and may
+//! have committed) long before. The OpenPGP MDC cannot either: anyone with
+//! the backup *public* key can produce a message with a valid MDC.
+//!
+//! ```text
+//! object ──▶ ChunkGate (buffer one chunk, SHA-256, compare) ──▶ verified chunks
+//! ```
+//!
+//! Memory: one chunk (8 MiB) buffered per reader, whatever the size.
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::CryptoError;
+use crate::manifest::CiphertextInfo;
+use crate::store::{ByteStream, byte_stream};
+
+/// Size of a digested chunk of ciphertext (the last one may be shorter).
+/// 8 MiB: large enough for an S3 multipart part (at least 5 MiB), small
+/// enough that a reader buffers little.
+pub const CHUNK_SIZE: u64 = 8 << 20;
+
+/// Chunk sizes a manifest may name: a reader buffers one chunk, so a huge
+/// size would defeat bounded memory; a tiny one bloats the manifest.
+pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(64 << 20);
+
+/// Computes chunk digests incrementally (the dump side).
+#[derive(Debug, Clone)]
+pub struct ChunkHasher {
+    chunk_size: u64,
+    current: Sha256,
+    in_current: u64,
+    done: Vec<String>,
+}
+
+impl ChunkHasher {
+    /// A hasher for chunks of `chunk_size` bytes.
+    pub fn new(chunk_size: u64) -> Self {
+        assert!(chunk_size > 0, "chunk size is positive");
+        ChunkHasher {
+            chunk_size,
+            current: Sha256::new(),
+            in_current: 0,
+            done: Vec::new(),
+        }
+    }
+
+    /// Adds the next bytes.
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (self.chunk_size - self.in_current) as usize;
+            let n = room.min(data.len());
+            self.current.update(&data[..n]);
+            self.in_current += n as u64;
+            data = &data[n..];
+            if self.in_current == self.chunk_size {
+                self.close_chunk();
+            }
+        }
+    }
+
+    fn close_chunk(&mut self) {
+        let digest = std::mem::take(&mut self.current).finalize();
+        self.done.push(hex::encode(digest));
+        self.in_current = 0;
+    }
+
+    /// The digests of every chunk, the last (short) one included.
+    pub fn finish(mut self) -> Vec<String> {
+        if self.in_current > 0 {
+            self.close_chunk();
+        }
+        self.done
+    }
+}
+
+/// How many chunks an object of `size` bytes has.
+pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
+    size.div_ceil(chunk_size)
+}
+
+/// Checks that a manifest's chunk list is usable: a sane chunk size, one
+/// well-formed digest per chunk of `size` bytes.
+pub fn check_chunk_list(info: &CiphertextInfo) -> Result<(), String> {
+    if !CHUNK_SIZE_RANGE.contains(&info.chunk_size) {
+        return Err(format!(
+            "chunk size {} is outside {}..={} bytes",
+            info.chunk_size,
+            CHUNK_SIZE_RANGE.start(),
+            CHUNK_SIZE_RANGE.end()
+        ));
+    }
+    let want = chunk_count(info.size, info.chunk_size);
+    if info.chunks.len() as u64 != want {
+        return Err(format!(
+            "{} chunk digests for {} bytes in chunks of {} (expected {want})",
+            info.chunks.len(),
+            info.size,
+            info.chunk_size
+        ));
+    }
+    if let Some(i) = info
+        .chunks
+        .iter()
+        .position(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(format!("chunk digest {i} is not 64 hex digits"));
+    }
+    Ok(())
+}
+
+/// Buffers and authenticates one chunk at a time against the manifest's
+/// chunk digests; hands on only chunks that matched.
+#[derive(Debug)]
+pub struct ChunkGate {
+    expected: CiphertextInfo,
+    buf: BytesMut,
+    hasher: Sha256,
+    index: usize,
+    seen: u64,
+}
+
+impl ChunkGate {
+    /// A gate for the object `expected` describes. Fails when the manifest
+    /// has no (usable) chunk digests: such a backup must be verified whole
+    /// before use (see the restore's spool).
+    pub fn new(expected: &CiphertextInfo) -> Result<Self, CryptoError> {
+        if expected.chunks.is_empty() {
+            return Err(CryptoError::NoChunkDigests);
+        }
+        check_chunk_list(expected).map_err(CryptoError::ChunkList)?;
+        Ok(ChunkGate {
+            expected: expected.clone(),
+            buf: BytesMut::new(),
+            hasher: Sha256::new(),
+            index: 0,
+            seen: 0,
+        })
+    }
+
+    /// The size of chunk `i`.
+    fn len_of(&self, i: usize) -> u64 {
+        let start = i as u64 * self.expected.chunk_size;
+        self.expected
+            .chunk_size
+            .min(self.expected.size.saturating_sub(start))
+    }
+
+    /// Takes the next bytes; returns the chunks they completed, each
+    /// authenticated. An error is final: nothing of the failing chunk (or
+    /// after it) is ever returned.
+    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Bytes>) -> Result<(), CryptoError> {
+        self.seen += data.len() as u64;
+        if self.seen > self.expected.size {
+            return Err(CryptoError::SizeMismatch {
+                expected: self.expected.size,
+                actual: self.seen,
+            });
+        }
+        while !data.is_empty() {
+            let want = self.len_of(self.index);
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(want as usize);
+            }
+            let n = ((want - self.buf.len() as u64) as usize).min(data.len());
+            self.hasher.update(&data[..n]);
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() as u64 == want {
+                out.push(self.close_chunk()?);
+            }
+        }
+        Ok(())
+    }
+
+    fn close_chunk(&mut self) -> Result<Bytes, CryptoError> {
+        let digest = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let i = self.index;
+        if !digest.eq_ignore_ascii_case(&self.expected.chunks[i]) {
+            return Err(CryptoError::ChunkMismatch {
+                index: i,
+                offset: i as u64 * self.expected.chunk_size,
+                count: self.expected.chunks.len(),
+            });
+        }
+        self.index += 1;
+        Ok(self.buf.split().freeze())
+    }
+
+    /// The end of the object: fails when it is shorter than the manifest
+    /// says (every chunk already handed on was authenticated).
+    pub fn finish(self) -> Result<(), CryptoError> {
+        if self.seen != self.expected.size {
+            return Err(CryptoError::SizeMismatch {
+                expected: self.expected.size,
+                actual: self.seen,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The state of [`authenticated`]'s stream.
+struct Authenticating {
+    body: ByteStream,
+    /// `None` once the stream has ended or failed.
+    gate: Option<ChunkGate>,
+    ready: std::collections::VecDeque<Bytes>,
+    failed: Option<std::io::Error>,
+}
+
+/// `body`, passed on one authenticated chunk at a time (see the module
+/// documentation). Fails with [`CryptoError::NoChunkDigests`] when the
+/// manifest has none. Errors travel as [`CryptoError`]s inside the
+/// stream's `io::Error`s; a body error is passed on as it is.
+pub fn authenticated(
+    body: ByteStream,
+    expected: &CiphertextInfo,
+) -> Result<ByteStream, CryptoError> {
+    let gate = ChunkGate::new(expected)?;
+    let state = Authenticating {
+        body,
+        gate: Some(gate),
+        ready: std::collections::VecDeque::new(),
+        failed: None,
+    };
+    Ok(byte_stream(futures::stream::unfold(
+        state,
+        |mut st| async move {
+            loop {
+                // Chunks verified before a failure still flow; the failure
+                // comes right after them, and nothing follows it.
+                if let Some(chunk) = st.ready.pop_front() {
+                    return Some((Ok(chunk), st));
+                }
+                if let Some(e) = st.failed.take() {
+                    st.gate = None;
+                    return Some((Err(e), st));
+                }
+                let g = st.gate.as_mut()?;
+                match st.body.next().await {
+                    Some(Ok(data)) => {
+                        let mut out = Vec::new();
+                        if let Err(e) = g.push(&data, &mut out) {
+                            st.failed = Some(e.into_io());
+                        }
+                        st.ready.extend(out);
+                    }
+                    Some(Err(e)) => st.failed = Some(e),
+                    None => {
+                        let g = st.gate.take().expect("checked");
+                        if let Err(e) = g.finish() {
+                            st.failed = Some(e.into_io());
+                        }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info_for(data: &[u8], chunk_size: u64) -> CiphertextInfo {
+        let mut h = ChunkHasher::new(chunk_size);
+        h.update(data);
+        CiphertextInfo {
+            object: "data".into(),
+            size: data.len() as u64,
+            chunk_size,
+            chunks: h.finish(),
+            ..CiphertextInfo::default()
+        }
+    }
+
+    fn run(body: Vec<&'static [u8]>, info: &CiphertextInfo) -> (Vec<u8>, Option<CryptoError>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let body = byte_stream(futures::stream::iter(
+                body.into_iter().map(|b| Ok(Bytes::from_static(b))),
+            ));
+            let mut s = authenticated(body, info).unwrap();
+            let mut got = Vec::new();
+            while let Some(item) = s.next().await {
+                match item {
+                    Ok(b) => got.extend_from_slice(&b),
+                    Err(e) => return (got, Some(CryptoError::from_io(e))),
+                }
+            }
+            (got, None)
+        })
+    }
+
+    const DATA: &[u8] = &[7u8; 200 << 10];
+
+    #[test]
+    fn hashes_split_at_chunk_boundaries_whatever_the_pieces() {
+        let whole = info_for(DATA, 64 << 10);
+        assert_eq!(whole.chunks.len(), 4);
+        let mut h = ChunkHasher::new(64 << 10);
+        for piece in DATA.chunks(1000) {
+            h.update(piece);
+        }
+        assert_eq!(h.finish(), whole.chunks);
+        assert_eq!(chunk_count(0, 8), 0);
+        assert_eq!(chunk_count(16, 8), 2);
+        assert_eq!(chunk_count(17, 8), 3);
+    }
+
+    #[test]
+    fn intact_data_passes_whole() {
+        let info = info_for(DATA, 64 << 10);
+        let (got, err) = run(vec![&DATA[..1], &DATA[1..100_000], &DATA[100_000..]], &info);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(got, DATA);
+    }
+
+    #[test]
+    fn nothing_of_a_bad_chunk_flows_on() {
+        let info = info_for(DATA, 64 << 10);
+        let mut bad = DATA.to_vec();
+        bad[70_000] ^= 1; // in chunk 1
+        let bad: &'static [u8] = Box::leak(bad.into_boxed_slice());
+        let (got, err) = run(vec![bad], &info);
+        assert_eq!(got.len(), 64 << 10, "only chunk 0 flowed on");
+        assert!(
+            matches!(
+                err,
+                Some(CryptoError::ChunkMismatch {
+                    index: 1,
+                    offset: 65536,
+                    count: 4
+                })
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn truncated_and_extended_objects_fail() {
+        let info = info_for(DATA, 64 << 10);
+        let (got, err) = run(vec![&DATA[..DATA.len() - 1]], &info);
+        assert_eq!(
+            got.len(),
+            3 * (64 << 10),
+            "the short last chunk never flowed"
+        );
+        assert!(
+            matches!(err, Some(CryptoError::SizeMismatch { .. })),
+            "{err:?}"
+        );
+        // Every byte of the object flowed (all of it authenticated), the
+        // extra byte did not.
+        let (got, err) = run(vec![DATA, b"x"], &info);
+        assert_eq!(got, DATA);
+        assert!(
+            matches!(err, Some(CryptoError::SizeMismatch { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn manifests_without_or_with_broken_chunk_lists_are_refused() {
+        let mut info = info_for(DATA, 64 << 10);
+        assert!(matches!(
+            ChunkGate::new(&CiphertextInfo::default()),
+            Err(CryptoError::NoChunkDigests)
+        ));
+        info.chunks.pop();
+        assert!(matches!(
+            ChunkGate::new(&info),
+            Err(CryptoError::ChunkList(_))
+        ));
+        let mut info = info_for(DATA, 64 << 10);
+        info.chunk_size = 1 << 40;
+        assert!(matches!(
+            ChunkGate::new(&info),
+            Err(CryptoError::ChunkList(_))
+        ));
+        let mut info = info_for(DATA, 64 << 10);
+        info.chunks[2] = "zz".repeat(32);
+        assert!(matches!(
+            ChunkGate::new(&info),
+            Err(CryptoError::ChunkList(_))
+        ));
+    }
+}
