@@ -253,7 +253,7 @@ async fn gpg_decrypts_our_compressed_backup() {
     let enc = crypto::encrypt_stream_with(
         chunked(&plain, 300_000),
         &[recipient],
-        crypto::Compression::Zip,
+        crypto::Compression::Zip(6),
     )
     .unwrap();
     let ct = enc

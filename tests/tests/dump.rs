@@ -157,6 +157,7 @@ fn keys_in(dir: &Path) -> Keys {
             recipients: Some(format!("file:{}", backup_pub.display())),
             signing_key: Some(format!("file:{}", signing_sec.display())),
             pg_bindir: Some(pg_bindir()),
+            compression_level: None,
         },
     }
 }

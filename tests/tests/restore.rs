@@ -205,6 +205,7 @@ impl Fixture {
                 dir.path().join("signing.sec.asc").display()
             )),
             pg_bindir: Some(pg_bindir()),
+            compression_level: None,
         };
         let config = DumpConfig::load(settings, &NoKms).await.unwrap();
         let summary = run_dump(&config, &gcs().await)

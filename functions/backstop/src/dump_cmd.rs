@@ -33,6 +33,10 @@ pub struct DumpArgs {
     /// Directory of pg_dump (its major version >= the server's); else PG_BINDIR, else PATH.
     #[arg(long, env = "BACKSTOP_PG_BINDIR")]
     pub pg_bindir: Option<PathBuf>,
+    /// Deflate level inside the encryption: 0 none, 1 fastest .. 9 smallest
+    /// (default 6; see README, "Compression level").
+    #[arg(long, env = "BACKSTOP_COMPRESSION_LEVEL")]
+    pub compression_level: Option<String>,
 }
 
 pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
@@ -64,6 +68,7 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
             .pg_bindir
             .filter(|p| !p.as_os_str().is_empty())
             .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
+        compression_level: args.compression_level,
     };
     let config = DumpConfig::load(settings, &CloudKms::from_env(&env)).await?;
     let store = GcsStore::builder().env(&env).bucket(bucket).build().await?;

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! plaintext ──▶ literal (literal data packet, cut in 1 MiB blocks)
-//!   ──▶ zip-0 .. zip-N-1 (block i on worker i mod N, deflate level 6)
+//!   ──▶ zip-0 .. zip-N-1 (block i on worker i mod N, deflate at the configured level)
 //!   ──▶ zip-join (in order; compressed data packet) ──▶ framer
 //! ```
 //!
@@ -32,8 +32,6 @@ use super::seipd::PartialPacket;
 const BLOCK: usize = 1 << 20;
 /// Deflate's window: the dictionary handed to the next block.
 const WINDOW: usize = 32 * 1024;
-/// zlib's default level, the one `pg_dump` uses.
-const LEVEL: u32 = 6;
 /// OpenPGP compression algorithm 1: ZIP (RFC 1951 raw deflate).
 const ZIP: u8 = 1;
 
@@ -54,6 +52,7 @@ fn workers() -> usize {
 /// compressed data packet's bytes. The clean end passes on `input`'s.
 pub(crate) fn spawn(
     input: tokio::sync::mpsc::Receiver<Item<Bytes>>,
+    level: u32,
 ) -> Result<tokio::sync::mpsc::Receiver<Item<Bytes>>, CryptoError> {
     let n = workers();
     let mut job_txs: Vec<SyncSender<Item<Job>>> = Vec::with_capacity(n);
@@ -63,7 +62,7 @@ pub(crate) fn spawn(
         let (job_tx, job_rx) = sync_channel::<Item<Job>>(0);
         let (done_tx, done_rx) = sync_channel::<Item<Bytes>>(1);
         pipeline::spawn(&format!("backstop-zip-{i}"), move || {
-            deflate_worker(job_rx, done_tx)
+            deflate_worker(job_rx, done_tx, level)
         })?;
         job_txs.push(job_tx);
         done_rxs.push(done_rx);
@@ -198,8 +197,8 @@ impl Dealer {
     }
 }
 
-fn deflate_worker(jobs: Receiver<Item<Job>>, done: SyncSender<Item<Bytes>>) {
-    let mut z = Compress::new(Compression::new(LEVEL), false);
+fn deflate_worker(jobs: Receiver<Item<Job>>, done: SyncSender<Item<Bytes>>, level: u32) {
+    let mut z = Compress::new(Compression::new(level), false);
     for item in jobs.iter() {
         let out = match item {
             Item::Data(job) => match deflate_block(&mut z, &job) {

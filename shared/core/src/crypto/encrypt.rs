@@ -135,9 +135,26 @@ fn session_key_packets(
 pub enum Compression {
     /// A literal data packet: for input that is compressed already.
     None,
-    /// A ZIP compressed data packet around it, deflated on every core
-    /// (see the `compress` module).
-    Zip,
+    /// A ZIP compressed data packet around it, deflated on every core at
+    /// this level (1 fastest to 9 smallest; see the `compress` module).
+    Zip(u32),
+}
+
+impl Compression {
+    /// The default deflate level of the dump (see README, "Compression
+    /// level", for the measurements behind it).
+    pub const DEFAULT_LEVEL: u32 = 6;
+
+    /// `level` 0 is no compression, 1 to 9 a ZIP packet at that level.
+    pub fn level(level: u32) -> Result<Self, CryptoError> {
+        match level {
+            0 => Ok(Compression::None),
+            1..=9 => Ok(Compression::Zip(level)),
+            n => Err(CryptoError::Pipeline(format!(
+                "compression level {n} is not 0 (none) to 9"
+            ))),
+        }
+    }
 }
 
 /// Encrypts `input` to `recipients` (SEIPD v1, AES-256, MDC, no compression).
@@ -169,8 +186,8 @@ pub fn encrypt_stream_with(
     // compressed packet around it. Either ends with the plaintext size.
     let (input_rx, framer) = match compression {
         Compression::None => (pipeline::pump(input), Framer::new(prefix)),
-        Compression::Zip => (
-            super::compress::spawn(pipeline::pump(input))?,
+        Compression::Zip(level) => (
+            super::compress::spawn(pipeline::pump(input), level)?,
             Framer::for_packets(prefix),
         ),
     };

@@ -83,7 +83,7 @@ async fn compressed_round_trips_across_block_boundaries() {
         (data(3 * (1 << 20) + 5), 100_000, false),
     ] {
         let len = plain.len();
-        let enc = encrypt_stream_with(chunked(&plain, in_chunk), &to, Compression::Zip).unwrap();
+        let enc = encrypt_stream_with(chunked(&plain, in_chunk), &to, Compression::Zip(6)).unwrap();
         let out: Vec<Bytes> = enc.stream.try_collect().await.unwrap();
         let ct = out.concat();
         let summary = enc.summary.get().unwrap();
@@ -635,7 +635,8 @@ async fn decryption_stops_at_the_signed_plaintext_size() {
     let key = secret(&k.backup);
     let to = [recipient(&k.backup)];
     let bomb = vec![0u8; 64 << 20];
-    let enc = encrypt_stream_with(chunked(&bomb, 1 << 20), &to, encrypt::Compression::Zip).unwrap();
+    let enc =
+        encrypt_stream_with(chunked(&bomb, 1 << 20), &to, encrypt::Compression::Zip(6)).unwrap();
     let ct: Vec<Bytes> = enc.stream.try_collect().await.unwrap();
     let ct = ct.concat();
     assert!(

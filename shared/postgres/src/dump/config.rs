@@ -9,7 +9,9 @@ use std::time::Duration;
 use chrono::Utc;
 
 use backstop_core::config::{ConfigError, Env, hint};
-use backstop_core::crypto::{CryptoError, KeySource, KeyUnwrap, RecipientKey, SigningKey};
+use backstop_core::crypto::{
+    Compression, CryptoError, KeySource, KeyUnwrap, RecipientKey, SigningKey,
+};
 use backstop_core::naming::{BackupId, Namespace};
 
 use crate::pg::{self, PgTools};
@@ -56,7 +58,13 @@ pub struct DumpConfig {
     /// Signs the manifest; the job's only secret.
     pub signing_key: SigningKey,
     pub retry: RetryPolicy,
+    /// Deflate level inside the encryption (`BACKSTOP_COMPRESSION_LEVEL`):
+    /// 0 none, 1 fastest to 9 smallest.
+    pub compression: Compression,
 }
+
+/// The deflate level of the dump: 0 (none) to 9.
+pub const COMPRESSION_LEVEL_VAR: &str = "BACKSTOP_COMPRESSION_LEVEL";
 
 /// Raw settings, as given on the command line or in the environment.
 /// [`DumpConfig::load`] validates them; errors name the variable.
@@ -73,6 +81,8 @@ pub struct DumpSettings {
     pub signing_key: Option<String>,
     /// `BACKSTOP_PG_BINDIR` (else `PG_BINDIR`, else `PATH`).
     pub pg_bindir: Option<PathBuf>,
+    /// `BACKSTOP_COMPRESSION_LEVEL` (default [`Compression::DEFAULT_LEVEL`]).
+    pub compression_level: Option<String>,
 }
 
 impl DumpSettings {
@@ -87,6 +97,7 @@ impl DumpSettings {
                 .optional(PG_BINDIR_VAR)
                 .or_else(|| env.optional("PG_BINDIR"))
                 .map(PathBuf::from),
+            compression_level: env.optional(COMPRESSION_LEVEL_VAR),
         }
     }
 }
@@ -177,8 +188,26 @@ impl DumpConfig {
             recipients,
             signing_key,
             retry: RetryPolicy::default(),
+            compression: compression_from(settings.compression_level.as_deref())?,
         })
     }
+}
+
+/// `BACKSTOP_COMPRESSION_LEVEL`: 0 (none) to 9, default
+/// [`Compression::DEFAULT_LEVEL`].
+fn compression_from(text: Option<&str>) -> Result<Compression, ConfigError> {
+    let Some(t) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(Compression::Zip(Compression::DEFAULT_LEVEL));
+    };
+    let bad = || {
+        invalid(
+            COMPRESSION_LEVEL_VAR,
+            t,
+            "give 0 (no compression) or a deflate level from 1 (fastest) to 9 (smallest)",
+        )
+    };
+    let level: u32 = t.parse().map_err(|_| bad())?;
+    Compression::level(level).map_err(|_| bad())
 }
 
 /// The database name must be usable in object names: checked now, not
@@ -250,6 +279,20 @@ mod tests {
         assert!(holds_secret_key(&[0x95, 0x00]));
         assert!(!holds_secret_key(&[0xC6, 0x00]));
         assert!(!holds_secret_key(&[0x99, 0x00]));
+    }
+
+    #[test]
+    fn compression_levels_are_0_to_9() {
+        assert_eq!(
+            compression_from(None).unwrap(),
+            Compression::Zip(Compression::DEFAULT_LEVEL)
+        );
+        assert_eq!(compression_from(Some("0")).unwrap(), Compression::None);
+        assert_eq!(compression_from(Some(" 1 ")).unwrap(), Compression::Zip(1));
+        for bad in ["10", "-1", "fast"] {
+            let err = compression_from(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains(COMPRESSION_LEVEL_VAR), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use backstop_core::crypto::{
-    Compression, CryptoError, EncryptSummary, SummaryHandle, encrypt_stream_with, sign_manifest,
+    CryptoError, EncryptSummary, SummaryHandle, encrypt_stream_with, sign_manifest,
 };
 use backstop_core::manifest::Manifest;
 use backstop_core::naming::{BackupId, DATA_FILE};
@@ -144,7 +144,7 @@ impl Job<'_> {
         let dump = pg::pg_dump_stream(&config.tools, &config.database_url, Some(&snapshot.id))
             .map_err(|error| DumpError::PgDumpStart { error })?;
         let (dump, source_state) = watch(dump);
-        let encrypted = encrypt_stream_with(dump, &config.recipients, Compression::Zip)
+        let encrypted = encrypt_stream_with(dump, &config.recipients, config.compression)
             .map_err(|error| self.encrypt_failed(error))?;
         // Counting rows in the snapshot overlaps with the dump instead of
         // delaying its start.
