@@ -30,7 +30,8 @@ pub enum KeysCommand {
     /// integrity check passed; on any error it is deleted.
     Decrypt(DecryptArgs),
     /// Verifies a backup without secrets: the manifest's signature, the data
-    /// object's OpenPGP structure and recipients, and its size and digests.
+    /// object's OpenPGP structure and recipients, its size and digests, and
+    /// (version 2 manifests) the digest of every 8 MiB chunk.
     Verify(VerifyArgs),
     /// Key utilities (KMS wrapping, fingerprints).
     Keys {
@@ -233,6 +234,7 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             "ciphertext_size": digests.size,
             "ciphertext_sha256": digests.sha256,
             "ciphertext_crc32c": digests.crc32c,
+            "chunk_digests_verified": manifest.ciphertext.chunks.len(),
         })
     );
     Ok(())

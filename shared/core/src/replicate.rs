@@ -319,11 +319,11 @@ impl Replicator {
         // Each chunk is authenticated before any byte of it reaches the
         // upload, so a bad chunk never becomes a part; the whole-object
         // checks (structure, recipients, digests) run beside it.
-        let source = if expected.chunks.is_empty() {
-            source
+        let (source, verifier) = if expected.chunks.is_empty() {
+            (source, verifier)
         } else {
             match crate::crypto::chunks::authenticated(source, expected) {
-                Ok(s) => as_verification_failures(s),
+                Ok(s) => (as_verification_failures(s), verifier.chunks_checked_by_caller()),
                 Err(e) => return Ok(Err(e.to_string())),
             }
         };

@@ -116,94 +116,129 @@ pub fn check_chunk_list(info: &CiphertextInfo) -> Result<(), String> {
     Ok(())
 }
 
-/// Buffers and authenticates one chunk at a time against the manifest's
-/// chunk digests; hands on only chunks that matched.
-#[derive(Debug)]
-pub struct ChunkGate {
-    expected: CiphertextInfo,
-    buf: BytesMut,
-    hasher: Sha256,
-    index: usize,
+/// Compares a stream's chunks with the manifest's chunk digests as it
+/// passes, without holding any of it: fails at the end of the first chunk
+/// that differs.
+#[derive(Debug, Clone)]
+pub struct ChunkChecker {
+    hasher: ChunkHasher,
+    expected: Vec<String>,
+    size: u64,
     seen: u64,
+    checked: usize,
 }
 
-impl ChunkGate {
-    /// A gate for the object `expected` describes. Fails when the manifest
-    /// has no (usable) chunk digests: such a backup must be verified whole
-    /// before use (see the restore's spool).
+impl ChunkChecker {
+    /// A checker for the object `expected` describes. Fails when the
+    /// manifest has no (usable) chunk digests.
     pub fn new(expected: &CiphertextInfo) -> Result<Self, CryptoError> {
         if expected.chunks.is_empty() {
             return Err(CryptoError::NoChunkDigests);
         }
         check_chunk_list(expected).map_err(CryptoError::ChunkList)?;
-        Ok(ChunkGate {
-            expected: expected.clone(),
-            buf: BytesMut::new(),
-            hasher: Sha256::new(),
-            index: 0,
+        Ok(ChunkChecker {
+            hasher: ChunkHasher::new(expected.chunk_size),
+            expected: expected.chunks.clone(),
+            size: expected.size,
             seen: 0,
+            checked: 0,
         })
     }
 
-    /// The size of chunk `i`.
-    fn len_of(&self, i: usize) -> u64 {
-        let start = i as u64 * self.expected.chunk_size;
-        self.expected
-            .chunk_size
-            .min(self.expected.size.saturating_sub(start))
-    }
-
-    /// Takes the next bytes; returns the chunks they completed, each
-    /// authenticated. An error is final: nothing of the failing chunk (or
-    /// after it) is ever returned.
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Bytes>) -> Result<(), CryptoError> {
+    /// The next bytes. Every chunk they complete is compared (the last,
+    /// short one as soon as the object's size is reached).
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), CryptoError> {
         self.seen += data.len() as u64;
-        if self.seen > self.expected.size {
+        if self.seen > self.size {
             return Err(CryptoError::SizeMismatch {
-                expected: self.expected.size,
+                expected: self.size,
                 actual: self.seen,
             });
         }
-        while !data.is_empty() {
-            let want = self.len_of(self.index);
-            if self.buf.capacity() == 0 {
-                self.buf.reserve(want as usize);
+        self.hasher.update(data);
+        if self.seen == self.size && self.hasher.in_current > 0 {
+            self.hasher.close_chunk();
+        }
+        while self.checked < self.hasher.done.len() {
+            let i = self.checked;
+            if !self.hasher.done[i].eq_ignore_ascii_case(&self.expected[i]) {
+                return Err(CryptoError::ChunkMismatch {
+                    index: i,
+                    offset: i as u64 * self.hasher.chunk_size,
+                    count: self.expected.len(),
+                });
             }
-            let n = ((want - self.buf.len() as u64) as usize).min(data.len());
-            self.hasher.update(&data[..n]);
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.buf.len() as u64 == want {
-                out.push(self.close_chunk()?);
-            }
+            self.checked += 1;
         }
         Ok(())
     }
 
-    fn close_chunk(&mut self) -> Result<Bytes, CryptoError> {
-        let digest = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        let i = self.index;
-        if !digest.eq_ignore_ascii_case(&self.expected.chunks[i]) {
-            return Err(CryptoError::ChunkMismatch {
-                index: i,
-                offset: i as u64 * self.expected.chunk_size,
-                count: self.expected.chunks.len(),
+    /// Chunks compared and found equal so far.
+    pub fn verified(&self) -> usize {
+        self.checked
+    }
+
+    /// The end of the object: fails when it is shorter than the manifest
+    /// says.
+    pub fn finish(self) -> Result<usize, CryptoError> {
+        if self.seen != self.size {
+            return Err(CryptoError::SizeMismatch {
+                expected: self.size,
+                actual: self.seen,
             });
         }
-        self.index += 1;
-        Ok(self.buf.split().freeze())
+        Ok(self.checked)
+    }
+}
+
+/// Buffers one chunk at a time and hands it on only once its digest
+/// matched (a [`ChunkChecker`] with a buffer).
+#[derive(Debug)]
+pub struct ChunkGate {
+    checker: ChunkChecker,
+    chunk_size: u64,
+    size: u64,
+    buf: BytesMut,
+}
+
+impl ChunkGate {
+    /// A gate for the object `expected` describes (see [`ChunkChecker::new`]).
+    pub fn new(expected: &CiphertextInfo) -> Result<Self, CryptoError> {
+        Ok(ChunkGate {
+            checker: ChunkChecker::new(expected)?,
+            chunk_size: expected.chunk_size,
+            size: expected.size,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Takes the next bytes; adds the chunks they completed, each
+    /// authenticated, to `out`. An error is final: nothing of the failing
+    /// chunk (or after it) is ever added.
+    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Bytes>) -> Result<(), CryptoError> {
+        while !data.is_empty() {
+            let start = self.checker.seen;
+            let chunk_end = ((start / self.chunk_size) + 1) * self.chunk_size;
+            let want = chunk_end.min(self.size).saturating_sub(start);
+            // Past the end: let the checker report the size.
+            let n = if want == 0 { data.len() } else { (want as usize).min(data.len()) };
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(self.chunk_size.min(self.size) as usize);
+            }
+            self.checker.feed(&data[..n])?;
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if n as u64 == want {
+                out.push(self.buf.split().freeze());
+            }
+        }
+        Ok(())
     }
 
     /// The end of the object: fails when it is shorter than the manifest
     /// says (every chunk already handed on was authenticated).
     pub fn finish(self) -> Result<(), CryptoError> {
-        if self.seen != self.expected.size {
-            return Err(CryptoError::SizeMismatch {
-                expected: self.expected.size,
-                actual: self.seen,
-            });
-        }
-        Ok(())
+        self.checker.finish().map(|_| ())
     }
 }
 

@@ -624,6 +624,8 @@ impl DigestChecker {
 pub struct BackupVerifier {
     inspector: PacketInspector,
     digests: DigestChecker,
+    /// `None` for manifests without chunk digests (version 1).
+    chunks: Option<super::chunks::ChunkChecker>,
     manifest_recipients: Vec<String>,
 }
 
@@ -639,17 +641,34 @@ impl BackupVerifier {
                 });
             }
         }
+        let chunks = if manifest.ciphertext.chunks.is_empty() {
+            None
+        } else {
+            Some(super::chunks::ChunkChecker::new(&manifest.ciphertext)?)
+        };
         Ok(BackupVerifier {
             inspector: PacketInspector::new(recipients),
             digests: DigestChecker::new(&manifest.ciphertext),
+            chunks,
             manifest_recipients: manifest.recipients.clone(),
         })
     }
 
-    /// Checks the next chunk's structure and adds it to the digests; fails as
-    /// soon as either is wrong.
+    /// Leaves the chunk digests to the caller, who authenticates chunks
+    /// already (with [`super::chunks::authenticated`]) and need not hash
+    /// them twice.
+    pub fn chunks_checked_by_caller(mut self) -> Self {
+        self.chunks = None;
+        self
+    }
+
+    /// Checks the next chunk's structure, the chunk digests it completes,
+    /// and adds it to the digests; fails as soon as any is wrong.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), CryptoError> {
         self.inspector.feed(chunk)?;
+        if let Some(c) = self.chunks.as_mut() {
+            c.feed(chunk)?;
+        }
         self.digests.feed(chunk)
     }
 
@@ -657,6 +676,9 @@ impl BackupVerifier {
     /// precisely), then the recipients, then the digests.
     pub fn finish(mut self) -> Result<Digests, CryptoError> {
         let report = self.inspector.finish()?;
+        if let Some(c) = self.chunks.take() {
+            c.finish()?;
+        }
         let in_message: BTreeSet<String> = report.recipients.iter().cloned().collect();
         for fpr in &self.manifest_recipients {
             let id = key_id_of_fingerprint(fpr);

@@ -271,6 +271,7 @@ enum Expect {
     TrailingData,
     SizeMismatch,
     Sha256Mismatch,
+    ChunkMismatch,
     IntegrityCheckFailed,
     NoMatchingSecretKey,
     UnsupportedSeipdVersion,
@@ -303,6 +304,7 @@ fn check(case: &str, got: &CryptoError, want: &Expect) {
             | (CryptoError::TrailingData { .. }, Expect::TrailingData)
             | (CryptoError::SizeMismatch { .. }, Expect::SizeMismatch)
             | (CryptoError::Sha256Mismatch { .. }, Expect::Sha256Mismatch)
+            | (CryptoError::ChunkMismatch { .. }, Expect::ChunkMismatch)
             | (
                 CryptoError::IntegrityCheckFailed,
                 Expect::IntegrityCheckFailed
@@ -349,6 +351,12 @@ async fn tamper_table_data() {
     wrong_version[pkesk_len + 2] = 2;
 
     let other = make_backup(&data(1000), &to, "bbbbbb").await;
+    // A version 1 manifest (before chunk digests): only the whole-object
+    // digests can tell.
+    let mut v1 = good.manifest.clone();
+    v1.version = 1;
+    v1.ciphertext.chunks.clear();
+    v1.ciphertext.chunk_size = 0;
     let same_size_other = make_backup(
         &data(3 << 20).iter().map(|b| b ^ 0x55).collect::<Vec<_>>(),
         &to,
@@ -398,6 +406,13 @@ async fn tamper_table_data() {
             "byte flipped in the middle",
             flip(len / 2),
             &good.manifest,
+            Expect::ChunkMismatch,
+            Some(Expect::IntegrityCheckFailed),
+        ),
+        (
+            "byte flipped in the middle, version 1 manifest",
+            flip(len / 2),
+            &v1,
             Expect::Sha256Mismatch,
             Some(Expect::IntegrityCheckFailed),
         ),
@@ -405,7 +420,7 @@ async fn tamper_table_data() {
             "byte flipped at the end",
             flip(len - 1),
             &good.manifest,
-            Expect::Sha256Mismatch,
+            Expect::ChunkMismatch,
             Some(Expect::IntegrityCheckFailed),
         ),
         (
@@ -440,7 +455,7 @@ async fn tamper_table_data() {
             "manifest of another backup, same size",
             good.data.clone(),
             &same_size_other.manifest,
-            Expect::Sha256Mismatch,
+            Expect::ChunkMismatch,
             None,
         ),
         (
