@@ -12,6 +12,7 @@ use backstop_core::config::Env;
 use backstop_core::crypto::{
     self, BackupSecretKey, KeyAlgorithm, RecipientKey, RecipientSet, VerifyingKey, files,
 };
+use backstop_core::store::ByteStream;
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]
@@ -88,6 +89,19 @@ pub struct DecryptArgs {
     /// The backup secret key: file:/path, gcpkms:NAME:/path, or a plain path.
     #[arg(long, env = "BACKSTOP_BACKUP_SECRET_KEY")]
     key: String,
+    /// The backup's manifest.json: every 8 MiB chunk of the input is then
+    /// authenticated against it before it is decrypted, and the output is
+    /// capped at its plaintext size. Without it, the output is only
+    /// checked by the OpenPGP MDC, which anyone with the public key can
+    /// forge.
+    #[arg(long, requires_all = ["signature", "signing_keys"])]
+    manifest: Option<PathBuf>,
+    /// The manifest's detached signature (manifest.json.sig).
+    #[arg(long, requires = "manifest")]
+    signature: Option<PathBuf>,
+    /// Signing public key file(s) the manifest must be signed with.
+    #[arg(long = "signing-key", requires = "manifest")]
+    signing_keys: Vec<PathBuf>,
     /// Input file, or `-` for stdin.
     input: PathBuf,
     /// Output file (`-` for stdout: then nothing can be retracted on error).
@@ -193,8 +207,9 @@ async fn decrypt(a: DecryptArgs) -> anyhow::Result<()> {
     let kms = backstop_cloud::kms::CloudKms::from_env(&Env::from_process());
     let key = BackupSecretKey::load(&files::key_source_or_path(&a.key)?, &kms).await?;
     let input = crypto::reader_stream(open_input(&a.input)?, 1 << 20);
+    let (input, plaintext_size) = authenticated_input(&a, input)?;
     if a.output.as_os_str() == "-" {
-        let n = crypto::decrypt_to_writer(input, &key, io::stdout())
+        let n = crypto::decrypt_to_writer(input, &key, plaintext_size, io::stdout())
             .await
             .map_err(|e| {
                 anyhow::Error::from(e)
@@ -206,12 +221,44 @@ async fn decrypt(a: DecryptArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let n = files::decrypt_to_file(input, &key, &a.output).await?;
+    let n = files::decrypt_to_file(input, &key, plaintext_size, &a.output).await?;
     println!(
         "{}",
         serde_json::json!({ "plaintext_size": n, "integrity": "ok", "output": a.output })
     );
     Ok(())
+}
+
+/// With `--manifest`: the input authenticated chunk by chunk against the
+/// signed manifest, and the plaintext size to cap decryption at. Without:
+/// the input as it is, and a warning.
+fn authenticated_input(
+    a: &DecryptArgs,
+    input: ByteStream,
+) -> anyhow::Result<(ByteStream, Option<u64>)> {
+    let Some(manifest_path) = &a.manifest else {
+        eprintln!(
+            "warning: decrypting without --manifest: the output is checked only by the OpenPGP MDC, which anyone with the backup public key can produce; pass --manifest, --signature and --signing-key to authenticate it"
+        );
+        return Ok((input, None));
+    };
+    let signing: Vec<VerifyingKey> = a
+        .signing_keys
+        .iter()
+        .map(|p| VerifyingKey::from_file(p).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<_>>()?;
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let signature = a.signature.as_ref().expect("clap requires --signature");
+    let manifest = crypto::verify_manifest(&read(manifest_path)?, &read(signature)?, &signing)?;
+    if manifest.ciphertext.chunks.is_empty() {
+        anyhow::bail!(
+            "manifest {} has no chunk digests (a backup written before manifest version 2): check the data file whole first with `backstop verify`, then decrypt it without --manifest",
+            manifest_path.display()
+        );
+    }
+    let input = crypto::chunks::authenticated(input, &manifest.ciphertext)?;
+    Ok((input, Some(manifest.plaintext_size)))
 }
 
 async fn verify(a: VerifyArgs) -> anyhow::Result<()> {

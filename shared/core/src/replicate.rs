@@ -323,7 +323,10 @@ impl Replicator {
             (source, verifier)
         } else {
             match crate::crypto::chunks::authenticated(source, expected) {
-                Ok(s) => (as_verification_failures(s), verifier.chunks_checked_by_caller()),
+                Ok(s) => (
+                    as_verification_failures(s),
+                    verifier.chunks_checked_by_caller(),
+                ),
                 Err(e) => return Ok(Err(e.to_string())),
             }
         };

@@ -221,7 +221,11 @@ impl ChunkGate {
             let chunk_end = ((start / self.chunk_size) + 1) * self.chunk_size;
             let want = chunk_end.min(self.size).saturating_sub(start);
             // Past the end: let the checker report the size.
-            let n = if want == 0 { data.len() } else { (want as usize).min(data.len()) };
+            let n = if want == 0 {
+                data.len()
+            } else {
+                (want as usize).min(data.len())
+            };
             if self.buf.capacity() == 0 {
                 self.buf.reserve(self.chunk_size.min(self.size) as usize);
             }

@@ -244,18 +244,20 @@ fn unwrap_stage(
     });
 }
 
-/// Decrypts `input` into `writer` (on a blocking thread). Returns the
-/// plaintext size. On error, whatever was written must be discarded.
+/// Decrypts `input` into `writer` (on a blocking thread), capped at
+/// `plaintext_size` when the manifest is known (see
+/// [`decrypt_stream_sized`]). Returns the plaintext size. On error, whatever was written must be discarded.
 pub async fn decrypt_to_writer<W>(
     input: ByteStream,
     key: &BackupSecretKey,
+    plaintext_size: Option<u64>,
     writer: W,
 ) -> Result<u64, CryptoError>
 where
     W: std::io::Write + Send + 'static,
 {
     use futures::StreamExt;
-    let mut stream = decrypt_stream(input, key);
+    let mut stream = decrypt_stream_sized(input, key, plaintext_size);
     let mut writer = writer;
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<u64, CryptoError> {

@@ -262,8 +262,8 @@ pub fn partial_path(output: &Path) -> PathBuf {
     PathBuf::from(partial)
 }
 
-/// Decrypts `input` with `key` into the file `output`; returns the
-/// plaintext size.
+/// Decrypts `input` with `key` into the file `output` (capped at
+/// `plaintext_size` when known); returns the plaintext size.
 ///
 /// The plaintext is written to [`partial_path`]`(output)`, created new with
 /// mode [`SECRET_FILE_MODE`] (an existing partial file is an error: it is
@@ -275,6 +275,7 @@ pub fn partial_path(output: &Path) -> PathBuf {
 pub async fn decrypt_to_file(
     input: ByteStream,
     key: &BackupSecretKey,
+    plaintext_size: Option<u64>,
     output: &Path,
 ) -> Result<u64, FileError> {
     let partial = partial_path(output);
@@ -284,7 +285,7 @@ pub async fn decrypt_to_file(
             source,
         })?;
     let file = Arc::new(file);
-    let written = match decrypt_to_writer(input, key, Arc::clone(&file)).await {
+    let written = match decrypt_to_writer(input, key, plaintext_size, Arc::clone(&file)).await {
         Ok(n) => sync(file).await.map(|()| n).map_err(CryptoError::Output),
         Err(e) => Err(e),
     };
@@ -619,7 +620,7 @@ mod tests {
         let plain = plaintext(300_000);
         let (ct, _) = encrypt(&plain).await;
         let out = dir.join("out.pgdump");
-        let n = decrypt_to_file(stream_of(&ct), &backup_secret(), &out)
+        let n = decrypt_to_file(stream_of(&ct), &backup_secret(), None, &out)
             .await
             .unwrap();
         assert_eq!(n, plain.len() as u64);
@@ -636,7 +637,7 @@ mod tests {
         let at = ct.len() / 2;
         ct[at] ^= 0x40;
         let out = dir.join("out.pgdump");
-        let err = decrypt_to_file(stream_of(&ct), &backup_secret(), &out)
+        let err = decrypt_to_file(stream_of(&ct), &backup_secret(), None, &out)
             .await
             .unwrap_err();
         assert!(
@@ -662,7 +663,7 @@ mod tests {
         std::fs::write(&out, "previous").unwrap();
         let (ct, _) = encrypt(&plaintext(10_000)).await;
         let truncated = &ct[..ct.len() - 5];
-        let err = decrypt_to_file(stream_of(truncated), &backup_secret(), &out)
+        let err = decrypt_to_file(stream_of(truncated), &backup_secret(), None, &out)
             .await
             .unwrap_err();
         assert!(matches!(err, FileError::Decrypt { .. }), "{err:?}");
@@ -677,7 +678,7 @@ mod tests {
         let partial = partial_path(&out);
         std::fs::write(&partial, "left over").unwrap();
         let (ct, _) = encrypt(&plaintext(10_000)).await;
-        let err = decrypt_to_file(stream_of(&ct), &backup_secret(), &out)
+        let err = decrypt_to_file(stream_of(&ct), &backup_secret(), None, &out)
             .await
             .unwrap_err();
         assert!(matches!(err, FileError::CreatePartial { .. }), "{err:?}");

@@ -195,7 +195,7 @@ async fn decrypt_to_writer_reports_size() {
             Ok(())
         }
     }
-    let n = decrypt_to_writer(chunked(&ct, 5000), &secret(&k.backup), W(tx))
+    let n = decrypt_to_writer(chunked(&ct, 5000), &secret(&k.backup), None, W(tx))
         .await
         .unwrap();
     assert_eq!(n, 70_000);
