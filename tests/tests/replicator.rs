@@ -333,3 +333,83 @@ async fn unsigned_foreign_and_filtered_objects() {
     assert!(rep.handle(&wrong_bucket).await.is_err());
     assert!(s3().await.list_all(&id.prefix()).await.unwrap().is_empty());
 }
+
+/// An S3 store that records how many bytes of each data upload reached it.
+#[derive(Debug)]
+struct RecordingPuts {
+    inner: Arc<dyn ObjectStore>,
+    received: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait]
+impl ObjectStore for RecordingPuts {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+    async fn put(&self, key: &str, body: ByteStream, opts: PutOptions) -> StoreResult<ObjectMeta> {
+        let received = self.received.clone();
+        let body = body.map(move |chunk| {
+            if let Ok(c) = &chunk {
+                received.fetch_add(c.len() as u64, std::sync::atomic::Ordering::SeqCst);
+            }
+            chunk
+        });
+        self.inner.put(key, Box::pin(body), opts).await
+    }
+    async fn get(&self, key: &str) -> StoreResult<GetResult> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> StoreResult<ListPage> {
+        self.inner.list_page(prefix, token).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await
+    }
+}
+
+/// A byte changed in the second 8 MiB chunk: the upload receives the
+/// authenticated first chunk and not one byte of the bad one, and nothing
+/// becomes visible in S3.
+#[tokio::test]
+async fn a_bad_chunk_never_reaches_the_upload() {
+    use backstop_core::crypto::chunks::CHUNK_SIZE;
+    let keys = TestKeys::generate();
+    let namespace = unique_namespace("chunk");
+    let source: Arc<dyn ObjectStore> = Arc::new(gcs().await);
+    let mut rep = replicator(&keys, &namespace, Arc::new(LogAlerts), source.clone()).await;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    rep.target = Arc::new(RecordingPuts {
+        inner: Arc::new(s3().await),
+        received: received.clone(),
+    });
+
+    let id = backup_id(&namespace, Utc::now());
+    write_backup(source.as_ref(), &id, &keys, 20 << 20).await;
+    let mut data = source
+        .get_bytes(&id.data_key(), 64 << 20)
+        .await
+        .unwrap()
+        .to_vec();
+    assert!(data.len() as u64 > 2 * CHUNK_SIZE, "three chunks");
+    data[CHUNK_SIZE as usize + 1000] ^= 0x01;
+    source
+        .put_bytes(&id.data_key(), Bytes::from(data), PutOptions::default())
+        .await
+        .unwrap();
+
+    let outcome = rep.handle(&finalize(&id)).await.expect("acknowledged");
+    let Outcome::Rejected { reason, .. } = outcome else {
+        panic!("expected Rejected, got {outcome:?}")
+    };
+    assert!(reason.contains("chunk 1 of 3"), "{reason}");
+    let got = received.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        got <= CHUNK_SIZE,
+        "{got} bytes reached the upload: more than the authenticated first chunk"
+    );
+    let target = s3().await;
+    assert!(target.list_all(&id.prefix()).await.unwrap().is_empty());
+}
