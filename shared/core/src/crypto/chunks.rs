@@ -27,6 +27,9 @@ use crate::store::{ByteStream, byte_stream};
 /// enough that a reader buffers little.
 pub const CHUNK_SIZE: u64 = 8 << 20;
 
+/// The most bytes of a verified chunk handed on as one item.
+const OUT_SLICE: usize = 1 << 20;
+
 /// Chunk sizes a manifest may name: a reader buffers one chunk, so a huge
 /// size would defeat bounded memory; a tiny one bloats the manifest.
 pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(64 << 20);
@@ -233,7 +236,13 @@ impl ChunkGate {
             self.buf.extend_from_slice(&data[..n]);
             data = &data[n..];
             if n as u64 == want {
-                out.push(self.buf.split().freeze());
+                // Handed on in slices (no copy) so that queues downstream,
+                // sized in items, hold 1 MiB items and not 8 MiB ones.
+                let mut chunk = self.buf.split().freeze();
+                while chunk.len() > OUT_SLICE {
+                    out.push(chunk.split_to(OUT_SLICE));
+                }
+                out.push(chunk);
             }
         }
         Ok(())
@@ -246,63 +255,50 @@ impl ChunkGate {
     }
 }
 
-/// The state of [`authenticated`]'s stream.
-struct Authenticating {
-    body: ByteStream,
-    /// `None` once the stream has ended or failed.
-    gate: Option<ChunkGate>,
-    ready: std::collections::VecDeque<Bytes>,
-    failed: Option<std::io::Error>,
-}
+/// Verified slices queued ahead of the reader: one chunk, so the next
+/// chunk downloads and hashes while the reader consumes this one.
+const AHEAD_SLICES: usize = (CHUNK_SIZE as usize) / OUT_SLICE;
 
 /// `body`, passed on one authenticated chunk at a time (see the module
-/// documentation). Fails with [`CryptoError::NoChunkDigests`] when the
-/// manifest has none. Errors travel as [`CryptoError`]s inside the
-/// stream's `io::Error`s; a body error is passed on as it is.
+/// documentation), read ahead by one chunk on a task of its own. Fails
+/// with [`CryptoError::NoChunkDigests`] when the manifest has none. Errors
+/// travel as [`CryptoError`]s inside the stream's `io::Error`s; a body
+/// error is passed on as it is. Chunks verified before a failure still
+/// flow; the failure comes right after them, and nothing follows it. Must
+/// be called within a Tokio runtime.
 pub fn authenticated(
-    body: ByteStream,
+    mut body: ByteStream,
     expected: &CiphertextInfo,
 ) -> Result<ByteStream, CryptoError> {
-    let gate = ChunkGate::new(expected)?;
-    let state = Authenticating {
-        body,
-        gate: Some(gate),
-        ready: std::collections::VecDeque::new(),
-        failed: None,
-    };
-    Ok(byte_stream(futures::stream::unfold(
-        state,
-        |mut st| async move {
-            loop {
-                // Chunks verified before a failure still flow; the failure
-                // comes right after them, and nothing follows it.
-                if let Some(chunk) = st.ready.pop_front() {
-                    return Some((Ok(chunk), st));
-                }
-                if let Some(e) = st.failed.take() {
-                    st.gate = None;
-                    return Some((Err(e), st));
-                }
-                let g = st.gate.as_mut()?;
-                match st.body.next().await {
-                    Some(Ok(data)) => {
-                        let mut out = Vec::new();
-                        if let Err(e) = g.push(&data, &mut out) {
-                            st.failed = Some(e.into_io());
-                        }
-                        st.ready.extend(out);
-                    }
-                    Some(Err(e)) => st.failed = Some(e),
-                    None => {
-                        let g = st.gate.take().expect("checked");
-                        if let Err(e) = g.finish() {
-                            st.failed = Some(e.into_io());
+    let mut gate = ChunkGate::new(expected)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(AHEAD_SLICES);
+    tokio::spawn(async move {
+        let failure = loop {
+            match body.next().await {
+                Some(Ok(data)) => {
+                    let mut out = Vec::new();
+                    let result = gate.push(&data, &mut out);
+                    for slice in out {
+                        if tx.send(Ok(slice)).await.is_err() {
+                            return; // the reader is gone
                         }
                     }
+                    if let Err(e) = result {
+                        break e.into_io();
+                    }
                 }
+                Some(Err(e)) => break e,
+                None => match gate.finish() {
+                    Ok(()) => return,
+                    Err(e) => break e.into_io(),
+                },
             }
-        },
-    )))
+        };
+        let _ = tx.send(Err(failure)).await;
+    });
+    Ok(byte_stream(futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+    })))
 }
 
 #[cfg(test)]
