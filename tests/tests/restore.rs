@@ -722,7 +722,7 @@ async fn hostile_branch_name_restores_into_a_safely_named_database() {
     let config = RestoreConfig::load(settings, &NoKms).await.unwrap();
     let expected = database_for_branch(&branch);
     assert!(
-        expected.len() <= 63 && expected.starts_with("feature-it-s-drop-database-postgres-"),
+        expected.len() <= 63 && expected.starts_with("br_feature_it_s_drop_database_postgres_"),
         "{expected}"
     );
     assert_eq!(database_for_branch(&branch), expected, "deterministic");
@@ -851,4 +851,120 @@ async fn break_glass_script_restores_with_only_gpg_and_pg_restore() {
     assert!(row_counts(&target2_url).await.is_empty());
 
     fx.cleanup(&[&target, &target2]).await;
+}
+
+/// `server_url()` with its port replaced by `port`.
+fn with_port(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (userhost, _) = authority.rsplit_once(':').unwrap();
+    format!("{scheme}://{userhost}:{port}{path}")
+}
+
+/// A TCP forwarder to the stack's PostgreSQL, as PgBouncer or a second
+/// address would be: another port, the same cluster. Returns its port.
+async fn forwarder() -> u16 {
+    let url = server_url();
+    let rest = url.split_once("://").unwrap().1;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let port = authority.rsplit_once(':').unwrap().1.to_string();
+    let target = format!("127.0.0.1:{port}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The source database reached through another port is still the source
+/// (identity, not URL text), and branch names only reach databases Backstop
+/// created for them. Failed before identity checks and the `br_` mapping:
+/// the source was replaced through the forwarder, `--branch postgres`
+/// restored into `postgres`, and a branch named like another branch's
+/// database replaced it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_are_told_by_identity_and_branches_by_their_marking() {
+    let fx = Fixture::new("ident").await;
+    let gcs = gcs().await;
+    let via_proxy = with_port(&fx.source_url, forwarder().await);
+    let mut cfg = fx.config(Target::Url(via_proxy));
+    cfg.replace = true;
+    cfg.source_database_url = Some(fx.source_url.clone());
+    let err = restore_with(&cfg, &gcs, None).await.unwrap_err();
+    assert!(
+        matches!(&err, RestoreError::Refused { reason, .. } if reason.contains("system identifier")),
+        "{err}"
+    );
+    assert!(!row_counts(&fx.source_url).await.is_empty());
+
+    // --branch postgres: its own database, and `postgres` untouched.
+    let postgres_tables = row_counts(&server_url()).await;
+    let report = restore_with(
+        &fx.config(Target::branch(&server_url(), "postgres")),
+        &gcs,
+        None,
+    )
+    .await
+    .expect("a branch called postgres restores into its own database");
+    assert!(
+        report.target_database.starts_with("br_postgres_"),
+        "{report:?}"
+    );
+    assert_eq!(row_counts(&server_url()).await, postgres_tables);
+
+    // A branch named like another branch's database cannot replace it.
+    let victim = database_for_branch("feature/Fix-Login");
+    let mut first = fx.config(Target::branch(&server_url(), "feature/Fix-Login"));
+    first.replace = true;
+    restore_with(&first, &gcs, None)
+        .await
+        .expect("the branch's own restore");
+    let before = row_counts(&pg::with_database(&server_url(), &victim).unwrap()).await;
+    let mut attack = fx.config(Target::branch(&server_url(), &victim));
+    attack.replace = true;
+    let report = restore_with(&attack, &gcs, None).await.unwrap();
+    assert_ne!(report.target_database, victim);
+    assert_eq!(
+        row_counts(&pg::with_database(&server_url(), &victim).unwrap()).await,
+        before
+    );
+    // The branch's own restore again, with --replace: allowed (marked).
+    restore_with(&first, &gcs, None)
+        .await
+        .expect("replace a marked database");
+
+    // An unmarked database that happens to have a branch's name is refused.
+    let squatter = database_for_branch("release/v2");
+    let squatter_url = create_database(&squatter).await;
+    pg::connect(&squatter_url)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE keep (x int); INSERT INTO keep VALUES (1)")
+        .await
+        .unwrap();
+    let mut replace = fx.config(Target::branch(&server_url(), "release/v2"));
+    replace.replace = true;
+    let err = restore_with(&replace, &gcs, None).await.unwrap_err();
+    assert!(
+        matches!(&err, RestoreError::Refused { reason, .. } if reason.contains("not created by Backstop")),
+        "{err}"
+    );
+    assert_eq!(row_counts(&squatter_url).await.get("public.keep"), Some(&1));
+
+    let extra = [
+        report.target_database.clone(),
+        victim,
+        squatter,
+        database_for_branch("postgres"),
+    ];
+    fx.cleanup(&extra.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
 }

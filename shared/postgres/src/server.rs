@@ -210,6 +210,73 @@ pub(crate) async fn drop_database(admin: &Client, name: &str) -> Result<(), PgEr
         .map_err(query_err("drop a database"))
 }
 
+/// The comment on database `name` (`COMMENT ON DATABASE`), if any.
+pub(crate) async fn database_comment(
+    admin: &Client,
+    name: &str,
+) -> Result<Option<String>, PgError> {
+    let row = admin
+        .query_opt(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(query_err("read the target database's comment"))?;
+    Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+}
+
+/// Sets the comment on database `name`.
+pub(crate) async fn set_database_comment(
+    admin: &Client,
+    name: &str,
+    comment: &str,
+) -> Result<(), PgError> {
+    // COMMENT takes no parameters: the text is quoted as a literal.
+    let literal = format!("'{}'", comment.replace('\'', "''"));
+    admin
+        .batch_execute(&format!(
+            "COMMENT ON DATABASE {} IS {literal}",
+            quote_ident(name)
+        ))
+        .await
+        .map_err(query_err("mark the database as Backstop's"))
+}
+
+/// Who a connection is talking to: the cluster's `system_identifier` (when
+/// the role may read `pg_control_system()`), and the database's oid and
+/// name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub system_identifier: Option<i64>,
+    pub database_oid: u32,
+    pub database: String,
+}
+
+/// The [`Identity`] of `client`'s server and database.
+pub(crate) async fn identity(client: &Client) -> Result<Identity, PgError> {
+    let row = client
+        .query_one(
+            "SELECT d.oid, d.datname::text FROM pg_database d WHERE d.datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(query_err("identify the database"))?;
+    // Restricted to superusers and pg_monitor by default; without it, the
+    // caller decides conservatively.
+    let system_identifier = match client
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await
+    {
+        Ok(r) => Some(r.get::<_, i64>(0)),
+        Err(_) => None,
+    };
+    Ok(Identity {
+        system_identifier,
+        database_oid: row.get::<_, u32>(0),
+        database: row.get(1),
+    })
+}
+
 pub(crate) async fn rename_database(admin: &Client, from: &str, to: &str) -> Result<(), PgError> {
     let sql = format!(
         "ALTER DATABASE {} RENAME TO {}",

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use backstop_core::config::{ConfigError, Env, hint};
 use backstop_core::crypto::{BackupSecretKey, CryptoError, KeySource, KeyUnwrap, VerifyingKey};
-use backstop_core::naming::{BackupId, MAX_NAME_BYTES, NameError, Namespace, namespace_for_branch};
+use backstop_core::naming::{BackupId, MAX_NAME_BYTES, NameError, Namespace};
 use backstop_core::store::ObjectStore;
 
 use crate::pg::{self, PgTools, redact_url};
@@ -36,25 +36,66 @@ pub enum Target {
         server_url: String,
         database: String,
     },
+    /// The database of a branch on the server of `server_url`: named by
+    /// [`database_for_branch`], marked with the branch name when created,
+    /// and replaced only when marked for the same branch.
+    Branch { server_url: String, branch: String },
 }
 
 impl Target {
     /// The database for a branch (`feature/Fix-Login` →
-    /// `feature-fix-login-<hash>`), see [`database_for_branch`].
+    /// `br_feature_fix_login_<hash>`), see [`database_for_branch`].
     pub fn branch(server_url: &str, branch: &str) -> Self {
-        Target::OnServer {
+        Target::Branch {
             server_url: server_url.to_string(),
-            database: database_for_branch(branch),
+            branch: branch.to_string(),
         }
     }
 }
 
-/// A valid, deterministic database name for a branch name: lower-case
-/// `a-z0-9-`, at most 63 bytes, with a short hash of the original appended
-/// whenever the name had to change (so two branches never share a
-/// database). The same rule as [`namespace_for_branch`].
+/// The prefix every branch database name has: reserved, so that no branch
+/// name can spell an existing database (`postgres`, the source, another
+/// branch's mapped name).
+pub const BRANCH_DATABASE_PREFIX: &str = "br_";
+
+/// Hex digits of the branch name's SHA-256 in its database name: 48 bits,
+/// and a collision would still be refused by the branch marking.
+const BRANCH_HASH_HEX: usize = 12;
+
+/// The deterministic database name of a branch, **always**
+/// `br_<readable part>_<hash>`: the readable part is the branch lower-cased
+/// to `a-z0-9_` (runs of anything else become one `_`), cut so the name
+/// fits 63 bytes; the hash is of the exact branch name, so two different
+/// branch names never share a database and no branch name maps to a
+/// database that is not a branch's.
 pub fn database_for_branch(branch: &str) -> String {
-    namespace_for_branch(branch).to_string()
+    let mut slug = String::new();
+    for c in branch.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('_') {
+            slug.push('_');
+        }
+    }
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(branch.as_bytes()))
+    };
+    let room = MAX_NAME_BYTES - BRANCH_DATABASE_PREFIX.len() - 1 - BRANCH_HASH_HEX;
+    let head: String = slug.trim_matches('_').chars().take(room).collect();
+    let head = head.trim_end_matches('_');
+    let hash = &hash[..BRANCH_HASH_HEX];
+    if head.is_empty() {
+        format!("{BRANCH_DATABASE_PREFIX}{hash}")
+    } else {
+        format!("{BRANCH_DATABASE_PREFIX}{head}_{hash}")
+    }
+}
+
+/// The comment Backstop puts on a database it created for `branch`.
+pub fn branch_marking(branch: &str) -> String {
+    format!("backstop:branch={branch}")
 }
 
 /// Checks an explicit database name (it is always quoted, so any character
@@ -368,11 +409,25 @@ mod tests {
         assert_eq!(a, database_for_branch(&hostile));
         assert!(a.len() <= MAX_NAME_BYTES, "{a}");
         assert!(
-            a.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            a.starts_with(BRANCH_DATABASE_PREFIX)
+                && a.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
             "{a}"
         );
-        assert!(database_for_branch("feature/Fix-Login").starts_with("feature-fix-login-"));
+        assert!(database_for_branch("feature/Fix-Login").starts_with("br_feature_fix_login_"));
+        // Names that already are valid, or spell another branch's mapped
+        // name, still get the prefix and their own hash.
+        for name in ["postgres", "production", "template1", "app"] {
+            let db = database_for_branch(name);
+            assert!(db.starts_with(&format!("br_{name}_")), "{db}");
+        }
+        let mapped = database_for_branch("feature/Fix-Login");
+        assert_ne!(database_for_branch(&mapped), mapped);
+        assert!(database_for_branch("ü/é").starts_with("br_"));
+        assert_eq!(database_for_branch("").len(), 3 + 12);
+        let long = database_for_branch(&"x".repeat(300));
+        assert!(long.len() <= MAX_NAME_BYTES, "{long}");
+        assert_ne!(long, database_for_branch(&"x".repeat(301)));
         assert_ne!(
             database_for_branch("feature/Fix-Login"),
             database_for_branch("feature/fix-login")

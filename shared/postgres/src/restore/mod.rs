@@ -31,6 +31,7 @@ mod error;
 mod report;
 mod run;
 mod select;
+mod source;
 mod spool;
 mod stream;
 mod target;

@@ -16,8 +16,9 @@ use super::drill::{self, Recorded, compare_counts, count_restored};
 use super::error::RestoreError;
 use super::report::{RestoreReport, SkippedBackup, Timings};
 use super::select::{Candidate, select, verify_candidate};
+use super::source::SourceGuard;
 use super::stream::restore_data;
-use super::target::{ResolvedTarget, SourceGuard, prepare, resolve};
+use super::target::{ResolvedTarget, prepare, resolve};
 use crate::pg::redact_url;
 
 /// Restores a backup (see the module documentation). `Ok` with

@@ -7,19 +7,22 @@
 //! unless `replace` is set. A replacement restores into a staging database
 //! and swaps it in only after the restore and the drill succeeded.
 //!
-//! The source checks: a target named like the backup's database on the
-//! server of `BACKSTOP_SOURCE_DATABASE_URL` is refused; without that
-//! variable, a replacement of a database named like the backup's database
-//! is refused (Backstop cannot tell that it is not the source).
+//! A branch target (`--branch`) is a database Backstop named and marked
+//! (a `COMMENT ON DATABASE` with the branch name) when it created it: an
+//! existing database is restored into, or replaced, only when it carries
+//! the marking of the same branch.
+//!
+//! The source checks live in `source`.
 
 use tokio_postgres::Client;
 
 use backstop_core::manifest::Manifest;
 
 use super::config::{
-    Progress, RestoreConfig, SOURCE_DATABASE_URL_VAR, Target, check_database_name, server_of,
+    Progress, RestoreConfig, Target, branch_marking, check_database_name, database_for_branch,
 };
 use super::error::{RestoreError, pg_err};
+use super::source::SourceGuard;
 use crate::invalid;
 use crate::pg::{self, PgError, redact_url};
 use crate::server;
@@ -30,6 +33,8 @@ pub(super) struct ResolvedTarget {
     pub admin_url: String,
     pub url: String,
     pub name: String,
+    /// The branch, for a branch target.
+    pub branch: Option<String>,
 }
 
 pub(super) fn resolve(target: &Target) -> Result<ResolvedTarget, RestoreError> {
@@ -44,6 +49,7 @@ pub(super) fn resolve(target: &Target) -> Result<ResolvedTarget, RestoreError> {
                     .map_err(|e| bad("--target-url", url, e))?,
                 url: url.clone(),
                 name,
+                branch: None,
             }
         }
         Target::OnServer {
@@ -54,86 +60,24 @@ pub(super) fn resolve(target: &Target) -> Result<ResolvedTarget, RestoreError> {
             url: pg::with_database(server_url, database)
                 .map_err(|e| bad("--server-url", server_url, e))?,
             name: database.clone(),
+            branch: None,
         },
+        Target::Branch { server_url, branch } => {
+            let database = database_for_branch(branch);
+            ResolvedTarget {
+                admin_url: server_url.clone(),
+                url: pg::with_database(server_url, &database)
+                    .map_err(|e| bad("--server-url", server_url, e))?,
+                name: database,
+                branch: Some(branch.clone()),
+            }
+        }
     };
     check_database_name(&t.name).map_err(|reason| RestoreError::Refused {
         database: t.name.clone(),
         reason,
     })?;
     Ok(t)
-}
-
-/// The source-database rules, from the configuration.
-pub(super) struct SourceGuard<'a> {
-    /// `BACKSTOP_SOURCE_DATABASE_URL`, when set.
-    source_database_url: Option<&'a str>,
-    replace: bool,
-}
-
-impl<'a> SourceGuard<'a> {
-    pub(super) fn of(cfg: &'a RestoreConfig) -> Self {
-        Self {
-            source_database_url: cfg.source_database_url.as_deref(),
-            replace: cfg.replace,
-        }
-    }
-
-    /// Refuses, before any backup is read, a target that is the database
-    /// of `BACKSTOP_SOURCE_DATABASE_URL` itself (same server, same name).
-    pub(super) fn refuse_source_database(&self, t: &ResolvedTarget) -> Result<(), RestoreError> {
-        if let Some(source) = self.source_database_url
-            && server_of(source).is_some()
-            && server_of(source) == server_of(&t.url)
-            && pg::database_name(source).ok().as_ref() == Some(&t.name)
-        {
-            return Err(RestoreError::Refused {
-                database: t.name.clone(),
-                reason: format!(
-                    "it is the source database {SOURCE_DATABASE_URL_VAR}={}",
-                    redact_url(source)
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// Refuses targets that are (or may be) the backup's source database,
-    /// once the backup's database name (`backed_up`) and whether the target
-    /// holds tables are known.
-    fn check(
-        &self,
-        t: &ResolvedTarget,
-        backed_up: &str,
-        target_in_use: bool,
-    ) -> Result<(), RestoreError> {
-        let refuse = |reason: String| {
-            Err(RestoreError::Refused {
-                database: t.name.clone(),
-                reason,
-            })
-        };
-        match self.source_database_url {
-            Some(source) => {
-                let source_name = pg::database_name(source).ok();
-                let same_server =
-                    server_of(source).is_some() && server_of(source) == server_of(&t.url);
-                if same_server && (Some(&t.name) == source_name.as_ref() || t.name == backed_up) {
-                    return refuse(format!(
-                        "it is the source database (same server as {SOURCE_DATABASE_URL_VAR}={} and the name of the backed-up database); restore into another database",
-                        redact_url(source)
-                    ));
-                }
-            }
-            None => {
-                if self.replace && target_in_use && t.name == backed_up {
-                    return refuse(format!(
-                        "--replace would drop a database named like the backup's source database {backed_up:?}, and {SOURCE_DATABASE_URL_VAR} is not set, so Backstop cannot tell that this is not the source; set {SOURCE_DATABASE_URL_VAR} or restore into another name"
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// How the restore writes into the target.
@@ -176,30 +120,13 @@ pub(super) async fn prepare(
     } else {
         false
     };
-    SourceGuard::of(cfg).check(t, &manifest.database, in_use)?;
-    let plan = match (exists, in_use) {
-        (false, _) => {
-            server::create_database(&admin, &t.name).await?;
-            tracing::info!(event = "restore_created_database", database = %t.name, "created the target database");
-            Plan::Direct { created: true }
-        }
-        // Parallel jobs are not one transaction: an existing (empty) target
-        // is restored through a staging database too, so a failure leaves
-        // it as it was.
-        (true, false) if cfg.jobs <= 1 => Plan::Direct { created: false },
-        (true, false) => Plan::Staging {
-            staging: create_staging(&admin).await?,
-        },
-        (true, true) if cfg.replace => Plan::Staging {
-            staging: create_staging(&admin).await?,
-        },
-        (true, true) => {
-            return Err(RestoreError::Refused {
-                database: t.name.clone(),
-                reason: "it already holds tables; pass --replace to replace it (it is swapped only after a successful restore and drill)".into(),
-            });
-        }
-    };
+    SourceGuard::of(cfg)
+        .check(&admin, t, &manifest.database, in_use)
+        .await?;
+    if exists {
+        check_branch_marking(&admin, t).await?;
+    }
+    let plan = choose_plan(cfg, &admin, t, exists, in_use).await?;
     let db_url = match &plan {
         Plan::Direct { .. } => t.url.clone(),
         Plan::Staging { staging } => {
@@ -214,14 +141,89 @@ pub(super) async fn prepare(
     })
 }
 
+/// How the restore writes, creating what it writes into.
+async fn choose_plan(
+    cfg: &RestoreConfig,
+    admin: &Client,
+    t: &ResolvedTarget,
+    exists: bool,
+    in_use: bool,
+) -> Result<Plan, RestoreError> {
+    let branch = t.branch.as_deref();
+    Ok(match (exists, in_use) {
+        (false, _) => {
+            create_marked(admin, &t.name, branch).await?;
+            tracing::info!(event = "restore_created_database", database = %t.name, "created the target database");
+            Plan::Direct { created: true }
+        }
+        // Parallel jobs are not one transaction: an existing (empty) target
+        // is restored through a staging database too, so a failure leaves
+        // it as it was.
+        (true, false) if cfg.jobs <= 1 => Plan::Direct { created: false },
+        (true, false) => Plan::Staging {
+            staging: create_staging(admin, branch).await?,
+        },
+        (true, true) if cfg.replace => Plan::Staging {
+            staging: create_staging(admin, branch).await?,
+        },
+        (true, true) => {
+            return Err(RestoreError::Refused {
+                database: t.name.clone(),
+                reason: "it already holds tables; pass --replace to replace it (it is swapped only after a successful restore and drill)".into(),
+            });
+        }
+    })
+}
+
+/// Creates database `name`, marked for `branch` when it is a branch's (the
+/// marking moves with a staging database when it is renamed).
+async fn create_marked(
+    admin: &Client,
+    name: &str,
+    branch: Option<&str>,
+) -> Result<(), RestoreError> {
+    server::create_database(admin, name).await?;
+    if let Some(b) = branch
+        && let Err(e) = server::set_database_comment(admin, name, &branch_marking(b)).await
+    {
+        let _ = server::drop_database(admin, name).await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 /// Creates a staging database with a random name, and returns the name.
-async fn create_staging(admin: &Client) -> Result<String, RestoreError> {
+async fn create_staging(admin: &Client, branch: Option<&str>) -> Result<String, RestoreError> {
     let staging = format!(
         "backstop_restore_{:012x}",
         rand::random::<u64>() & 0xffff_ffff_ffff
     );
-    server::create_database(admin, &staging).await?;
+    create_marked(admin, &staging, branch).await?;
     Ok(staging)
+}
+
+/// An existing branch database must carry the marking of the same branch:
+/// Backstop never restores a branch into, or replaces, a database it did
+/// not create for that branch.
+async fn check_branch_marking(admin: &Client, t: &ResolvedTarget) -> Result<(), RestoreError> {
+    let Some(branch) = &t.branch else {
+        return Ok(());
+    };
+    let comment = server::database_comment(admin, &t.name).await?;
+    let want = branch_marking(branch);
+    if comment.as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    let found = match &comment {
+        Some(c) => format!("its comment is {c:?}"),
+        None => "it has no Backstop marking".to_string(),
+    };
+    Err(RestoreError::Refused {
+        database: t.name.clone(),
+        reason: format!(
+            "it exists but was not created by Backstop for branch {branch:?} ({found}); a branch restore only writes into, or replaces, a database marked for the same branch. Drop or rename it, or restore with --target-db"
+        ),
+    })
 }
 
 impl Prepared {
@@ -324,64 +326,5 @@ mod tests {
             resolve(&Target::Url("not a url".into())),
             Err(RestoreError::Config(_))
         ));
-    }
-
-    #[test]
-    fn the_source_database_is_never_a_target() {
-        let guard = SourceGuard {
-            source_database_url: Some("postgres://u:pw@127.0.0.1/app"),
-            replace: false,
-        };
-        let refused = |r: Result<(), RestoreError>| matches!(r, Err(RestoreError::Refused { .. }));
-        let same = on("postgres://x@localhost:5432/app");
-        assert!(refused(guard.refuse_source_database(&same)));
-        assert!(
-            guard
-                .refuse_source_database(&on("postgres://x@localhost/other"))
-                .is_ok()
-        );
-        assert!(
-            guard
-                .refuse_source_database(&on("postgres://x@db2/app"))
-                .is_ok()
-        );
-        // Named like the backed-up database, on the source's server.
-        let named_like = on("postgres://x@localhost/orders");
-        assert!(refused(guard.check(&named_like, "orders", false)));
-        assert!(guard.check(&named_like, "billing", true).is_ok());
-        assert!(
-            guard
-                .check(&on("postgres://x@db2/orders"), "orders", true)
-                .is_ok()
-        );
-        let err = guard.check(&same, "billing", false).unwrap_err();
-        assert!(!err.to_string().contains("pw"), "{err}");
-    }
-
-    #[test]
-    fn without_the_source_url_a_namesake_is_not_replaced() {
-        let guard = SourceGuard {
-            source_database_url: None,
-            replace: true,
-        };
-        let t = on("postgres://x@db/orders");
-        assert!(guard.refuse_source_database(&t).is_ok());
-        assert!(matches!(
-            guard.check(&t, "orders", true),
-            Err(RestoreError::Refused { .. })
-        ));
-        assert!(
-            guard.check(&t, "orders", false).is_ok(),
-            "empty: nothing to lose"
-        );
-        assert!(guard.check(&t, "billing", true).is_ok());
-        let keep = SourceGuard {
-            replace: false,
-            ..guard
-        };
-        assert!(
-            keep.check(&t, "orders", true).is_ok(),
-            "refused later: not empty"
-        );
     }
 }
