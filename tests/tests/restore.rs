@@ -241,6 +241,7 @@ impl Fixture {
             write_drill: true,
             jobs: 1,
             spool_dir: std::env::temp_dir(),
+            max_clock_skew: chrono::TimeDelta::minutes(10),
         }
     }
 
@@ -967,4 +968,49 @@ async fn targets_are_told_by_identity_and_branches_by_their_marking() {
     ];
     fx.cleanup(&extra.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
+}
+
+/// A validly signed backup stamped a day in the future (a dump host with a
+/// skewed clock) is not the newest: the honest one is restored, and the
+/// future one is reported as skipped. Failed before: the future backup was
+/// chosen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_dated_backup_is_never_the_newest() {
+    let fx = Fixture::new("future").await;
+    let gcs = gcs().await;
+    let future = BackupId::with_nonce(
+        fx.namespace.clone(),
+        &fx.id.database,
+        chrono::Utc::now() + chrono::TimeDelta::days(1),
+        "fff000",
+    )
+    .unwrap();
+    let mut manifest = fx.manifest(&gcs).await;
+    manifest.backup_id = future.to_string();
+    manifest.started_at = future.taken_at;
+    manifest.finished_at = future.taken_at;
+    let key = SigningKey::from_armored(&fx.signing_key.secret_armored).unwrap();
+    let (bytes, sig) = sign_manifest(&manifest, &key).unwrap();
+    let data = gcs.get_bytes(&fx.id.data_key(), 256 << 20).await.unwrap();
+    for (k, b) in [
+        (future.data_key(), data),
+        (future.signature_key(), Bytes::from(sig)),
+        (future.manifest_key(), Bytes::from(bytes)),
+    ] {
+        gcs.put_bytes(&k, b, PutOptions::create()).await.unwrap();
+    }
+    let target = unique("rs_dst_future");
+    let report = restore_with(&fx.config(fx.on_server(&target)), &gcs, None)
+        .await
+        .expect("the honest backup restores");
+    assert_eq!(report.backup_id, fx.id.to_string());
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.backup_id == future.to_string() && s.reason.contains("future")),
+        "{:?}",
+        report.skipped
+    );
+    fx.cleanup(&[&target]).await;
 }

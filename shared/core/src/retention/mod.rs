@@ -5,8 +5,9 @@
 //!
 //! 1. [`collect`]: list the whole bucket ([`ObjectStoreExt::list_all`]) and
 //!    verify every complete backup's signed manifest (an injected
-//!    [`ManifestVerifier`]). Any failure: no [`Inventory`], so nothing is
-//!    planned or deleted.
+//!    [`ManifestVerifier`]). A failed listing or a transient read failure:
+//!    no [`Inventory`], so nothing is planned or deleted. A backup that can
+//!    never be read (an oversized manifest) is recorded as invalid instead.
 //! 2. [`plan()`]: pure and deterministic, from the inventory, the
 //!    [`PolicySet`] and the clock. The plan module's docs list the safety rules.
 //! 3. [`apply`]: delete in order (manifest, signature, data), stopping a
@@ -24,6 +25,8 @@ mod plan;
 mod policy;
 mod verify;
 
+#[cfg(test)]
+mod future_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -45,7 +48,8 @@ pub use plan::{
     BackupPlan, BackupStatus, Decision, DeleteOp, DeleteReason, HoldReason, Plan, SeriesPlan, plan,
 };
 pub use policy::{
-    NamespacePattern, NamespaceRule, POLICY_ENV, PolicyError, PolicySet, RetentionPolicy,
+    DEFAULT_MAX_CLOCK_SKEW_SECS, MAX_CLOCK_SKEW_ENV, NamespacePattern, NamespaceRule, POLICY_ENV,
+    PolicyError, PolicySet, RetentionPolicy, parse_duration,
 };
 pub use verify::SignatureVerifier;
 

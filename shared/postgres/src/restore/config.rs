@@ -149,7 +149,15 @@ pub struct RestoreConfig {
     /// and `--jobs`): `BACKSTOP_SPOOL_DIR`, else the system's temporary
     /// directory.
     pub spool_dir: std::path::PathBuf,
+    /// How far in the future a backup's time may be (dump hosts' clocks
+    /// drift); later backups are never the newest. `BACKSTOP_MAX_CLOCK_SKEW`.
+    pub max_clock_skew: chrono::TimeDelta,
 }
+
+/// How far a backup's time may lie in the future (duration syntax).
+pub const MAX_CLOCK_SKEW_VAR: &str = "BACKSTOP_MAX_CLOCK_SKEW";
+/// The default allowed skew: 10 minutes.
+pub const DEFAULT_MAX_CLOCK_SKEW_SECS: i64 = 600;
 
 /// The most `pg_restore` jobs `--jobs` accepts.
 pub const MAX_JOBS: u32 = 64;
@@ -176,6 +184,8 @@ pub struct RestoreSettings {
     pub jobs: Option<u32>,
     /// `BACKSTOP_SPOOL_DIR` (default: the system's temporary directory).
     pub spool_dir: Option<std::path::PathBuf>,
+    /// `BACKSTOP_MAX_CLOCK_SKEW` (default 10 min).
+    pub max_clock_skew: Option<String>,
 }
 
 impl RestoreConfig {
@@ -207,7 +217,17 @@ impl RestoreConfig {
                 .spool_dir
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or_else(std::env::temp_dir),
+            max_clock_skew: max_clock_skew(s.max_clock_skew.as_deref())?,
         })
+    }
+}
+
+/// `BACKSTOP_MAX_CLOCK_SKEW`: a duration (`10min`, `1h`), default 10 min.
+fn max_clock_skew(text: Option<&str>) -> Result<chrono::TimeDelta, ConfigError> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(chrono::TimeDelta::seconds(DEFAULT_MAX_CLOCK_SKEW_SECS)),
+        Some(t) => backstop_core::retention::parse_duration(t)
+            .map_err(|e| invalid(MAX_CLOCK_SKEW_VAR, t, e)),
     }
 }
 

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use backstop_core::crypto::VerifyingKey;
 use backstop_core::manifest::{CiphertextInfo, MAX_MANIFEST_BYTES, Manifest};
 use backstop_core::naming::{BackupId, MANIFEST_FILE, Namespace, SIGNATURE_FILE};
@@ -142,6 +144,7 @@ pub(crate) async fn newest_verified(
     namespace: &Namespace,
     database: Option<&str>,
     keys: &[VerifyingKey],
+    not_after: DateTime<Utc>,
     skipped: &mut Vec<SkippedBackup>,
 ) -> Result<Option<Candidate>, StoreError> {
     let prefix = match database {
@@ -156,7 +159,14 @@ pub(crate) async fn newest_verified(
         }
     }
     for (id, files) in backups.iter().rev() {
-        let reason = if !files.contains_key(MANIFEST_FILE) {
+        let reason = if id.taken_at > not_after {
+            // A dump host with a skewed clock (or a forged name): never
+            // "newest", or it would win every restore from now on.
+            format!(
+                "dated {} in the future, beyond the allowed clock skew: check the dump host's clock; restore it explicitly with --backup if it is wanted",
+                id.taken_at
+            )
+        } else if !files.contains_key(MANIFEST_FILE) {
             "incomplete: no manifest (commit marker)".to_string()
         } else if !files.contains_key(SIGNATURE_FILE) {
             "unsigned: no manifest.json.sig".to_string()
@@ -221,7 +231,17 @@ pub(super) async fn select(
             },
             None => {
                 let database = cfg.database.as_deref();
-                newest_verified(store, cloud, &cfg.namespace, database, keys, skipped).await
+                let not_after = Utc::now() + cfg.max_clock_skew;
+                newest_verified(
+                    store,
+                    cloud,
+                    &cfg.namespace,
+                    database,
+                    keys,
+                    not_after,
+                    skipped,
+                )
+                .await
             }
         };
         match found {
