@@ -132,10 +132,10 @@ fn dump_then_restore_a_branch_database_from_the_command_line() {
     assert_eq!(restored["drill"]["success"], true);
     let target = restored["target_database"].as_str().unwrap().to_string();
     assert!(
-        target.starts_with("feature-fix-login-")
+        target.starts_with("br_feature_fix_login_")
             && target
                 .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
         "derived database name {target:?}"
     );
     assert_eq!(
