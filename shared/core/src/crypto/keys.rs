@@ -220,6 +220,32 @@ fn parse_secret(what: &str, bytes: &[u8]) -> Result<SignedSecretKey, CryptoError
     Ok(key)
 }
 
+/// Whether `bytes` hold secret key material in any form: an armored
+/// `PRIVATE KEY BLOCK`, or secret-key / secret-subkey packets (binary, or
+/// inside armor of any label). For settings that must hold public keys only;
+/// it never says which bytes it found, so nothing of a key reaches a log.
+pub fn holds_secret_key_material(bytes: &[u8]) -> bool {
+    if String::from_utf8_lossy(bytes).contains("PRIVATE KEY BLOCK") {
+        return true;
+    }
+    let binary: Vec<u8> =
+        if bytes.starts_with(b"-----") || bytes.trim_ascii_start().starts_with(b"-----") {
+            let mut out = Vec::new();
+            let mut dearmor = pgp::armor::Dearmor::new(bytes.trim_ascii_start());
+            // A broken armor is checked as far as it decodes.
+            let _ = std::io::Read::read_to_end(&mut dearmor, &mut out);
+            out
+        } else {
+            bytes.to_vec()
+        };
+    pgp::packet::PacketParser::new(&binary[..]).any(|p| {
+        matches!(
+            p,
+            Ok(pgp::packet::Packet::SecretKey(_) | pgp::packet::Packet::SecretSubkey(_))
+        )
+    })
+}
+
 /// Latest self-signature among `sigs` of the given types.
 fn latest<'a>(sigs: impl Iterator<Item = &'a Signature>) -> Option<&'a Signature> {
     sigs.max_by_key(|s| s.created().map(|t| t.as_secs()).unwrap_or(0))
@@ -550,27 +576,53 @@ impl SigningKey {
     }
 
     /// The key that makes signatures: the primary if it may sign, otherwise
-    /// the newest signing subkey.
+    /// the newest signing subkey. Revoked and expired keys are passed over
+    /// (their signatures would be refused); when no key is left, the error
+    /// says why.
     pub(crate) fn signer(&self) -> Result<SignKeyRef<'_>, CryptoError> {
-        let primary_can_sign = self.key.primary_key.algorithm().can_sign()
-            && primary_self_sig(&self.key.details).is_some_and(|s| s.key_flags().sign());
-        let r = if primary_can_sign {
-            SignKeyRef::Primary(&self.key.primary_key)
-        } else {
-            let sub = self
-                .key
-                .secret_subkeys
-                .iter()
-                .filter(|sk| {
-                    sk.key.algorithm().can_sign()
-                        && subkey_binding(&sk.signatures).is_some_and(|s| s.key_flags().sign())
-                })
-                .max_by_key(|sk| sk.key.created_at().as_secs())
-                .ok_or_else(|| CryptoError::NoSigningCapability {
-                    fingerprint: self.fingerprint(),
-                })?;
-            SignKeyRef::Sub(&sub.key)
+        let now = Timestamp::now();
+        let primary = SignerKey {
+            primary_fpr: self.fingerprint(),
+            details: &self.key.details,
+            primary_created: self.key.primary_key.created_at(),
+            subkey: None,
         };
+        let primary_flagged = self.key.primary_key.algorithm().can_sign()
+            && primary_self_sig(&self.key.details).is_some_and(|s| s.key_flags().sign());
+        let mut refusal = None;
+        if primary_flagged {
+            match check_may_sign(&primary, now) {
+                Ok(()) => return self.unlocked(SignKeyRef::Primary(&self.key.primary_key)),
+                Err(e) => refusal = Some(e),
+            }
+        }
+        let flagged = self.key.secret_subkeys.iter().filter(|sk| {
+            sk.key.algorithm().can_sign()
+                && subkey_binding(&sk.signatures).is_some_and(|s| s.key_flags().sign())
+        });
+        let mut usable = Vec::new();
+        for sk in flagged {
+            let key = SignerKey {
+                subkey: Some((fpr_hex(&sk.key), sk.key.created_at(), &sk.signatures[..])),
+                ..primary.clone()
+            };
+            match check_may_sign(&key, now) {
+                Ok(()) => usable.push(sk),
+                Err(e) => refusal = refusal.or(Some(e)),
+            }
+        }
+        match usable
+            .into_iter()
+            .max_by_key(|sk| sk.key.created_at().as_secs())
+        {
+            Some(sk) => self.unlocked(SignKeyRef::Sub(&sk.key)),
+            None => Err(refusal.unwrap_or_else(|| CryptoError::NoSigningCapability {
+                fingerprint: self.fingerprint(),
+            })),
+        }
+    }
+
+    fn unlocked<'a>(&self, r: SignKeyRef<'a>) -> Result<SignKeyRef<'a>, CryptoError> {
         let locked = match &r {
             SignKeyRef::Primary(k) => k.secret_params().is_encrypted(),
             SignKeyRef::Sub(k) => k.secret_params().is_encrypted(),
@@ -616,6 +668,17 @@ impl VerifyingKey {
         fpr_hex(&self.cert)
     }
 
+    /// What [`check_may_sign`] needs about the primary key (`None`) or one
+    /// of this certificate's subkeys.
+    pub(crate) fn signer_key<'a>(&'a self, sub: Option<&'a SignedPublicSubKey>) -> SignerKey<'a> {
+        SignerKey {
+            primary_fpr: self.fingerprint(),
+            details: &self.cert.details,
+            primary_created: self.cert.primary_key.created_at(),
+            subkey: sub.map(|s| (fpr_hex(&s.key), s.key.created_at(), &s.signatures[..])),
+        }
+    }
+
     /// The public key, ASCII-armored.
     pub fn to_armored(&self) -> String {
         self.cert
@@ -636,6 +699,10 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, CryptoError> {
 #[path = "key_source.rs"]
 mod source;
 pub use source::{KeySource, KeyUnwrap, NoKms, check_kms_key_name};
+
+#[path = "key_validity.rs"]
+mod validity;
+pub(crate) use validity::{SignerKey, check_may_sign};
 
 #[cfg(test)]
 #[path = "keys_tests.rs"]

@@ -10,7 +10,7 @@ use pgp::crypto::hash::HashAlgorithm;
 use pgp::packet::SignatureType;
 use pgp::types::{KeyDetails, Password};
 
-use super::keys::{SignKeyRef, SigningKey, VerifyingKey};
+use super::keys::{SignKeyRef, SigningKey, VerifyingKey, check_may_sign};
 use super::{CryptoError, hex_upper};
 use crate::manifest::Manifest;
 use crate::naming::BackupId;
@@ -104,25 +104,27 @@ pub fn verify_bytes(
         .or_else(|| issuer_ids.first().map(|i| hex_upper(i)))
         .unwrap_or_else(|| "(no issuer in the signature)".into());
 
+    let signed_at = s.created().ok_or_else(|| {
+        CryptoError::SignatureMalformed("the signature carries no creation time".into())
+    })?;
     for key in keys {
         let cert = &key.cert;
-        let primary_fpr = hex_upper(cert.fingerprint().as_bytes());
         if matches(cert.fingerprint().as_bytes()) {
-            return sig
-                .verify(cert, data)
-                .map(|_| primary_fpr.clone())
+            sig.verify(cert, data)
                 .map_err(|_| CryptoError::BadSignature {
-                    fingerprint: primary_fpr,
-                });
+                    fingerprint: key.fingerprint(),
+                })?;
+            check_may_sign(&key.signer_key(None), signed_at)?;
+            return Ok(key.fingerprint());
         }
         for sub in &cert.public_subkeys {
             if matches(sub.key.fingerprint().as_bytes()) {
-                return sig
-                    .verify(sub, data)
-                    .map(|_| primary_fpr.clone())
+                sig.verify(sub, data)
                     .map_err(|_| CryptoError::BadSignature {
                         fingerprint: hex_upper(sub.key.fingerprint().as_bytes()),
-                    });
+                    })?;
+                check_may_sign(&key.signer_key(Some(sub)), signed_at)?;
+                return Ok(key.fingerprint());
             }
         }
     }
