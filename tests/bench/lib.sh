@@ -3,18 +3,23 @@
 # min BEST VALUE: the smaller of the two (BEST may be empty).
 min() { if [ -z "$1" ] || [ "$(echo "$2 < $1" | bc -l)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
-# alternate N: calls run_backstop I and run_baseline I for I = 1..N, in the
-# order A B B A A B ..., so that neither side always runs first (warm caches,
-# a checkpoint in progress, a neighbour's load).
-alternate() {
-    local i
-    for i in $(seq 1 "$1"); do
+# alternate_sides N F1 F2 [F3 ...]: calls each function F with the run number
+# I for I = 1..N, in the given order on odd runs and reversed on even runs
+# (A B C, C B A, A B C, ...), so that no side always runs first or last (warm
+# caches, a checkpoint in progress, a neighbour's load).
+alternate_sides() {
+    local n="$1" i j
+    shift
+    local sides=("$@")
+    for i in $(seq 1 "$n"); do
         if [ $((i % 2)) = 1 ]; then
-            run_backstop "$i"
-            run_baseline "$i"
+            for ((j = 0; j < ${#sides[@]}; j++)); do "${sides[j]}" "$i"; done
         else
-            run_baseline "$i"
-            run_backstop "$i"
+            for ((j = ${#sides[@]} - 1; j >= 0; j--)); do "${sides[j]}" "$i"; done
         fi
     done
 }
+
+# alternate N: calls run_backstop I and run_baseline I for I = 1..N, in the
+# order A B B A A B ... (alternate_sides with those two).
+alternate() { alternate_sides "$1" run_backstop run_baseline; }
