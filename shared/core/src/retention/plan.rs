@@ -29,6 +29,13 @@
 //! 5. A namespace that no rule matches is never touched.
 //! 6. Each backup's objects are deleted manifest first, then signature, then
 //!    data, so that a half-deleted backup never looks complete.
+//! 7. A verified backup dated (id or manifest `started_at`) more than
+//!    [`PolicySet::max_clock_skew`] after the clock is *future-dated* (a dump
+//!    host's clock is wrong): it does not count toward keep rules, is never
+//!    the newest verified backup (so it neither takes the place of an honest
+//!    one nor silences the staleness check), and is held, never deleted
+//!    automatically, and reported. Being complete, it does keep its
+//!    namespace from being abandoned (rule 2), which only ever deletes less.
 //!
 //! "Nothing is deleted when a listing failed" is enforced by construction: a
 //! plan is made from an [`Inventory`], and [`super::collect`] returns none
@@ -36,11 +43,12 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use super::inventory::{BackupEntry, InvalidKind, Inventory, SeriesKey, Verification};
-use super::policy::{NamespaceRule, PolicySet};
+use super::policy::{NamespaceRule, PolicySet, format_age};
+use crate::manifest::Manifest;
 use crate::naming::BackupId;
 
 /// What is known about one backup.
@@ -61,6 +69,13 @@ pub enum BackupStatus {
         /// The verifier's message.
         reason: String,
     },
+    /// Validly signed, but dated (by its id or its manifest's `started_at`)
+    /// more than the allowed clock skew after the plan's clock: a dump host's
+    /// clock is wrong. Held, reported, and never the newest backup.
+    Future {
+        /// How far ahead of the clock it is dated, in seconds.
+        ahead_seconds: i64,
+    },
     /// Complete but not verified (no verifier ran).
     NotChecked,
     /// One or more of data, signature and manifest is missing.
@@ -76,6 +91,10 @@ impl BackupStatus {
             BackupStatus::Verified => "verified".into(),
             BackupStatus::Suspect { .. } => "suspect".into(),
             BackupStatus::Invalid { kind, .. } => format!("invalid ({kind})"),
+            BackupStatus::Future { ahead_seconds } => format!(
+                "future-dated (ahead by {})",
+                format_age(TimeDelta::seconds(*ahead_seconds))
+            ),
             BackupStatus::NotChecked => "not checked".into(),
             BackupStatus::Incomplete { missing } => {
                 format!("incomplete (no {})", missing.join(", "))
@@ -83,7 +102,7 @@ impl BackupStatus {
         }
     }
 
-    /// Verified, suspect or not: the backup can be restored from.
+    /// Verified, suspect or not: the backup counts (future-dated ones do not).
     pub fn is_verified(&self) -> bool {
         matches!(self, BackupStatus::Verified | BackupStatus::Suspect { .. })
     }
@@ -109,6 +128,8 @@ pub enum HoldReason {
     InProgress,
     /// Failed verification: kept as evidence, reported.
     Invalid,
+    /// Dated in the future beyond the allowed clock skew: reported.
+    Future,
     /// Complete but not verified.
     NotVerified,
     /// No policy rule matches the namespace.
@@ -297,11 +318,61 @@ fn total_rows(entry: &BackupEntry) -> u64 {
     entry.manifest().map_or(0, |m| m.tables.values().sum())
 }
 
+/// What a verified backup's status is against the previous verified backup
+/// (chronologically): suspect when much smaller, verified otherwise.
+fn verified_status(
+    entry: &BackupEntry,
+    manifest: &Manifest,
+    previous: Option<&BackupEntry>,
+    ratio: f64,
+) -> BackupStatus {
+    let Some((prev_entry, prev)) = previous.and_then(|p| p.manifest().map(|m| (p, m))) else {
+        return BackupStatus::Verified;
+    };
+    if ratio <= 0.0 {
+        return BackupStatus::Verified;
+    }
+    let shrunk = |now: u64, before: u64| before > 0 && (now as f64) < ratio * before as f64;
+    let (rows, prev_rows) = (total_rows(entry), total_rows(prev_entry));
+    if shrunk(manifest.plaintext_size, prev.plaintext_size) {
+        BackupStatus::Suspect {
+            detail: format!(
+                "plaintext size {} bytes is under {:.0}% of the previous backup's {} bytes",
+                manifest.plaintext_size,
+                ratio * 100.0,
+                prev.plaintext_size
+            ),
+        }
+    } else if shrunk(rows, prev_rows) {
+        BackupStatus::Suspect {
+            detail: format!(
+                "{rows} rows in total is under {:.0}% of the previous backup's {prev_rows}",
+                ratio * 100.0
+            ),
+        }
+    } else {
+        BackupStatus::Verified
+    }
+}
+
+/// The latest time a verified backup claims: its id's or its manifest's
+/// start, whichever is later.
+fn dated_at(entry: &BackupEntry, manifest: &Manifest) -> DateTime<Utc> {
+    entry.id.taken_at.max(manifest.started_at)
+}
+
 /// Statuses, newest first, with suspects marked against the previous
-/// verified backup (chronologically).
-fn statuses(entries: &[&BackupEntry], ratio: f64) -> Vec<BackupStatus> {
+/// verified backup (chronologically) and future-dated backups (beyond
+/// `policies.max_clock_skew` after `now`) set apart: they neither count nor
+/// serve as "previous".
+fn statuses(
+    entries: &[&BackupEntry],
+    policies: &PolicySet,
+    now: DateTime<Utc>,
+) -> Vec<BackupStatus> {
     let mut out = vec![BackupStatus::NotChecked; entries.len()];
     let mut previous: Option<&BackupEntry> = None;
+    let latest_honest = now + policies.max_clock_skew;
     for (i, entry) in entries.iter().enumerate().rev() {
         out[i] = if !entry.is_complete() {
             BackupStatus::Incomplete {
@@ -319,35 +390,16 @@ fn statuses(entries: &[&BackupEntry], ratio: f64) -> Vec<BackupStatus> {
                     kind: *kind,
                     reason: reason.clone(),
                 },
+                Verification::Verified { manifest }
+                    if dated_at(entry, manifest) > latest_honest =>
+                {
+                    BackupStatus::Future {
+                        ahead_seconds: (dated_at(entry, manifest) - now).num_seconds(),
+                    }
+                }
                 Verification::Verified { manifest } => {
-                    let status = match previous.and_then(|p| p.manifest().map(|m| (p, m))) {
-                        Some((prev_entry, prev)) if ratio > 0.0 => {
-                            let shrunk = |now: u64, before: u64| {
-                                before > 0 && (now as f64) < ratio * before as f64
-                            };
-                            let (rows, prev_rows) = (total_rows(entry), total_rows(prev_entry));
-                            if shrunk(manifest.plaintext_size, prev.plaintext_size) {
-                                BackupStatus::Suspect {
-                                    detail: format!(
-                                        "plaintext size {} bytes is under {:.0}% of the previous backup's {} bytes",
-                                        manifest.plaintext_size,
-                                        ratio * 100.0,
-                                        prev.plaintext_size
-                                    ),
-                                }
-                            } else if shrunk(rows, prev_rows) {
-                                BackupStatus::Suspect {
-                                    detail: format!(
-                                        "{rows} rows in total is under {:.0}% of the previous backup's {prev_rows}",
-                                        ratio * 100.0
-                                    ),
-                                }
-                            } else {
-                                BackupStatus::Verified
-                            }
-                        }
-                        _ => BackupStatus::Verified,
-                    };
+                    let status =
+                        verified_status(entry, manifest, previous, policies.shrink_alert_ratio);
                     previous = Some(entry);
                     status
                 }
@@ -357,6 +409,48 @@ fn statuses(entries: &[&BackupEntry], ratio: f64) -> Vec<BackupStatus> {
     out
 }
 
+/// One backup's decision from its status and the keep reasons it earned.
+fn decide(
+    entry: &BackupEntry,
+    status: &BackupStatus,
+    reasons: Vec<String>,
+    abandoned: bool,
+    grace_cutoff: DateTime<Utc>,
+) -> Decision {
+    match status {
+        BackupStatus::Invalid { .. } => Decision::Hold {
+            reason: HoldReason::Invalid,
+        },
+        BackupStatus::Future { .. } => Decision::Hold {
+            reason: HoldReason::Future,
+        },
+        BackupStatus::NotChecked => Decision::Hold {
+            reason: HoldReason::NotVerified,
+        },
+        // In-progress wins over abandonment: a dump being written
+        // right now means the namespace is not abandoned after all.
+        BackupStatus::Incomplete { .. } if entry.id.taken_at >= grace_cutoff => Decision::Hold {
+            reason: HoldReason::InProgress,
+        },
+        BackupStatus::Incomplete { .. } => Decision::Delete {
+            reason: if abandoned {
+                DeleteReason::Abandoned
+            } else {
+                DeleteReason::Orphan
+            },
+        },
+        BackupStatus::Verified | BackupStatus::Suspect { .. } if abandoned => Decision::Delete {
+            reason: DeleteReason::Abandoned,
+        },
+        BackupStatus::Verified | BackupStatus::Suspect { .. } if !reasons.is_empty() => {
+            Decision::Keep { reasons }
+        }
+        BackupStatus::Verified | BackupStatus::Suspect { .. } => Decision::Delete {
+            reason: DeleteReason::Expired,
+        },
+    }
+}
+
 fn plan_series(
     entries: &[&BackupEntry],
     rule: Option<&NamespaceRule>,
@@ -364,7 +458,7 @@ fn plan_series(
     policies: &PolicySet,
     now: DateTime<Utc>,
 ) -> Vec<BackupPlan> {
-    let statuses = statuses(entries, policies.shrink_alert_ratio);
+    let statuses = statuses(entries, policies, now);
     let Some(rule) = rule else {
         return entries
             .iter()
@@ -396,39 +490,7 @@ fn plan_series(
         .zip(statuses)
         .zip(reasons)
         .map(|((entry, status), reasons)| {
-            let decision = match &status {
-                BackupStatus::Invalid { .. } => Decision::Hold {
-                    reason: HoldReason::Invalid,
-                },
-                BackupStatus::NotChecked => Decision::Hold {
-                    reason: HoldReason::NotVerified,
-                },
-                // In-progress wins over abandonment: a dump being written
-                // right now means the namespace is not abandoned after all.
-                BackupStatus::Incomplete { .. } if entry.id.taken_at >= grace_cutoff => {
-                    Decision::Hold {
-                        reason: HoldReason::InProgress,
-                    }
-                }
-                BackupStatus::Incomplete { .. } => Decision::Delete {
-                    reason: if abandoned {
-                        DeleteReason::Abandoned
-                    } else {
-                        DeleteReason::Orphan
-                    },
-                },
-                BackupStatus::Verified | BackupStatus::Suspect { .. } if abandoned => {
-                    Decision::Delete {
-                        reason: DeleteReason::Abandoned,
-                    }
-                }
-                BackupStatus::Verified | BackupStatus::Suspect { .. } if !reasons.is_empty() => {
-                    Decision::Keep { reasons }
-                }
-                BackupStatus::Verified | BackupStatus::Suspect { .. } => Decision::Delete {
-                    reason: DeleteReason::Expired,
-                },
-            };
+            let decision = decide(entry, &status, reasons, abandoned, grace_cutoff);
             BackupPlan {
                 id: entry.id.clone(),
                 status,
@@ -479,6 +541,9 @@ impl fmt::Display for Plan {
                             HoldReason::InProgress => "may be in progress".to_string(),
                             HoldReason::Invalid => {
                                 "evidence: not deleted automatically".to_string()
+                            }
+                            HoldReason::Future => {
+                                "future-dated: not deleted automatically".to_string()
                             }
                             HoldReason::NotVerified => "not verified".to_string(),
                             HoldReason::NoRule => "no rule".to_string(),

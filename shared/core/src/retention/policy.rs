@@ -44,6 +44,10 @@
 //! | `stale_after` | none | audit: newest verified backup older than this is stale |
 //! | `drill_max_age` | none | audit: last successful restore drill older than this |
 //!
+//! The allowed clock skew ([`PolicySet::max_clock_skew`], default `10min`) is
+//! not part of the JSON: it comes from `BACKSTOP_MAX_CLOCK_SKEW`, which
+//! restore reads too, so that both agree on what "future-dated" means.
+//!
 //! Unknown fields are refused (a typo such as `keep_dialy` must not silently
 //! keep nothing), as is a rule that keeps nothing, and any rule that would let
 //! the namespace `production` be abandoned.
@@ -56,6 +60,13 @@ use serde_json::{Map, Value};
 
 /// Name of the environment variable holding the policy JSON.
 pub const POLICY_ENV: &str = "BACKSTOP_RETENTION_POLICY";
+
+/// Name of the environment variable holding the allowed clock skew: how far
+/// in the future a backup's time may lie (a duration, e.g. `10min`).
+pub const MAX_CLOCK_SKEW_ENV: &str = "BACKSTOP_MAX_CLOCK_SKEW";
+
+/// The default allowed clock skew, in seconds (10 minutes).
+pub const DEFAULT_MAX_CLOCK_SKEW_SECS: i64 = 600;
 
 /// The namespace that no configuration may ever abandon.
 pub const PRODUCTION: &str = "production";
@@ -72,6 +83,14 @@ pub enum PolicyError {
     Field {
         /// Path of the field at fault, e.g. `rules[0].keep_daily`.
         field: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// A retention setting outside the policy JSON is invalid.
+    #[error("{name} is invalid: {reason}")]
+    Setting {
+        /// The environment variable at fault.
+        name: &'static str,
         /// What is wrong and what is expected.
         reason: String,
     },
@@ -315,6 +334,11 @@ pub struct PolicySet {
     /// A verified backup smaller than this fraction of the previous one (in
     /// plaintext bytes or total rows) is suspect. 0 disables the check.
     pub shrink_alert_ratio: f64,
+    /// A verified backup dated more than this after the clock is
+    /// *future-dated*: reported, held, and never the newest. Not part of the
+    /// policy JSON: set from [`MAX_CLOCK_SKEW_ENV`] (see
+    /// [`PolicySet::with_clock_skew_setting`]), shared with restore.
+    pub max_clock_skew: TimeDelta,
 }
 
 impl Default for PolicySet {
@@ -351,6 +375,7 @@ impl Default for PolicySet {
             incomplete_grace: TimeDelta::hours(6),
             replica_grace: TimeDelta::hours(6),
             shrink_alert_ratio: 0.5,
+            max_clock_skew: TimeDelta::seconds(DEFAULT_MAX_CLOCK_SKEW_SECS),
         }
     }
 }
@@ -448,9 +473,22 @@ impl PolicySet {
             incomplete_grace,
             replica_grace,
             shrink_alert_ratio,
+            max_clock_skew: defaults.max_clock_skew,
         };
         set.validate()?;
         Ok(set)
+    }
+
+    /// Sets [`Self::max_clock_skew`] from the value of [`MAX_CLOCK_SKEW_ENV`]:
+    /// unset or blank keeps the default (10 minutes).
+    pub fn with_clock_skew_setting(mut self, value: Option<&str>) -> Result<Self, PolicyError> {
+        if let Some(text) = value.map(str::trim).filter(|v| !v.is_empty()) {
+            self.max_clock_skew = parse_duration(text).map_err(|reason| PolicyError::Setting {
+                name: MAX_CLOCK_SKEW_ENV,
+                reason,
+            })?;
+        }
+        Ok(self)
     }
 
     /// Cross-rule checks; single fields are checked while parsing.

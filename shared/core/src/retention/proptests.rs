@@ -7,7 +7,7 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, TimeZone, Timelike, Utc};
 use proptest::prelude::*;
 
 use super::execute::{apply, collect, prune};
-use super::inventory::{InvalidKind, Inventory, SeriesKey};
+use super::inventory::{BackupEntry, InvalidKind, Inventory, SeriesKey};
 use super::plan::{Decision, DeleteReason, HoldReason, Plan, plan};
 use super::policy::{NamespacePattern, NamespaceRule, PolicySet, RetentionPolicy};
 use super::testutil::{Kind, MarkerVerifier, MemStore, bid, inventory, populate};
@@ -140,6 +140,7 @@ fn arb_policies() -> impl Strategy<Value = PolicySet> {
                     incomplete_grace: TimeDelta::hours(grace_h),
                     replica_grace: TimeDelta::hours(6),
                     shrink_alert_ratio: ratio,
+                    max_clock_skew: TimeDelta::minutes(10),
                 };
                 set.validate().expect("generated policies are valid");
                 set
@@ -226,7 +227,15 @@ fn check_plan(
         if rule.is_some_and(|r| r.protected) || ns == "production" {
             prop_assert!(!s.abandoned, "protected namespace {} abandoned", ns);
         }
-        let newest_verified = entries.iter().find(|e| e.is_verified()).map(|e| &e.id);
+        // Future-dated backups (beyond the skew) never count (rule 7).
+        let future = |e: &BackupEntry| {
+            e.manifest()
+                .is_some_and(|m| e.id.taken_at.max(m.started_at) > now + policies.max_clock_skew)
+        };
+        let newest_verified = entries
+            .iter()
+            .find(|e| e.is_verified() && !future(e))
+            .map(|e| &e.id);
         for (b, e) in s.backups.iter().zip(entries) {
             prop_assert_eq!(&b.id, &e.id);
             let deleted = b.decision.is_delete();
@@ -247,6 +256,16 @@ fn check_plan(
                     "newest verified {} not kept: {:?}",
                     b.id,
                     b.decision
+                );
+            }
+            if e.is_verified() && future(e) && rule.is_some() {
+                prop_assert_eq!(
+                    &b.decision,
+                    &Decision::Hold {
+                        reason: HoldReason::Future
+                    },
+                    "future-dated {} not held",
+                    &b.id
                 );
             }
             if e.is_complete() && !e.is_verified() {

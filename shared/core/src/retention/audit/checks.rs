@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
     Audit, CloudInput, CloudSummary, Finding, SeriesSummary, Severity, lifecycle_findings,
@@ -363,6 +363,9 @@ impl Audit<'_> {
                 cloud,
                 &b.id,
             )),
+            (BackupStatus::Future { ahead_seconds }, _) => {
+                self.future(cloud, b, *ahead_seconds)
+            }
             (BackupStatus::NotChecked, _) => self.push(about_backup(
                 Finding::new(
                     Severity::Warning,
@@ -374,6 +377,25 @@ impl Audit<'_> {
             )),
             (status, decision) => self.usable(cloud, inv, applied, b, status, decision),
         }
+    }
+
+    /// A validly signed backup dated beyond the allowed clock skew.
+    fn future(&mut self, cloud: &str, b: &BackupPlan, ahead_seconds: i64) {
+        self.push(about_backup(
+            Finding::new(
+                Severity::Critical,
+                "future_backup",
+                format!(
+                    "{} is validly signed but dated {} ahead of this run's clock, more than the {} allowed ({}): the dump host's clock is probably wrong. It is not the newest backup for retention, restore or the staleness check, and is not deleted automatically; fix that host's clock (NTP), then delete it by hand",
+                    b.id,
+                    format_age(TimeDelta::seconds(ahead_seconds)),
+                    format_duration(self.policies.max_clock_skew),
+                    crate::retention::policy::MAX_CLOCK_SKEW_ENV,
+                ),
+            ),
+            cloud,
+            &b.id,
+        ));
     }
 
     /// An incomplete backup: still being written while within the grace
