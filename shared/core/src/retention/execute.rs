@@ -8,7 +8,7 @@ use crate::error::Classify;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::inventory::{Inventory, ManifestVerifier};
+use super::inventory::{InvalidKind, Inventory, ManifestVerifier, Verification};
 use super::plan::{DeleteOp, Plan, plan};
 use super::policy::PolicySet;
 use crate::store::{ObjectStore, ObjectStoreExt, StoreError};
@@ -19,10 +19,29 @@ const VERIFY_CONCURRENCY: usize = 16;
 /// after the other, in order.
 const DELETE_CONCURRENCY: usize = 8;
 
+/// What a store error while verifying one backup means for the run. A
+/// transient failure, or an object gone since the listing (the bucket changed
+/// under the run), fails the whole collection: the backup could not be
+/// checked, and must not be mistaken for a bad one. Any other (permanent)
+/// failure, such as a manifest larger than any manifest can be, will fail on
+/// every run: the backup is reported invalid, and the run goes on.
+fn verdict_on_error(err: StoreError) -> Result<Verification, StoreError> {
+    if err.is_transient() || matches!(err, StoreError::NotFound { .. }) {
+        return Err(err);
+    }
+    Ok(Verification::Invalid {
+        kind: InvalidKind::Unreadable,
+        reason: err.to_string(),
+    })
+}
+
 /// Lists the whole bucket and verifies every complete backup.
 ///
-/// Any failed list page, or any store error while verifying, fails the whole
-/// collection: no inventory, so no plan, so nothing deleted.
+/// Any failed list page, or any transient store error while verifying (see
+/// `verdict_on_error`), fails the whole collection: no inventory, so no
+/// plan, so nothing deleted. A backup whose objects cannot be read for good
+/// (oversized, refused) is recorded as invalid ([`InvalidKind::Unreadable`])
+/// and the others are collected.
 pub async fn collect(
     store: &dyn ObjectStore,
     verifier: &dyn ManifestVerifier,
@@ -37,7 +56,10 @@ pub async fn collect(
         .collect();
     let verdicts: Vec<_> = futures::stream::iter(complete)
         .map(|(id, objects)| async move {
-            let verdict = verifier.verify(store, &id, &objects).await?;
+            let verdict = match verifier.verify(store, &id, &objects).await {
+                Ok(verdict) => verdict,
+                Err(e) => verdict_on_error(e)?,
+            };
             Ok::<_, StoreError>((id, verdict))
         })
         .buffer_unordered(VERIFY_CONCURRENCY)
@@ -245,4 +267,64 @@ pub async fn prune(
         plan,
         applied,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone, Utc};
+
+    use super::*;
+    use crate::retention::testutil::{Kind, MarkerVerifier, MemStore, bid, populate};
+
+    #[tokio::test]
+    async fn an_oversized_manifest_is_reported_and_the_rest_is_collected() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 4, 0, 0).unwrap();
+        let history: Vec<_> = (0..4)
+            .map(|i| {
+                (
+                    bid("feat-x", "app", now - TimeDelta::days(4 - i), i as u32),
+                    Kind::ok(),
+                )
+            })
+            .collect();
+        let store = MemStore::new("gs://p");
+        populate(&store, &history);
+        let bad = &history[1].0;
+        store.insert(&bad.manifest_key(), vec![b' '; 17 << 20]);
+        let inv = collect(&store, &MarkerVerifier)
+            .await
+            .expect("one oversized manifest must not abort the collection");
+        let entry = inv.get(bad).unwrap();
+        assert!(
+            matches!(entry.verification, Verification::Invalid { .. }),
+            "{:?}",
+            entry.verification
+        );
+        let verified = inv.backups.values().filter(|e| e.is_verified()).count();
+        assert_eq!(verified, 3);
+        // Invalid backups are evidence: the plan holds it, the audit says so.
+        let policies = PolicySet::default();
+        let (p, _, report) =
+            crate::retention::plan_and_audit(&policies, now, ("gcs", &inv), None, &[]);
+        assert!(!p.decision(bad).unwrap().decision.is_delete(), "{p}");
+        let found: Vec<_> = report.with_code("unreadable_backup").collect();
+        assert_eq!(found.len(), 1, "{report}");
+        assert_eq!(found[0].severity, crate::retention::Severity::Critical);
+        assert!(
+            found[0].message.contains("larger than"),
+            "{}",
+            found[0].message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transient_read_failure_still_aborts() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 4, 0, 0).unwrap();
+        let id = bid("feat-x", "app", now, 1);
+        let store = MemStore::new("gs://p");
+        populate(&store, &[(id.clone(), Kind::ok())]);
+        store.fail_gets([id.manifest_key()]);
+        let err = collect(&store, &MarkerVerifier).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
 }

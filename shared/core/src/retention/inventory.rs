@@ -73,6 +73,9 @@ pub enum InvalidKind {
     BadManifest,
     /// Objects disagree with the signed manifest (size, digest).
     Mismatch,
+    /// The manifest or signature cannot be read for good (larger than any
+    /// manifest can be, access refused): it will fail on every run.
+    Unreadable,
     /// Any other verification failure (truncated data, a wrong recipient, ...).
     Other,
 }
@@ -86,6 +89,7 @@ impl InvalidKind {
             InvalidKind::Plaintext => "plaintext_backup",
             InvalidKind::BadManifest => "invalid_manifest",
             InvalidKind::Mismatch => "manifest_mismatch",
+            InvalidKind::Unreadable => "unreadable_backup",
             InvalidKind::Other => "invalid_backup",
         }
     }
@@ -99,6 +103,7 @@ impl fmt::Display for InvalidKind {
             InvalidKind::Plaintext => "plaintext",
             InvalidKind::BadManifest => "bad manifest",
             InvalidKind::Mismatch => "objects differ from manifest",
+            InvalidKind::Unreadable => "unreadable",
             InvalidKind::Other => "invalid",
         })
     }
@@ -137,9 +142,12 @@ impl Verification {
 /// Checks a complete backup's manifest and signature. Implemented with the
 /// crypto module; injected so that planning stays pure and testable.
 ///
-/// Returning `Err` (the store could not be read) aborts the whole run: a
-/// backup that could not be checked must not be mistaken for a bad one, nor
-/// silently stop counting toward the policy.
+/// Returning a transient `Err` (or [`StoreError::NotFound`]: the bucket
+/// changed since the listing) aborts the whole run: a backup that could not
+/// be checked must not be mistaken for a bad one, nor silently stop counting
+/// toward the policy. A permanent `Err` (an oversized manifest, a refused
+/// read) would fail every run, so [`super::collect`] records that backup as
+/// [`InvalidKind::Unreadable`] and goes on.
 #[async_trait]
 pub trait ManifestVerifier: Send + Sync {
     /// Checks one complete backup; `Err` only when the store could not be read.
