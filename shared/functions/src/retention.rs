@@ -3,7 +3,8 @@
 //!
 //! Triggers: Cloud Scheduler through the Function URL (OIDC verified; empty,
 //! JSON or base64 body), an EventBridge scheduled event, or a direct/local
-//! invocation (`{"dry_run": true}`).
+//! invocation (`{"dry_run": true}`). An event can ask for a dry run but can
+//! not cancel one that `BACKSTOP_DRY_RUN=true` imposes.
 
 use std::sync::Arc;
 
@@ -15,8 +16,8 @@ use backstop_core::alerts::{Alert, AlertSink};
 use backstop_core::config::{ConfigError, Env};
 use backstop_core::events::{Invocation, ScheduleRequest, parse_schedule, schedule_from_value};
 use backstop_core::retention::{
-    AuditInput, BucketConfig, CloudInput, PolicySet, Pruned, Report, SignatureVerifier, audit,
-    load_drills, prune,
+    AuditInput, BucketConfig, CloudInput, MAX_CLOCK_SKEW_ENV, PolicySet, Pruned, Report,
+    SignatureVerifier, audit, load_drills, prune,
 };
 use backstop_core::store::{ObjectStore, StoreError};
 use backstop_core::trust::TrustedKeys;
@@ -44,7 +45,8 @@ pub struct RetentionFunction {
     pub replica: Option<Arc<dyn ObjectStore>>,
     pub verifier: SignatureVerifier,
     pub policies: PolicySet,
-    /// Dry run unless a request says otherwise (`BACKSTOP_DRY_RUN`).
+    /// `BACKSTOP_DRY_RUN`: when set, every run is a dry run, whatever the
+    /// event says (an event may only turn a dry run on).
     pub dry_run: bool,
     /// The GCS bucket's configuration (lifecycle rules, versioning), when known.
     pub bucket_config: Option<BucketConfig>,
@@ -74,7 +76,8 @@ pub struct RunResult {
 impl RetentionFunction {
     /// Variables: BACKSTOP_GCS_BUCKET, BACKSTOP_S3_BUCKET (optional),
     /// BACKSTOP_SIGNING_PUBLIC_KEY, BACKSTOP_RECIPIENTS,
-    /// BACKSTOP_RETENTION_POLICY (JSON, optional), BACKSTOP_DRY_RUN,
+    /// BACKSTOP_RETENTION_POLICY (JSON, optional), BACKSTOP_MAX_CLOCK_SKEW
+    /// (optional, default 10min), BACKSTOP_DRY_RUN,
     /// BACKSTOP_GCS_BUCKET_CONFIG (file: with the bucket resource JSON, for
     /// the lifecycle audit), BACKSTOP_ALERT_TOPIC, and the OIDC variables
     /// when invoked through a Function URL.
@@ -90,7 +93,9 @@ impl RetentionFunction {
             env.optional(backstop_core::retention::POLICY_ENV)
                 .as_deref(),
         )
-        .map_err(|e| env.invalid(backstop_core::retention::POLICY_ENV, e.to_string()))?;
+        .map_err(|e| env.invalid(backstop_core::retention::POLICY_ENV, e.to_string()))?
+        .with_clock_skew_setting(env.optional(MAX_CLOCK_SKEW_ENV).as_deref())
+        .map_err(|e| env.invalid(MAX_CLOCK_SKEW_ENV, e.to_string()))?;
         let bucket_config = match env.optional("BACKSTOP_GCS_BUCKET_CONFIG") {
             None => None,
             Some(setting) => {
@@ -127,7 +132,9 @@ impl RetentionFunction {
 
     /// Prunes both clouds (each only from a complete listing) and audits.
     pub async fn run(&self, request: &ScheduleRequest) -> RunResult {
-        let dry_run = request.dry_run.unwrap_or(self.dry_run);
+        // An event may turn a dry run on, never off: `BACKSTOP_DRY_RUN=true`
+        // is the operator's decision, and whoever can send an event is not.
+        let dry_run = self.dry_run || request.dry_run.unwrap_or(false);
         let now = Utc::now();
         let primary = prune(
             self.primary.as_ref(),
@@ -270,5 +277,75 @@ impl Function for RetentionFunction {
                 Err(e) => reply_bad_event(&e),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backstop_core::alerts::LogAlerts;
+    use backstop_core::crypto::RecipientSet;
+    use backstop_core::naming::{BackupId, Namespace};
+    use backstop_core::store::MemStore;
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    /// A function over one in-memory bucket holding one orphan (a data
+    /// object without manifest, two days old): a real run deletes it.
+    fn function(dry_run: bool) -> (RetentionFunction, Arc<MemStore>, String) {
+        let store = Arc::new(MemStore::new("gs://p"));
+        let id = BackupId::with_nonce(
+            Namespace::new("feat-x").unwrap(),
+            "app",
+            Utc::now() - TimeDelta::days(2),
+            "000001",
+        )
+        .unwrap();
+        store.insert(&id.data_key(), vec![1u8; 10]);
+        let f = RetentionFunction {
+            primary: store.clone(),
+            replica: None,
+            verifier: SignatureVerifier {
+                keys: TrustedKeys {
+                    signing: Vec::new(),
+                    recipients: RecipientSet::new(&[]),
+                },
+            },
+            policies: PolicySet::default(),
+            dry_run,
+            bucket_config: None,
+            alerts: Arc::new(LogAlerts),
+            oidc: None,
+        };
+        (f, store, id.data_key())
+    }
+
+    #[tokio::test]
+    async fn an_event_cannot_turn_the_environments_dry_run_off() {
+        let (f, store, key) = function(true);
+        let r = f
+            .run(&ScheduleRequest {
+                dry_run: Some(false),
+            })
+            .await;
+        assert!(
+            r.dry_run,
+            "BACKSTOP_DRY_RUN=true was overridden by the event"
+        );
+        assert!(store.contains(&key), "the orphan was deleted in a dry run");
+        assert_eq!(r.deleted, vec![key]);
+    }
+
+    #[tokio::test]
+    async fn an_event_can_turn_a_dry_run_on() {
+        let (f, store, key) = function(false);
+        let r = f
+            .run(&ScheduleRequest {
+                dry_run: Some(true),
+            })
+            .await;
+        assert!(r.dry_run && store.contains(&key));
+        let r = f.run(&ScheduleRequest { dry_run: None }).await;
+        assert!(!r.dry_run && !store.contains(&key));
     }
 }
