@@ -27,7 +27,7 @@ use crate::store::{ByteStream, byte_stream};
 /// enough that a reader buffers little.
 pub const CHUNK_SIZE: u64 = 8 << 20;
 
-/// The most bytes of a verified chunk handed on as one item.
+/// The size of the slices a chunk is held and handed on in.
 const OUT_SLICE: usize = 1 << 20;
 
 /// Chunk sizes a manifest may name: a reader buffers one chunk, so a huge
@@ -195,13 +195,19 @@ impl ChunkChecker {
 }
 
 /// Buffers one chunk at a time and hands it on only once its digest
-/// matched (a [`ChunkChecker`] with a buffer).
+/// matched (a [`ChunkChecker`] with a buffer). The chunk is held as 1 MiB
+/// slices, not one 8 MiB block: queues downstream count items, and large
+/// blocks would push the allocator's mmap threshold up and the resident
+/// memory with it.
 #[derive(Debug)]
 pub struct ChunkGate {
     checker: ChunkChecker,
     chunk_size: u64,
     size: u64,
-    buf: BytesMut,
+    /// Full slices of the chunk being checked.
+    held: Vec<Bytes>,
+    /// The slice being filled.
+    slice: BytesMut,
 }
 
 impl ChunkGate {
@@ -211,38 +217,36 @@ impl ChunkGate {
             checker: ChunkChecker::new(expected)?,
             chunk_size: expected.chunk_size,
             size: expected.size,
-            buf: BytesMut::new(),
+            held: Vec::new(),
+            slice: BytesMut::new(),
         })
     }
 
-    /// Takes the next bytes; adds the chunks they completed, each
-    /// authenticated, to `out`. An error is final: nothing of the failing
-    /// chunk (or after it) is ever added.
+    /// Takes the next bytes; adds the slices of the chunks they completed,
+    /// each chunk authenticated, to `out`. An error is final: nothing of
+    /// the failing chunk (or after it) is ever added.
     pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Bytes>) -> Result<(), CryptoError> {
         while !data.is_empty() {
             let start = self.checker.seen;
             let chunk_end = ((start / self.chunk_size) + 1) * self.chunk_size;
             let want = chunk_end.min(self.size).saturating_sub(start);
-            // Past the end: let the checker report the size.
-            let n = if want == 0 {
-                data.len()
-            } else {
-                (want as usize).min(data.len())
-            };
-            if self.buf.capacity() == 0 {
-                self.buf.reserve(self.chunk_size.min(self.size) as usize);
+            if want == 0 {
+                // Past the end: the checker reports the size.
+                return self.checker.feed(data);
+            }
+            let room = OUT_SLICE - self.slice.len();
+            let n = (want as usize).min(data.len()).min(room);
+            if self.slice.capacity() == 0 {
+                self.slice.reserve(OUT_SLICE);
             }
             self.checker.feed(&data[..n])?;
-            self.buf.extend_from_slice(&data[..n]);
+            self.slice.extend_from_slice(&data[..n]);
             data = &data[n..];
+            if self.slice.len() == OUT_SLICE || n as u64 == want {
+                self.held.push(self.slice.split().freeze());
+            }
             if n as u64 == want {
-                // Handed on in slices (no copy) so that queues downstream,
-                // sized in items, hold 1 MiB items and not 8 MiB ones.
-                let mut chunk = self.buf.split().freeze();
-                while chunk.len() > OUT_SLICE {
-                    out.push(chunk.split_to(OUT_SLICE));
-                }
-                out.push(chunk);
+                out.append(&mut self.held);
             }
         }
         Ok(())
@@ -255,9 +259,10 @@ impl ChunkGate {
     }
 }
 
-/// Verified slices queued ahead of the reader: one chunk, so the next
-/// chunk downloads and hashes while the reader consumes this one.
-const AHEAD_SLICES: usize = (CHUNK_SIZE as usize) / OUT_SLICE;
+/// Verified slices queued ahead of the reader: enough that the next chunk
+/// downloads and hashes while the reader works, few enough to keep memory
+/// low (the chunk being checked is held besides).
+const AHEAD_SLICES: usize = 4;
 
 /// `body`, passed on one authenticated chunk at a time (see the module
 /// documentation), read ahead by one chunk on a task of its own. Fails
