@@ -35,3 +35,4 @@ pub mod counting;
 pub mod lambda_api;
 pub mod oidc;
 pub mod pubsub;
+pub mod restore_fixture;
