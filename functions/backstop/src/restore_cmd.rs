@@ -259,7 +259,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
             .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
         jobs: Some(args.jobs),
         spool_dir: args.spool_dir,
-        max_clock_skew: env.optional("BACKSTOP_MAX_CLOCK_SKEW"),
+        max_clock_skew: env.optional(backstop_core::retention::MAX_CLOCK_SKEW_ENV),
     };
     let mut config =
         RestoreConfig::load(settings, &backstop_cloud::kms::CloudKms::from_env(&env)).await?;

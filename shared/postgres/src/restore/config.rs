@@ -154,11 +154,6 @@ pub struct RestoreConfig {
     pub max_clock_skew: chrono::TimeDelta,
 }
 
-/// How far a backup's time may lie in the future (duration syntax).
-pub const MAX_CLOCK_SKEW_VAR: &str = "BACKSTOP_MAX_CLOCK_SKEW";
-/// The default allowed skew: 10 minutes.
-pub const DEFAULT_MAX_CLOCK_SKEW_SECS: i64 = 600;
-
 /// The most `pg_restore` jobs `--jobs` accepts.
 pub const MAX_JOBS: u32 = 64;
 
@@ -225,9 +220,11 @@ impl RestoreConfig {
 /// `BACKSTOP_MAX_CLOCK_SKEW`: a duration (`10min`, `1h`), default 10 min.
 fn max_clock_skew(text: Option<&str>) -> Result<chrono::TimeDelta, ConfigError> {
     match text.map(str::trim).filter(|t| !t.is_empty()) {
-        None => Ok(chrono::TimeDelta::seconds(DEFAULT_MAX_CLOCK_SKEW_SECS)),
+        None => Ok(chrono::TimeDelta::seconds(
+            backstop_core::retention::DEFAULT_MAX_CLOCK_SKEW_SECS,
+        )),
         Some(t) => backstop_core::retention::parse_duration(t)
-            .map_err(|e| invalid(MAX_CLOCK_SKEW_VAR, t, e)),
+            .map_err(|e| invalid(backstop_core::retention::MAX_CLOCK_SKEW_ENV, t, e)),
     }
 }
 
