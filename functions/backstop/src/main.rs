@@ -40,10 +40,53 @@ enum Command {
     Dump(dump_cmd::DumpArgs),
 }
 
+/// Whether a command loads an unwrapped secret key into memory: the backup
+/// secret key (`restore`, `decrypt`), the signing key (`dump`), or a key it
+/// generates or wraps (the other key commands).
+fn holds_secret_keys(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Keys(_) | Command::Restore(_) | Command::Dump(_)
+    )
+}
+
+/// Keeps secret keys out of core files: no core file size (inherited by
+/// `pg_dump` / `pg_restore` too) and, on Linux, not dumpable (no core, and
+/// no ptrace or /proc/PID/mem by other processes of the same user).
+fn disable_core_dumps() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: setrlimit reads a valid, initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_DUMPABLE takes integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     backstop_core::telemetry::init(backstop_core::telemetry::LogFormat::detect());
     let cli = Cli::parse();
+    if holds_secret_keys(&cli.command)
+        && let Err(e) = disable_core_dumps()
+    {
+        eprintln!(
+            "error: cannot disable core dumps ({e}); refusing to load secret keys into a process that could write them to a core file"
+        );
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Keys(cmd) => keys_cmd::run(cmd).await,
         Command::Ping(args) => stack_cmd::ping(args).await,
@@ -59,5 +102,51 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("backstop").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn commands_holding_secret_keys_are_the_ones_hardened() {
+        for args in [
+            &["restore"][..],
+            &["decrypt", "--key", "file:/k.asc", "in.pgp", "out"],
+            &["dump"],
+        ] {
+            assert!(holds_secret_keys(&command(args)), "{args:?}");
+        }
+        assert!(!holds_secret_keys(&command(&["ping"])));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn after_the_call_the_process_is_not_dumpable_and_has_no_core_limit() {
+        disable_core_dumps().unwrap();
+        // SAFETY: PR_GET_DUMPABLE takes no pointer arguments.
+        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }, 0);
+        let mut limit = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: 1,
+        };
+        // SAFETY: getrlimit writes into a valid rlimit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut limit) }, 0);
+        assert_eq!((limit.rlim_cur, limit.rlim_max), (0, 0));
+        let status = std::fs::read_to_string("/proc/self/limits").unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("Max core file size")
+                    && l.split_whitespace().nth(4) == Some("0")),
+            "{status}"
+        );
     }
 }
