@@ -491,13 +491,12 @@ async fn bomb_fails(fx: &Fixture, gcs: &GcsStore, id: &BackupId, limit: u64, wha
     drop_database(&existing).await;
 }
 
-/// Nothing but zeros, claiming 1 MiB of plaintext. Fails today: the first
-/// zeros reach `pg_restore`, which exits ("not a valid archive") before
-/// decryption reaches the cap; the restore then reports `PgRestore` and
-/// never looks at the data stream's own failure. Safe (nothing committed),
-/// but the bad backup is misreported as a `pg_restore` failure.
+/// Nothing but zeros, claiming 1 MiB of plaintext. The first zeros reach
+/// `pg_restore`, which exits ("not a valid archive") before decryption
+/// reaches the cap; the restore then looks ahead in the data stream and
+/// reports its failure, the bomb, rather than `pg_restore`'s. (Failed
+/// before that look-ahead: reported as a `pg_restore` failure.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "implementation bug: a bomb is reported as PgRestore, not Data{PlaintextTooLarge}"]
 async fn a_decompression_bomb_of_zeros_fails_as_a_verification_failure() {
     let fx = Fixture::new("bomb0").await;
     let gcs = gcs().await;

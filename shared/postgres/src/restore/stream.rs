@@ -278,6 +278,11 @@ async fn feed_all_but_last(
                     if stdin.write_all(&prev).await.is_err() {
                         fed.write_failed = true;
                         fed.left_over = true;
+                        // pg_restore gave up on its input: if the data is
+                        // at fault (a bomb, a size mismatch), say that.
+                        if let Some(e) = error_ahead(&mut plain).await {
+                            return Err(stream_error(e, object));
+                        }
                         return Ok(fed);
                     }
                     fed.written += prev.len() as u64;
@@ -288,6 +293,22 @@ async fn feed_all_but_last(
             None => return Ok(fed),
         }
     }
+}
+
+/// How far past the point where `pg_restore` stopped reading the input is
+/// still decrypted, looking for a data error to report instead.
+const LOOK_AHEAD_BYTES: u64 = 64 << 20;
+
+/// The error, if any, in the next [`LOOK_AHEAD_BYTES`] of `plain`.
+async fn error_ahead(plain: &mut ByteStream) -> Option<std::io::Error> {
+    let mut seen = 0u64;
+    while seen < LOOK_AHEAD_BYTES {
+        match plain.next().await? {
+            Ok(b) => seen += b.len() as u64,
+            Err(e) => return Some(e),
+        }
+    }
+    None
 }
 
 /// Verification failed: kills `pg_restore` before it sees the end of its
