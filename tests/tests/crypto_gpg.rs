@@ -547,3 +547,51 @@ fn gpg_reads_our_exported_keys() {
     );
     assert!(text.contains(&key.working_fingerprint), "{text}");
 }
+
+/// gpg writes to several recipients (ours last, first, or in between), from a
+/// file (its size known) and from a pipe (partial lengths), with and without
+/// compression: each message decrypts with ours.
+#[tokio::test]
+async fn we_decrypt_gpg_messages_to_several_recipients() {
+    let gpg = Gpg::new();
+    let keys = [backup_key(), backup_key(), backup_key()];
+    for k in &keys {
+        gpg.import(&k.public_armored);
+    }
+    let plain = data(700_001);
+    let input = gpg.path("input");
+    write(&input, &plain);
+    for (i, ours) in keys.iter().enumerate() {
+        let secret = BackupSecretKey::from_armored(&ours.secret_armored).unwrap();
+        for compress in ["none", "zlib"] {
+            let mut args = vec!["--trust-model", "always", "--compress-algo", compress];
+            for k in &keys {
+                args.extend(["--recipient", k.fingerprint.as_str()]);
+            }
+            let from_pipe =
+                gpg.run_with(&[&args[..], &["--encrypt"]].concat(), Some(&plain), false);
+            let out_path = gpg.path("multi.pgp");
+            let file_args = [
+                &args[..],
+                &[
+                    "--output",
+                    out_path.to_str().unwrap(),
+                    "--encrypt",
+                    input.to_str().unwrap(),
+                ],
+            ]
+            .concat();
+            gpg.run(&file_args);
+            let from_file = std::fs::read(&out_path).unwrap();
+            for (how, ct) in [("pipe", from_pipe.stdout), ("file", from_file)] {
+                let back = decrypt(&ct, &secret)
+                    .await
+                    .unwrap_or_else(|e| panic!("recipient {i}, {compress}, {how}: {e}"));
+                assert!(
+                    back == plain,
+                    "recipient {i}, {compress}, {how}: plaintext differs"
+                );
+            }
+        }
+    }
+}
