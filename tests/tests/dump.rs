@@ -558,3 +558,73 @@ async fn recipients_must_be_public_keys() {
         "{msg}"
     );
 }
+
+/// A `pg_dump` that records its arguments (one a line) and the
+/// `PGPASSWORD` it was given into `dir`, then runs the real one.
+fn recording_pg_dump(dir: &Path) -> PathBuf {
+    let bindir = dir.join("bin-recording");
+    std::fs::create_dir_all(&bindir).unwrap();
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"{argv}\"\nprintf '%s' \"${{PGPASSWORD:-}}\" > \"{env}\"\nexec \"{real}\" \"$@\"\n",
+        argv = dir.join("pg_dump.argv").display(),
+        env = dir.join("pg_dump.pgpassword").display(),
+        real = pg_bindir().join("pg_dump").display()
+    );
+    let path = bindir.join("pg_dump");
+    std::fs::write(&path, script).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bindir
+}
+
+/// `postgres://backstop@...` with a password put in (the stack trusts
+/// loopback, so any password logs in: what counts is where it travels).
+fn with_password(url: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (user, host) = rest.split_once('@').expect("the stack's URL names a user");
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_keeps_the_password_off_command_lines_and_out_of_output() {
+    let tmp = TempDir::new("dumppw");
+    let keys = keys_in(tmp.path());
+    let (db, url) = fresh_database("dump_pw").await;
+    // Percent-encoded in the URL ('@' and '/'), decoded on its way to libpq.
+    let (encoded, password) = ("s3cr3t%40Pa55%2Fword", "s3cr3t@Pa55/word");
+    let secret_url = with_password(&url, encoded);
+    let gcs = gcs().await;
+    let ns = namespace("dumppw");
+    let mut config = config_for(&keys, &secret_url, &ns).await;
+    config.tools.bindir = Some(recording_pg_dump(tmp.path()));
+
+    let summary = run_dump(&config, &gcs)
+        .await
+        .expect("a dump with a password URL");
+    let argv = std::fs::read_to_string(tmp.path().join("pg_dump.argv")).unwrap();
+    assert!(argv.contains("--format=custom"), "the wrapper ran: {argv}");
+    for secret in [encoded, password, "s3cr3t"] {
+        assert!(
+            !argv.contains(secret),
+            "pg_dump's command line holds the password: {argv}"
+        );
+    }
+    let given = std::fs::read_to_string(tmp.path().join("pg_dump.pgpassword")).unwrap();
+    assert_eq!(given, password, "pg_dump gets the password in PGPASSWORD");
+    let json = serde_json::to_string(&summary).unwrap();
+    assert!(!json.contains("s3cr3t"), "summary JSON: {json}");
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cr3t"), "DumpConfig's Debug: {debug}");
+
+    // A failure's message names the URL, without the password.
+    let missing = pg::with_database(&secret_url, "bs_no_such_database").unwrap();
+    let config = config_for(&keys, &missing, &ns).await;
+    let err = run_dump(&config, &gcs).await.expect_err("no database");
+    for text in [err.to_string(), format!("{err:?}")] {
+        assert!(!text.contains("s3cr3t"), "error: {text}");
+    }
+    drop_database(&db).await;
+}

@@ -69,18 +69,84 @@ impl PgTools {
     }
 }
 
-/// Hides the password of a connection URL for messages and logs.
+/// Hides the password of a connection URL for messages and logs: the one
+/// in `user:password@` and a `password=` query parameter.
 pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+    let (without, password) = split_password(url);
+    if password.is_none() {
+        return url.to_string();
     }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return without;
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let masked_user = rest[..end]
+        .rfind('@')
+        .and_then(|at| rest[..at].split_once(':').map(|(user, _)| (user, at)));
+    let authority = match masked_user {
+        Some((user, at)) => format!("{user}:***{}", &rest[at..end]),
+        None => rest[..end].to_string(),
+    };
+    let (path, query) = split_query(&rest[end..]);
+    let masked: Vec<String> = query
+        .map(|q| {
+            q.split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k == "password" => format!("{k}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    join_url(scheme, &authority, path, &masked)
+}
+
+fn split_query(tail: &str) -> (&str, Option<&str>) {
+    match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    }
+}
+
+fn join_url(scheme: &str, authority: &str, path: &str, query: &[String]) -> String {
+    if query.is_empty() {
+        format!("{scheme}://{authority}{path}")
+    } else {
+        format!("{scheme}://{authority}{path}?{}", query.join("&"))
+    }
+}
+
+/// Splits the password out of a connection URL, for `PGPASSWORD` (never
+/// on a command line, where `ps` and `/proc/*/cmdline` show it to every
+/// local user): the URL without it, and the password, percent-decoded.
+/// Both `user:password@` and a `password=` query parameter are taken out.
+pub(crate) fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .to_string()
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let mut authority = rest[..end].to_string();
+    let mut password = None;
+    if let Some(at) = authority.rfind('@')
+        && let Some((user, pw)) = authority[..at].split_once(':')
+    {
+        password = Some(decode(pw));
+        authority = format!("{user}{}", &authority[at..]);
+    }
+    let (path, query) = split_query(&rest[end..]);
+    let mut kept = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("password", pw)) => password = Some(decode(pw)),
+            _ => kept.push(pair.to_string()),
+        }
+    }
+    (join_url(scheme, &authority, path, &kept), password)
 }
 
 /// The database name in a `postgres://.../dbname?...` URL.
@@ -156,7 +222,12 @@ pub(crate) fn pg_dump_stream(
     snapshot: Option<&str>,
 ) -> Result<ByteStream, PgError> {
     let program = tools.program("pg_dump");
+    let (url, password) = split_password(url);
     let mut cmd = Command::new(&program);
+    if let Some(password) = password {
+        // The child's environment is readable by its own user only.
+        cmd.env("PGPASSWORD", password);
+    }
     cmd.arg("--format=custom")
         .arg("--compress=0")
         .arg("--no-password");
@@ -211,6 +282,40 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=secret"),
+            "postgres://u@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@h/db?password=x"),
+            "postgres://u:***@h/db?password=***"
+        );
+    }
+
+    #[test]
+    fn passwords_are_split_out_of_urls() {
+        assert_eq!(
+            split_password("postgres://u:p%40ss:w@h:5432/db?sslmode=disable"),
+            (
+                "postgres://u@h:5432/db?sslmode=disable".to_string(),
+                Some("p@ss:w".to_string())
+            )
+        );
+        assert_eq!(
+            split_password("postgres://u@h/db?password=s%2Fx&application_name=b"),
+            (
+                "postgres://u@h/db?application_name=b".to_string(),
+                Some("s/x".to_string())
+            )
+        );
+        assert_eq!(
+            split_password("postgres://u@h/db"),
+            ("postgres://u@h/db".to_string(), None)
+        );
+        assert_eq!(
+            split_password("postgres://h?password=p"),
+            ("postgres://h".to_string(), Some("p".to_string()))
+        );
     }
 
     #[test]

@@ -46,8 +46,9 @@ impl Default for RetryPolicy {
 }
 
 /// Everything one dump needs. Built by [`DumpConfig::load`] from settings
-/// (command line / environment) or directly by tests.
-#[derive(Debug, Clone)]
+/// (command line / environment) or directly by tests. Its `Debug` shows
+/// the database URL with the password redacted.
+#[derive(Clone)]
 pub struct DumpConfig {
     /// `postgres://user[:password]@host:port/dbname` (never logged unredacted).
     pub database_url: String,
@@ -63,12 +64,27 @@ pub struct DumpConfig {
     pub compression: Compression,
 }
 
+impl std::fmt::Debug for DumpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DumpConfig")
+            .field("database_url", &pg::redact_url(&self.database_url))
+            .field("namespace", &self.namespace)
+            .field("tools", &self.tools)
+            .field("recipients", &self.recipients)
+            .field("signing_key", &self.signing_key)
+            .field("retry", &self.retry)
+            .field("compression", &self.compression)
+            .finish()
+    }
+}
+
 /// The deflate level of the dump: 0 (none) to 9.
 pub const COMPRESSION_LEVEL_VAR: &str = "BACKSTOP_COMPRESSION_LEVEL";
 
 /// Raw settings, as given on the command line or in the environment.
-/// [`DumpConfig::load`] validates them; errors name the variable.
-#[derive(Debug, Clone, Default)]
+/// [`DumpConfig::load`] validates them; errors name the variable. Its
+/// `Debug` shows the database URL with the password redacted.
+#[derive(Clone, Default)]
 pub struct DumpSettings {
     /// `BACKSTOP_DATABASE_URL`
     pub database_url: Option<String>,
@@ -83,6 +99,23 @@ pub struct DumpSettings {
     pub pg_bindir: Option<PathBuf>,
     /// `BACKSTOP_COMPRESSION_LEVEL` (default [`Compression::DEFAULT_LEVEL`]).
     pub compression_level: Option<String>,
+}
+
+impl std::fmt::Debug for DumpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = |s: &Option<String>| s.as_deref().map(shown_key_setting);
+        f.debug_struct("DumpSettings")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(pg::redact_url),
+            )
+            .field("namespace", &self.namespace)
+            .field("recipients", &key(&self.recipients))
+            .field("signing_key", &key(&self.signing_key))
+            .field("pg_bindir", &self.pg_bindir)
+            .field("compression_level", &self.compression_level)
+            .finish()
+    }
 }
 
 impl DumpSettings {
