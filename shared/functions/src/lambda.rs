@@ -14,6 +14,8 @@ use backstop_core::events::{EventError, HttpRequest, Invocation, MAX_EVENT_BYTES
 use backstop_core::error::{Classify, Retry};
 
 use crate::http::HttpResponse;
+/// The local HTTP front (`backstop serve`) lives in [`crate::http`].
+pub use crate::http::{FrontLimits, serve_local, serve_local_with};
 
 /// A function's answer: an HTTP status (used as is for Function URL requests;
 /// for direct invocations anything >= 300 is an invocation error) and a body.
@@ -170,81 +172,4 @@ pub async fn main(function: Arc<dyn Function>) -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
-}
-
-/// A minimal local HTTP front for a function, standing in for its Function
-/// URL in the local stack: the Pub/Sub emulator's push subscription posts
-/// here. The emulator cannot mint Google-signed OIDC tokens, so requests are
-/// handled as direct (trusted) invocations; the listener therefore refuses
-/// any non-loopback address.
-pub async fn serve_local(
-    function: Arc<dyn Function>,
-    listener: tokio::net::TcpListener,
-) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        return Err(std::io::Error::other(format!(
-            "refusing to serve {} on {addr}: the local front has no authentication and only binds loopback",
-            function.name()
-        )));
-    }
-    tracing::info!(function = function.name(), %addr, "serving local push endpoint");
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let function = function.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve_connection(function.as_ref(), stream).await {
-                tracing::warn!(error = %e, "local push connection failed");
-            }
-        });
-    }
-}
-
-async fn serve_connection(
-    function: &dyn Function,
-    stream: tokio::net::TcpStream,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
-    let mut headers = std::collections::BTreeMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).await? == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let reply = if len > MAX_EVENT_BYTES {
-        reply_bad_event(&EventError::TooLarge(len))
-    } else {
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body).await?;
-        match backstop_core::events::parse_json(&body) {
-            Ok(value) => function.invoke(Invocation::Direct(value)).await,
-            Err(e) => reply_bad_event(&e),
-        }
-    };
-    tracing::info!(
-        function = function.name(),
-        status = reply.status,
-        "local push handled"
-    );
-    let body = reply.body.to_string();
-    let response = format!(
-        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-        reply.status,
-        body.len(),
-        body
-    );
-    let mut stream = reader.into_inner();
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
 }
