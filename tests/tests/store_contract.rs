@@ -31,6 +31,10 @@ macro_rules! contract {
                 contract::delete_then_not_found(&$make.await).await;
             }
             #[tokio::test]
+            async fn whole_object_crc32c_is_reported() {
+                contract::whole_object_crc32c_is_reported(&$make.await).await;
+            }
+            #[tokio::test]
             async fn missing_objects_map_to_not_found() {
                 contract::missing_objects_map_to_not_found(&$make.await).await;
             }

@@ -4,6 +4,12 @@
 //! bounded by `part_size * (concurrency + 1)`), each part carrying a CRC32C
 //! checksum; a conditional create uses `If-None-Match: *` on completion. A
 //! failed upload is aborted so nothing partial stays behind.
+//!
+//! Every object is stored with a full-object CRC32C that S3 checks against
+//! the bytes it received (single puts, and multipart uploads of checksum
+//! type `FULL_OBJECT`), and `head`/`get` read it back (`ChecksumMode`):
+//! [`ObjectMeta::crc32c`] is what S3 computed, not what a writer claimed in
+//! user metadata.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +19,9 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as AwsBody;
-use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
+};
 use base64::Engine;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -232,6 +240,7 @@ impl S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .checksum_crc32_c(crc_b64(crc))
             .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
             .set_content_type(opts.content_type.clone())
@@ -263,6 +272,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .checksum_type(ChecksumType::FullObject)
             .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
             .set_content_type(opts.content_type.clone())
             .send()
@@ -359,12 +369,17 @@ impl S3Store {
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(done.into_iter().map(|(p, _, _)| p).collect()))
             .build();
+        // S3 checks the whole object against this CRC32C and the size, and
+        // stores the CRC32C as the object's checksum.
         let mut req = self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
+            .checksum_type(ChecksumType::FullObject)
+            .set_checksum_crc32_c(crc.map(crc_b64))
+            .mpu_object_size(size as i64)
             .multipart_upload(completed);
         if opts.mode == PutMode::Create {
             req = req.if_none_match("*");
@@ -458,7 +473,7 @@ impl ObjectStore for S3Store {
                         .collect()
                 })
                 .unwrap_or_default(),
-            crc32c: out.checksum_crc32_c().and_then(single_part_crc),
+            crc32c: full_object_crc(out.checksum_crc32_c(), out.checksum_type()),
             version: out.version_id().or(out.e_tag()).map(str::to_string),
             updated: out.last_modified().and_then(to_chrono),
         };
@@ -508,7 +523,7 @@ impl ObjectStore for S3Store {
                         .collect()
                 })
                 .unwrap_or_default(),
-            crc32c: out.checksum_crc32_c().and_then(single_part_crc),
+            crc32c: full_object_crc(out.checksum_crc32_c(), out.checksum_type()),
             version: out.version_id().or(out.e_tag()).map(str::to_string),
             updated: out.last_modified().and_then(to_chrono),
         })
@@ -571,13 +586,15 @@ fn completed_but_unparsed<E>(err: &SdkError<E, HttpResponse>) -> bool {
             .is_some_and(|r| r.status().as_u16() == 200)
 }
 
-/// A multipart object's checksum reads `xxxx-N` (a checksum of checksums), not
-/// the object's CRC32C; only single-part values are returned.
-fn single_part_crc(s: &str) -> Option<u32> {
-    if s.contains('-') {
+/// The object's own CRC32C, as S3 stored it. A composite checksum (older
+/// multipart uploads: `xxxx-N`, a checksum of the parts' checksums) is not
+/// the object's CRC32C and gives `None`.
+fn full_object_crc(value: Option<&str>, kind: Option<&ChecksumType>) -> Option<u32> {
+    let value = value?;
+    if value.contains('-') || kind == Some(&ChecksumType::Composite) {
         None
     } else {
-        crc_from_b64(s)
+        crc_from_b64(value)
     }
 }
 
@@ -589,6 +606,16 @@ mod tests {
     fn crc_encoding_round_trips() {
         let crc = crc32c::crc32c(b"hello world");
         assert_eq!(crc_from_b64(&crc_b64(crc)), Some(crc));
-        assert_eq!(single_part_crc(&format!("{}-3", crc_b64(crc))), None);
+        let b64 = crc_b64(crc);
+        assert_eq!(full_object_crc(Some(&format!("{b64}-3")), None), None);
+        assert_eq!(
+            full_object_crc(Some(&b64), Some(&ChecksumType::Composite)),
+            None
+        );
+        assert_eq!(
+            full_object_crc(Some(&b64), Some(&ChecksumType::FullObject)),
+            Some(crc)
+        );
+        assert_eq!(full_object_crc(Some(&b64), None), Some(crc));
     }
 }

@@ -23,9 +23,14 @@ use crate::crypto::{
 use crate::events::{ObjectRef, StorageEvent};
 use crate::manifest::{CiphertextInfo, MAX_MANIFEST_BYTES, Manifest};
 use crate::naming::{BackupId, MANIFEST_FILE, pattern_matches};
-use crate::store::{ByteStream, ObjectStore, ObjectStoreExt, PutOptions, StoreError, byte_stream};
+use crate::store::{
+    ByteStream, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions, StoreError, byte_stream,
+};
+use sha2::{Digest, Sha256};
 
-/// User metadata written on replicated objects.
+/// User metadata written on replicated data objects, for people reading the
+/// bucket. Never trusted: anyone who may create objects can set it, so a
+/// copy is judged by the CRC32C the store computed (see `same_data`).
 pub const META_SHA256: &str = "backstop-sha256";
 /// User metadata holding the backup id, on every object the replicator writes
 /// (`backstop-sha256` is on the data object only).
@@ -222,7 +227,7 @@ impl Replicator {
             Err(e) => return self.reject(id, "manifest_invalid", e.to_string()).await,
         };
         if let Some(done) = self
-            .check_target(id, &manifest_bytes, target_manifest)
+            .check_target(id, &manifest_bytes, &manifest.ciphertext, target_manifest)
             .await?
         {
             return Ok(done);
@@ -240,18 +245,32 @@ impl Replicator {
 
     /// Looks at the target's manifest (read alongside the source's) once the
     /// source's has verified. `Some`: nothing more to do, either because the
-    /// target holds this exact manifest (a redelivery) or because it holds a
-    /// different one (rejected).
+    /// target holds this exact manifest over the data it describes (a
+    /// redelivery) or because it holds something else (rejected). A copied
+    /// manifest proves nothing about the data beside it.
     async fn check_target(
         &self,
         id: &BackupId,
         manifest_bytes: &Bytes,
+        expected: &CiphertextInfo,
         target_manifest: Result<Bytes, StoreError>,
     ) -> Result<Option<Outcome>, ReplicateError> {
+        let backup_id = id.to_string();
         match target_manifest {
-            Ok(existing) if existing == *manifest_bytes => Ok(Some(Outcome::AlreadyReplicated {
-                backup_id: id.to_string(),
-            })),
+            Ok(existing) if existing == *manifest_bytes => {
+                let reason = match self
+                    .existing_data(&backup_id, &id.data_key(), expected)
+                    .await?
+                {
+                    Some(Ok(_)) => return Ok(Some(Outcome::AlreadyReplicated { backup_id })),
+                    Some(Err(reason)) => reason,
+                    None => format!(
+                        "{} holds this backup's manifest but no data object",
+                        self.target.url()
+                    ),
+                };
+                self.reject(id, "replica_conflict", reason).await.map(Some)
+            }
             Ok(_) => self
                 .reject(
                     id,
@@ -353,8 +372,10 @@ impl Replicator {
     ) -> Result<Option<Result<Digests, String>>, ReplicateError> {
         match self.target.head(key).await {
             Ok(meta) => {
-                let same = meta.size == expected.size
-                    && meta.metadata.get(META_SHA256) == Some(&expected.sha256);
+                let same = self
+                    .same_data(key, &meta, expected)
+                    .await
+                    .map_err(|e| retry(backup_id, e))?;
                 Ok(Some(if same {
                     Ok(expected_digests(expected))
                 } else {
@@ -367,6 +388,39 @@ impl Replicator {
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(retry(backup_id, e)),
         }
+    }
+
+    /// Whether the target's object at `key` (`meta` from its `head`) holds
+    /// the data the signed manifest describes: its size, and the CRC32C the
+    /// store computed over the stored bytes (S3: the full-object checksum
+    /// read back with `ChecksumMode`). User metadata is never consulted.
+    /// A store that reports no whole-object CRC32C (a copy made before
+    /// checksums were requested), or another one, is read back and its
+    /// SHA-256 compared instead: a rejection is always decided on the bytes.
+    async fn same_data(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        expected: &CiphertextInfo,
+    ) -> Result<bool, StoreError> {
+        if meta.size != expected.size {
+            return Ok(false);
+        }
+        if meta.crc32c == Some(expected.crc32c) {
+            return Ok(true);
+        }
+        let mut body = self.target.read(key).await?;
+        let (mut size, mut hasher) = (0u64, Sha256::new());
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| StoreError::Source {
+                store: self.target.url(),
+                key: key.to_string(),
+                source,
+            })?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok(size == expected.size && hex::encode(hasher.finalize()) == expected.sha256)
     }
 
     /// The create-only upload of the verifying `body`. The inner error is a
@@ -392,7 +446,11 @@ impl Replicator {
                     .head(key)
                     .await
                     .map_err(|e| retry(backup_id, e))?;
-                if meta.metadata.get(META_SHA256) != Some(&expected.sha256) {
+                let same = self
+                    .same_data(key, &meta, expected)
+                    .await
+                    .map_err(|e| retry(backup_id, e))?;
+                if !same {
                     return Ok(Err(format!(
                         "{} holds a different data object for this backup",
                         self.target.url()

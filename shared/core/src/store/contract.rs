@@ -164,6 +164,31 @@ pub async fn conditional_create_of_multipart_object_refuses_existing(store: &dyn
     );
 }
 
+/// `head` reports the CRC32C of the whole object, as the store computed
+/// it on upload, for a one-request object and for one large enough for a
+/// multipart (S3) or resumable (GCS) upload: the replicator decides
+/// "already copied" from it, never from user metadata.
+pub async fn whole_object_crc32c_is_reported(store: &dyn ObjectStore) {
+    use futures::StreamExt;
+    for (name, len) in [("small", 1000u64), ("large", 20 * MIB)] {
+        let key = format!("{}crc-{name}", unique_prefix("crc"));
+        let (body, _) = pseudo_random_stream(len, MIB as usize, len);
+        store.put(&key, body, PutOptions::create()).await.unwrap();
+        let mut crc = 0u32;
+        let mut body = store.get(&key).await.unwrap().body;
+        while let Some(chunk) = body.next().await {
+            crc = crc32c::crc32c_append(crc, &chunk.unwrap());
+        }
+        let head = store.head(&key).await.unwrap();
+        assert_eq!(head.size, len, "{name}");
+        assert_eq!(
+            head.crc32c,
+            Some(crc),
+            "{name} object ({len} bytes): head must report the whole object's CRC32C"
+        );
+    }
+}
+
 /// Listing follows pages and stays within its prefix. The store must list three objects per page.
 pub async fn list_follows_pages_within_prefix(store: &dyn ObjectStore) {
     let prefix = unique_prefix("list");
@@ -271,6 +296,10 @@ mod on_memory {
     #[tokio::test]
     async fn delete_then_not_found() {
         super::delete_then_not_found(&store()).await;
+    }
+    #[tokio::test]
+    async fn whole_object_crc32c_is_reported() {
+        super::whole_object_crc32c_is_reported(&store()).await;
     }
     #[tokio::test]
     async fn missing_objects_map_to_not_found() {

@@ -106,6 +106,8 @@ impl MemStore {
             key: key.to_string(),
             size: data.len() as u64,
             metadata: s.metadata.get(key).cloned().unwrap_or_default(),
+            // As GCS and S3 do: the store's own checksum of the bytes.
+            crc32c: Some(crc32c::crc32c(data)),
             ..ObjectMeta::default()
         }
     }
