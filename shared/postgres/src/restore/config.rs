@@ -389,29 +389,6 @@ pub(super) fn server_of(url: &str) -> Option<(String, u16)> {
     Some((host, port))
 }
 
-/// Splits the password out of a URL, for `PGPASSWORD` (never on a command
-/// line, where `ps` shows it).
-pub(super) fn split_password(url: &str) -> (String, Option<String>) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (url.to_string(), None);
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let Some(at) = authority.rfind('@') else {
-        return (url.to_string(), None);
-    };
-    let (creds, host) = authority.split_at(at);
-    match creds.split_once(':') {
-        Some((user, pw)) => {
-            let pw = percent_encoding::percent_decode_str(pw)
-                .decode_utf8_lossy()
-                .to_string();
-            (format!("{scheme}://{user}{host}{tail}"), Some(pw))
-        }
-        None => (url.to_string(), None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,25 +435,6 @@ mod tests {
         assert!(check_database_name(&"x".repeat(64)).is_err());
         assert!(check_database_name("template1").is_err());
         check_database_name("a\"b; DROP").unwrap();
-    }
-
-    #[test]
-    fn passwords_leave_the_url() {
-        assert_eq!(
-            split_password("postgres://u:p%40ss@h:5/db?sslmode=disable"),
-            (
-                "postgres://u@h:5/db?sslmode=disable".to_string(),
-                Some("p@ss".to_string())
-            )
-        );
-        assert_eq!(
-            split_password("postgres://u@h/db"),
-            ("postgres://u@h/db".to_string(), None)
-        );
-        assert_eq!(
-            split_password("postgres://h/db"),
-            ("postgres://h/db".to_string(), None)
-        );
     }
 
     #[test]

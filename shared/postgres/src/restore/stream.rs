@@ -34,11 +34,11 @@ use tokio::task::JoinHandle;
 use backstop_core::crypto::{CryptoError, chunks, decrypt_stream_sized};
 use backstop_core::store::{ByteStream, ObjectStore, StoreError, byte_stream};
 
-use super::config::{Progress, RestoreConfig, split_password};
+use super::config::{Progress, RestoreConfig};
 use super::error::RestoreError;
 use super::select::Candidate;
 use super::spool;
-use crate::pg::{self, PgError, PgTools, collect_stderr};
+use crate::pg::{self, PgError, PgTools, collect_stderr, split_password};
 
 /// Counts the bytes that pass (for progress).
 fn counted(body: ByteStream, counter: Arc<AtomicU64>) -> ByteStream {
