@@ -34,7 +34,7 @@ pub struct DumpArgs {
     #[arg(long, env = "BACKSTOP_PG_BINDIR")]
     pub pg_bindir: Option<PathBuf>,
     /// Deflate level inside the encryption: 0 none, 1 fastest .. 9 smallest
-    /// (default 6; see README, "Compression level").
+    /// (default 3; see README, "Compression level").
     #[arg(long, env = "BACKSTOP_COMPRESSION_LEVEL")]
     pub compression_level: Option<String>,
 }

@@ -143,7 +143,7 @@ pub enum Compression {
 impl Compression {
     /// The default deflate level of the dump (see README, "Compression
     /// level", for the measurements behind it).
-    pub const DEFAULT_LEVEL: u32 = 6;
+    pub const DEFAULT_LEVEL: u32 = 3;
 
     /// `level` 0 is no compression, 1 to 9 a ZIP packet at that level.
     pub fn level(level: u32) -> Result<Self, CryptoError> {
