@@ -116,12 +116,14 @@ impl Fixture {
         )
         .unwrap();
         let file = |name: &str| dir.path().join(name);
-        std::fs::write(file("backup.pub.asc"), &backup_key.public_armored).unwrap();
-        std::fs::write(
-            file("signing.sec.asc"),
-            signing_key.secret_armored.as_bytes(),
-        )
-        .unwrap();
+        for (name, text) in [
+            ("backup.pub.asc", backup_key.public_armored.as_str()),
+            ("backup.sec.asc", backup_key.secret_armored.as_str()),
+            ("signing.sec.asc", signing_key.secret_armored.as_str()),
+            ("signing.pub.asc", signing_key.public_armored.as_str()),
+        ] {
+            std::fs::write(file(name), text).unwrap();
+        }
         let source_db = unique(&format!("ra_src_{tag}"));
         let source_url = create_database(&source_db).await;
         pg::connect(&source_url)
@@ -233,6 +235,20 @@ impl Fixture {
         drop_database(&self.source_db).await;
         for db in extra {
             drop_database(db).await;
+        }
+    }
+}
+
+impl Drop for Fixture {
+    /// A test that ran `gpg` with `GNUPGHOME` under the fixture's directory
+    /// leaves an agent behind: stop it before the directory goes.
+    fn drop(&mut self) {
+        let gnupg = self.dir.path().join("gnupg");
+        if gnupg.exists() {
+            let _ = std::process::Command::new("gpgconf")
+                .args(["--kill", "gpg-agent"])
+                .env("GNUPGHOME", &gnupg)
+                .status();
         }
     }
 }

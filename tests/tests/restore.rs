@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::process::Command;
 use std::time::Duration;
@@ -14,28 +14,24 @@ use backstop_cloud::gcs::GcsStore;
 use backstop_core::config::Env;
 use backstop_core::crypto::chunks::ChunkHasher;
 use backstop_core::crypto::inspect::DigestState;
-use backstop_core::crypto::{
-    BackupSecretKey, CryptoError, GeneratedKey, KeyAlgorithm, NoKms, SigningKey, VerifyingKey,
-    generate_backup_key, generate_signing_key, sign_manifest,
-};
+use backstop_core::crypto::{CryptoError, NoKms, SigningKey, sign_manifest};
 use backstop_core::drill::DrillRecord;
-use backstop_core::manifest::{MAX_MANIFEST_BYTES, Manifest};
-use backstop_core::naming::{BackupId, Namespace};
+use backstop_core::naming::BackupId;
 use backstop_core::store::{
     ByteStream, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions,
     StoreResult, byte_stream,
 };
-use backstop_postgres::dump::{DumpConfig, DumpSettings, run_dump};
-use backstop_postgres::pg::{self, PgTools};
+use backstop_postgres::pg;
 use backstop_postgres::restore::{
     Clouds, NoProgress, RestoreConfig, RestoreError, RestoreReport, RestoreSettings, Target,
     database_for_branch, restore,
 };
+use backstop_tests::restore_fixture::{
+    Fixture, create_database, database_exists, pg_bindir, row_counts, server_url, unique,
+};
 use backstop_tests::{gcs, s3, stack_env};
 use bytes::Bytes;
 use futures::StreamExt;
-
-const SEED_SQL: &str = include_str!("../fixtures/seed.sql");
 
 /// Tables whose whole content is compared (table, ORDER BY key).
 const CHECKED_TABLES: [(&str, &str); 5] = [
@@ -47,88 +43,6 @@ const CHECKED_TABLES: [(&str, &str); 5] = [
 ];
 
 // ---- helpers ---------------------------------------------------------------
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "bs-{tag}-{:012x}",
-            rand::random::<u64>() & 0xffff_ffff_ffff
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let gnupg = self.0.join("gnupg");
-        if gnupg.exists() {
-            let _ = Command::new("gpgconf")
-                .args(["--kill", "gpg-agent"])
-                .env("GNUPGHOME", &gnupg)
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn server_url() -> String {
-    stack_env()
-        .optional("BACKSTOP_TEST_DATABASE_URL")
-        .expect("BACKSTOP_TEST_DATABASE_URL from the stack")
-}
-
-fn pg_bindir() -> PathBuf {
-    PathBuf::from(
-        stack_env()
-            .optional("PG_BINDIR")
-            .expect("PG_BINDIR from the stack"),
-    )
-}
-
-fn unique(tag: &str) -> String {
-    format!("{tag}_{:08x}", rand::random::<u32>())
-}
-
-async fn create_database(name: &str) -> String {
-    let admin = pg::connect(&server_url()).await.unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {}", pg::quote_ident(name)))
-        .await
-        .unwrap();
-    pg::with_database(&server_url(), name).unwrap()
-}
-
-async fn drop_database(name: &str) {
-    let admin = pg::connect(&server_url()).await.unwrap();
-    let _ = admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            pg::quote_ident(name)
-        ))
-        .await;
-}
-
-async fn database_exists(name: &str) -> bool {
-    let admin = pg::connect(&server_url()).await.unwrap();
-    admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .unwrap()
-        .is_some()
-}
-
-async fn row_counts(url: &str) -> BTreeMap<String, u64> {
-    pg::row_counts(&pg::connect(url).await.unwrap())
-        .await
-        .unwrap()
-}
 
 /// md5 of every checked table's rows in key order, and the large objects.
 async fn checksums(url: &str) -> Vec<(String, String)> {
@@ -149,125 +63,6 @@ async fn checksums(url: &str) -> Vec<(String, String)> {
         .get(0);
     out.push(("large objects".into(), lo));
     out
-}
-
-/// A seeded source database, fresh keys and one backup of it in GCS.
-struct Fixture {
-    dir: TempDir,
-    backup_key: GeneratedKey,
-    signing_key: GeneratedKey,
-    namespace: Namespace,
-    source_db: String,
-    source_url: String,
-    id: BackupId,
-}
-
-impl Fixture {
-    async fn new(tag: &str) -> Self {
-        let dir = TempDir::new(tag);
-        let backup_key = generate_backup_key(
-            "Restore test backup <backup@example.invalid>",
-            KeyAlgorithm::Curve25519,
-        )
-        .unwrap();
-        let signing_key = generate_signing_key(
-            "Restore test signing <sign@example.invalid>",
-            KeyAlgorithm::Curve25519,
-        )
-        .unwrap();
-        for (name, text) in [
-            ("backup.pub.asc", backup_key.public_armored.as_str()),
-            ("backup.sec.asc", backup_key.secret_armored.as_str()),
-            ("signing.sec.asc", signing_key.secret_armored.as_str()),
-            ("signing.pub.asc", signing_key.public_armored.as_str()),
-        ] {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        let source_db = unique(&format!("rs_src_{tag}"));
-        let source_url = create_database(&source_db).await;
-        pg::connect(&source_url)
-            .await
-            .unwrap()
-            .batch_execute(SEED_SQL)
-            .await
-            .expect("seed.sql runs");
-        let namespace =
-            Namespace::new(&format!("it-restore-{tag}-{:08x}", rand::random::<u32>())).unwrap();
-        let settings = DumpSettings {
-            database_url: Some(source_url.clone()),
-            namespace: Some(namespace.to_string()),
-            recipients: Some(format!(
-                "file:{}",
-                dir.path().join("backup.pub.asc").display()
-            )),
-            signing_key: Some(format!(
-                "file:{}",
-                dir.path().join("signing.sec.asc").display()
-            )),
-            pg_bindir: Some(pg_bindir()),
-            compression_level: None,
-        };
-        let config = DumpConfig::load(settings, &NoKms).await.unwrap();
-        let summary = run_dump(&config, &gcs().await)
-            .await
-            .expect("dump succeeds");
-        let id: BackupId = summary.backup_id.parse().unwrap();
-        Fixture {
-            dir,
-            backup_key,
-            signing_key,
-            namespace,
-            source_db,
-            source_url,
-            id,
-        }
-    }
-
-    fn config(&self, target: Target) -> RestoreConfig {
-        RestoreConfig {
-            namespace: self.namespace.clone(),
-            database: None,
-            backup: None,
-            target,
-            replace: false,
-            source_database_url: None,
-            tools: PgTools {
-                bindir: Some(pg_bindir()),
-            },
-            secret_key: BackupSecretKey::from_armored(&self.backup_key.secret_armored).unwrap(),
-            signing_keys: vec![
-                VerifyingKey::from_armored(&self.signing_key.public_armored).unwrap(),
-            ],
-            write_drill: true,
-            jobs: 1,
-            spool_dir: std::env::temp_dir(),
-            max_clock_skew: chrono::TimeDelta::minutes(10),
-        }
-    }
-
-    fn on_server(&self, database: &str) -> Target {
-        Target::OnServer {
-            server_url: server_url(),
-            database: database.to_string(),
-        }
-    }
-
-    async fn manifest(&self, store: &dyn ObjectStore) -> Manifest {
-        Manifest::parse(
-            &store
-                .get_bytes(&self.id.manifest_key(), MAX_MANIFEST_BYTES)
-                .await
-                .unwrap(),
-        )
-        .unwrap()
-    }
-
-    async fn cleanup(self, extra: &[&str]) {
-        drop_database(&self.source_db).await;
-        for db in extra {
-            drop_database(db).await;
-        }
-    }
 }
 
 async fn restore_with(
@@ -401,7 +196,7 @@ async fn dump_then_restore_gives_equal_tables_and_a_drill_record() {
     let fx = Fixture::new("eq").await;
     let gcs = gcs().await;
     let target = unique("rs_dst_eq");
-    let report = restore_with(&fx.config(fx.on_server(&target)), &gcs, None)
+    let report = restore_with(&fx.config(fx.fresh(&target)), &gcs, None)
         .await
         .expect("restore succeeds");
     assert!(report.success, "{report:?}");
@@ -432,7 +227,7 @@ async fn dump_then_restore_gives_equal_tables_and_a_drill_record() {
     );
 
     // A second restore into the now non-empty target is refused ...
-    let err = restore_with(&fx.config(fx.on_server(&target)), &gcs, None)
+    let err = restore_with(&fx.config(fx.fresh(&target)), &gcs, None)
         .await
         .unwrap_err();
     assert!(matches!(err, RestoreError::Refused { .. }), "{err}");
@@ -533,7 +328,7 @@ async fn tampered_backup_fails_and_leaves_the_target_untouched() {
     // intact backup restores through it ...
     let slow = SlowEnd(gcs.clone());
     let intact = unique("rs_dst_tamper_intact");
-    let report = restore_with(&fx.config(fx.on_server(&intact)), &slow, None)
+    let report = restore_with(&fx.config(fx.fresh(&intact)), &slow, None)
         .await
         .expect("an intact backup restores");
     assert!(report.success);
@@ -559,7 +354,7 @@ async fn tampered_backup_fails_and_leaves_the_target_untouched() {
 
         // Into a new database: it is dropped again, as if never created.
         let fresh = unique("rs_dst_tamper_new");
-        let err = restore_with(&fx.config(fx.on_server(&fresh)), &slow, None)
+        let err = restore_with(&fx.config(fx.fresh(&fresh)), &slow, None)
             .await
             .unwrap_err();
         assert!(
@@ -658,7 +453,7 @@ async fn unreachable_gcs_falls_back_to_s3() {
         .await
         .unwrap();
     let target = unique("rs_dst_s3");
-    let report = restore_with(&fx.config(fx.on_server(&target)), &dead, Some(&s3))
+    let report = restore_with(&fx.config(fx.fresh(&target)), &dead, Some(&s3))
         .await
         .expect("restore from S3");
     assert!(report.success, "{report:?}");
@@ -685,7 +480,7 @@ async fn unreachable_gcs_falls_back_to_s3() {
 
     // A chosen backup id is found on S3 as well.
     let target2 = unique("rs_dst_s3_chosen");
-    let mut chosen = fx.config(fx.on_server(&target2));
+    let mut chosen = fx.config(fx.fresh(&target2));
     chosen.backup = Some(fx.id.clone());
     let report = restore_with(&chosen, &dead, Some(&s3))
         .await
@@ -743,14 +538,14 @@ async fn hostile_branch_name_restores_into_a_safely_named_database() {
     // An explicit hostile name is quoted, not interpreted.
     let explicit = format!("x\"; DROP DATABASE {}; --ü", fx.source_db);
     assert!(explicit.len() <= 63);
-    let report = restore_with(&fx.config(fx.on_server(&explicit)), &gcs, None)
+    let report = restore_with(&fx.config(fx.fresh(&explicit)), &gcs, None)
         .await
         .expect("restore succeeds");
     assert!(report.success);
     assert!(database_exists(&explicit).await && database_exists(&fx.source_db).await);
 
     // Names PostgreSQL would truncate are refused rather than silently shortened.
-    let err = restore_with(&fx.config(fx.on_server(&"a".repeat(64))), &gcs, None)
+    let err = restore_with(&fx.config(fx.fresh(&"a".repeat(64))), &gcs, None)
         .await
         .unwrap_err();
     assert!(matches!(err, RestoreError::Refused { .. }), "{err}");
@@ -1000,7 +795,7 @@ async fn a_future_dated_backup_is_never_the_newest() {
         gcs.put_bytes(&k, b, PutOptions::create()).await.unwrap();
     }
     let target = unique("rs_dst_future");
-    let report = restore_with(&fx.config(fx.on_server(&target)), &gcs, None)
+    let report = restore_with(&fx.config(fx.fresh(&target)), &gcs, None)
         .await
         .expect("the honest backup restores");
     assert_eq!(report.backup_id, fx.id.to_string());
