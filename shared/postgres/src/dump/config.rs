@@ -158,20 +158,6 @@ pub(crate) fn split_key_settings(list: &str) -> Vec<String> {
     out
 }
 
-/// Whether `bytes` hold secret key material (armored or binary): the dump
-/// job must never be given a decryption secret.
-fn holds_secret_key(bytes: &[u8]) -> bool {
-    let armored =
-        String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]).contains("PRIVATE KEY BLOCK");
-    // Binary: first packet tag 5 (secret key), old or new packet format.
-    let binary = match bytes.first() {
-        Some(&b) if b & 0xC0 == 0xC0 => b & 0x3F == 5,
-        Some(&b) if b & 0xC0 == 0x80 => (b >> 2) & 0x0F == 5,
-        _ => false,
-    };
-    armored || binary
-}
-
 impl DumpConfig {
     /// Validates settings and loads the keys. Errors name the variable.
     pub async fn load(settings: DumpSettings, kms: &dyn KeyUnwrap) -> Result<Self, ConfigError> {
@@ -265,7 +251,8 @@ async fn load_recipients(
         let bad = |e: CryptoError| invalid(RECIPIENTS_VAR, &shown, e.to_string());
         let source: KeySource = setting.parse().map_err(bad)?;
         let bytes = source.read(kms).await.map_err(bad)?;
-        if holds_secret_key(&bytes) {
+        // The dump job must never be given a decryption secret.
+        if backstop_core::crypto::keys::holds_secret_key_material(&bytes) {
             return Err(invalid(
                 RECIPIENTS_VAR,
                 &shown,
@@ -302,16 +289,6 @@ mod tests {
         );
         assert_eq!(split_key_settings("file:/only.asc"), vec!["file:/only.asc"]);
         assert!(split_key_settings(" , ").is_empty());
-    }
-
-    #[test]
-    fn secret_keys_are_recognised() {
-        assert!(holds_secret_key(b"-----BEGIN PGP PRIVATE KEY BLOCK-----\n"));
-        assert!(!holds_secret_key(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n"));
-        assert!(holds_secret_key(&[0xC5, 0x00]));
-        assert!(holds_secret_key(&[0x95, 0x00]));
-        assert!(!holds_secret_key(&[0xC6, 0x00]));
-        assert!(!holds_secret_key(&[0x99, 0x00]));
     }
 
     #[test]
