@@ -243,22 +243,18 @@ pub(crate) async fn set_database_comment(
 }
 
 /// Who a connection is talking to: the cluster's `system_identifier` (when
-/// the role may read `pg_control_system()`), and the database's oid and
-/// name.
+/// the role may read `pg_control_system()`) and the database's name (unique
+/// within a cluster).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Identity {
     pub system_identifier: Option<i64>,
-    pub database_oid: u32,
     pub database: String,
 }
 
 /// The [`Identity`] of `client`'s server and database.
 pub(crate) async fn identity(client: &Client) -> Result<Identity, PgError> {
     let row = client
-        .query_one(
-            "SELECT d.oid, d.datname::text FROM pg_database d WHERE d.datname = current_database()",
-            &[],
-        )
+        .query_one("SELECT current_database()::text", &[])
         .await
         .map_err(query_err("identify the database"))?;
     // Restricted to superusers and pg_monitor by default; without it, the
@@ -272,8 +268,7 @@ pub(crate) async fn identity(client: &Client) -> Result<Identity, PgError> {
     };
     Ok(Identity {
         system_identifier,
-        database_oid: row.get::<_, u32>(0),
-        database: row.get(1),
+        database: row.get(0),
     })
 }
 

@@ -145,14 +145,13 @@ impl Compression {
     /// level", for the measurements behind it).
     pub const DEFAULT_LEVEL: u32 = 3;
 
-    /// `level` 0 is no compression, 1 to 9 a ZIP packet at that level.
-    pub fn level(level: u32) -> Result<Self, CryptoError> {
+    /// `level` 0 is no compression, 1 to 9 a ZIP packet at that level;
+    /// `None` for anything else.
+    pub fn level(level: u32) -> Option<Self> {
         match level {
-            0 => Ok(Compression::None),
-            1..=9 => Ok(Compression::Zip(level)),
-            n => Err(CryptoError::Pipeline(format!(
-                "compression level {n} is not 0 (none) to 9"
-            ))),
+            0 => Some(Compression::None),
+            1..=9 => Some(Compression::Zip(level)),
+            _ => None,
         }
     }
 }

@@ -226,7 +226,7 @@ fn compression_from(text: Option<&str>) -> Result<Compression, ConfigError> {
         )
     };
     let level: u32 = t.parse().map_err(|_| bad())?;
-    Compression::level(level).map_err(|_| bad())
+    Compression::level(level).ok_or_else(bad)
 }
 
 /// The database name must be usable in object names: checked now, not

@@ -184,7 +184,6 @@ mod tests {
             url: "postgres://u@db/app".into(),
             identity: Identity {
                 system_identifier: sys,
-                database_oid: 16384,
                 database: db.into(),
             },
         }

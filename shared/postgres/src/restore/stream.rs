@@ -428,6 +428,19 @@ mod tests {
         (dir.clone(), PgTools { bindir: Some(dir) })
     }
 
+    /// Feeds `items` to a fake `pg_restore` running `script`; returns its
+    /// directory (remove it when done) and the result.
+    async fn feed_fake(
+        script: &str,
+        items: Vec<std::io::Result<&'static [u8]>>,
+        pause_before_last: Duration,
+    ) -> (std::path::PathBuf, Result<u64, RestoreError>) {
+        let (dir, tools) = fake_pg_restore(script);
+        let plain = chunks(items, pause_before_last);
+        let result = feed_pg_restore(&tools, "postgres://u@h/db", plain, "gs://b/k", || {}).await;
+        (dir, result)
+    }
+
     const RECORDER: &str = r#"d="$(dirname "$0")"; cat > "$d/received" && echo eof > "$d/saw_eof""#;
 
     fn chunks(
@@ -447,14 +460,13 @@ mod tests {
 
     #[tokio::test]
     async fn pg_restore_gets_everything_and_the_end_of_a_clean_stream() {
-        let (dir, tools) = fake_pg_restore(RECORDER);
-        let plain = chunks(
+        let (dir, result) = feed_fake(
+            RECORDER,
             vec![Ok(b"first "), Ok(b"second "), Ok(b"last")],
             Duration::ZERO,
-        );
-        let n = feed_pg_restore(&tools, "postgres://u@h/db", plain, "gs://b", || {})
-            .await
-            .unwrap();
+        )
+        .await;
+        let n = result.unwrap();
         assert_eq!(n, 17);
         assert_eq!(
             std::fs::read(dir.join("received")).unwrap(),
@@ -466,21 +478,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_stream_never_lets_pg_restore_see_its_last_chunk_or_the_end() {
-        let (dir, tools) = fake_pg_restore(RECORDER);
         // The failure arrives well after the last data chunk: a restore that
         // passed every chunk on at once would have handed pg_restore the
         // whole archive by then.
-        let plain = chunks(
+        let (dir, result) = feed_fake(
+            RECORDER,
             vec![
                 Ok(b"first "),
                 Ok(b"last"),
                 Err(CryptoError::IntegrityCheckFailed.into_io()),
             ],
             Duration::from_millis(500),
-        );
-        let err = feed_pg_restore(&tools, "postgres://u@h/db", plain, "gs://b", || {})
-            .await
-            .unwrap_err();
+        )
+        .await;
+        let err = result.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -504,11 +515,13 @@ mod tests {
 
     #[tokio::test]
     async fn pg_restore_failures_are_reported_with_its_stderr() {
-        let (dir, tools) = fake_pg_restore("echo 'pg_restore: error: relation exists' >&2; exit 1");
-        let plain = chunks(vec![Ok(b"data"), Ok(b"more")], Duration::ZERO);
-        let err = feed_pg_restore(&tools, "postgres://u@h/db", plain, "gs://b", || {})
-            .await
-            .unwrap_err();
+        let (dir, result) = feed_fake(
+            "echo 'pg_restore: error: relation exists' >&2; exit 1",
+            vec![Ok(b"data"), Ok(b"more")],
+            Duration::ZERO,
+        )
+        .await;
+        let err = result.unwrap_err();
         assert!(
             matches!(&err, RestoreError::PgRestore { stderr, .. } if stderr.contains("relation exists")),
             "{err}"
@@ -519,22 +532,26 @@ mod tests {
     #[tokio::test]
     async fn a_pg_restore_that_stops_reading_and_exits_0_is_a_failure_that_says_it_committed() {
         // Reads 10 bytes, then "commits" and exits 0 with input left.
-        let (dir, tools) = fake_pg_restore("head -c 10 > /dev/null; exit 0");
-        let plain = chunks(vec![Ok(b"0123456789"), Ok(b"abcdefg")], Duration::ZERO);
-        let err = feed_pg_restore(&tools, "postgres://u@h/db", plain, "gs://b/k", || {})
-            .await
-            .unwrap_err();
+        let (dir, result) = feed_fake(
+            "head -c 10 > /dev/null; exit 0",
+            vec![Ok(b"0123456789"), Ok(b"abcdefg")],
+            Duration::ZERO,
+        )
+        .await;
+        let err = result.unwrap_err();
         assert!(
             matches!(&err, RestoreError::CommittedUnverified { database, .. } if database == "db"),
             "{err}"
         );
         assert!(!err.to_string().contains("rolled back"), "{err}");
         // Exiting non-zero early: nothing committed, and it says so.
-        let (dir2, tools) = fake_pg_restore("head -c 3 > /dev/null; exit 1");
-        let plain = chunks(vec![Ok(b"0123456789"), Ok(b"abcdefg")], Duration::ZERO);
-        let err = feed_pg_restore(&tools, "postgres://u@h/db", plain, "gs://b/k", || {})
-            .await
-            .unwrap_err();
+        let (dir2, result) = feed_fake(
+            "head -c 3 > /dev/null; exit 1",
+            vec![Ok(b"0123456789"), Ok(b"abcdefg")],
+            Duration::ZERO,
+        )
+        .await;
+        let err = result.unwrap_err();
         assert!(
             matches!(
                 &err,
