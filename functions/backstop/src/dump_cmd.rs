@@ -18,9 +18,14 @@ pub struct DumpArgs {
     /// Database to dump: postgres://user[:password]@host:port/dbname.
     #[arg(long, env = "BACKSTOP_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Namespace of the backup: `production` or a branch namespace.
-    #[arg(long, env = "BACKSTOP_NAMESPACE", default_value = backstop_postgres::dump::DEFAULT_NAMESPACE)]
-    pub namespace: String,
+    /// Namespace of the backup (default `production`). Retention never
+    /// prunes a namespace given this way to nothing.
+    #[arg(long, env = "BACKSTOP_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Back up into the branch namespace of this branch (`br-<branch>`),
+    /// which retention abandons 14 days after its last backup by default.
+    #[arg(long, env = "BACKSTOP_BRANCH")]
+    pub branch: Option<String>,
     /// GCS bucket that receives the backup.
     #[arg(long, env = "BACKSTOP_GCS_BUCKET")]
     pub bucket: Option<String>,
@@ -59,9 +64,10 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
                 "the GCS bucket that receives backups (or pass --bucket)",
             )
         })?;
+    let namespace = dump_namespace(args.namespace, args.branch)?;
     let settings = DumpSettings {
         database_url: args.database_url,
-        namespace: Some(args.namespace),
+        namespace: Some(namespace),
         recipients: args.recipients,
         signing_key: args.signing_key,
         pg_bindir: args
@@ -75,4 +81,47 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
     let summary = run_dump(&config, &store).await?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
+}
+
+/// `--namespace`, or the branch namespace of `--branch`, or `production`.
+fn dump_namespace(
+    namespace: Option<String>,
+    branch: Option<String>,
+) -> Result<String, ConfigError> {
+    let namespace = namespace.filter(|n| !n.trim().is_empty());
+    match (namespace, branch.filter(|b| !b.trim().is_empty())) {
+        (Some(ns), Some(branch)) => Err(ConfigError::invalid(
+            "--branch",
+            &branch,
+            format!(
+                "--namespace / BACKSTOP_NAMESPACE ({ns:?}) is set as well; give one: --branch for a branch namespace that retention may abandon, --namespace for one it never prunes to nothing"
+            ),
+        )),
+        (None, Some(branch)) => {
+            Ok(backstop_core::naming::namespace_for_branch(&branch).to_string())
+        }
+        (Some(ns), None) => Ok(ns),
+        (None, None) => Ok(backstop_postgres::dump::DEFAULT_NAMESPACE.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dump_namespace;
+
+    #[test]
+    fn branch_dumps_go_to_the_branch_namespace() {
+        let ns = dump_namespace(None, Some("feature/Fix-Login".into())).unwrap();
+        assert!(
+            ns.starts_with(backstop_core::naming::BRANCH_NAMESPACE_PREFIX),
+            "{ns}"
+        );
+        assert_eq!(dump_namespace(None, None).unwrap(), "production");
+        assert_eq!(
+            dump_namespace(Some("billing".into()), None).unwrap(),
+            "billing"
+        );
+        let err = dump_namespace(Some("billing".into()), Some("x".into())).unwrap_err();
+        assert!(err.to_string().contains("--branch"), "{err}");
+    }
 }

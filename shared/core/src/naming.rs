@@ -247,12 +247,20 @@ impl Ord for BackupId {
     }
 }
 
-/// Derives a valid, deterministic namespace from a branch name such as
-/// `feature/Fix-Login`: lower-cased, other characters folded to `-`, and a
-/// short hash appended whenever the name had to change, so two different
-/// branches never share a namespace.
+/// The prefix of every namespace [`namespace_for_branch`] makes: retention
+/// may abandon these (and only these, besides the policy's
+/// `branch_namespaces`) once they go quiet.
+pub const BRANCH_NAMESPACE_PREFIX: &str = "br-";
+
+/// Derives a valid, deterministic branch namespace from a branch name such
+/// as `feature/Fix-Login`: `br-`, then the name lower-cased with other
+/// characters folded to `-`, and a short hash appended whenever the name had
+/// to change, so two different branches never share a namespace.
 pub fn namespace_for_branch(branch: &str) -> Namespace {
-    if let Ok(ns) = Namespace::new(branch) {
+    let room = MAX_NAME_BYTES - BRANCH_NAMESPACE_PREFIX.len();
+    if branch.len() <= room
+        && let Ok(ns) = Namespace::new(&format!("{BRANCH_NAMESPACE_PREFIX}{branch}"))
+    {
         return ns;
     }
     let mut slug: String = branch
@@ -274,12 +282,12 @@ pub fn namespace_for_branch(branch: &str) -> Namespace {
         use sha2::Digest;
         hex::encode(&sha2::Sha256::digest(branch.as_bytes())[..4])
     };
-    let head: String = slug.chars().take(MAX_NAME_BYTES - 9).collect();
+    let head: String = slug.chars().take(room - 9).collect();
     let head = head.trim_end_matches('-');
     let name = if head.is_empty() {
-        format!("b-{hash}")
+        format!("{BRANCH_NAMESPACE_PREFIX}{hash}")
     } else {
-        format!("{head}-{hash}")
+        format!("{BRANCH_NAMESPACE_PREFIX}{head}-{hash}")
     };
     Namespace::new(&name).expect("slug is valid by construction")
 }
@@ -343,15 +351,17 @@ mod tests {
 
     #[test]
     fn branch_names_become_distinct_valid_namespaces() {
-        assert_eq!(namespace_for_branch("production").as_str(), "production");
+        assert_eq!(namespace_for_branch("main").as_str(), "br-main");
+        assert_eq!(namespace_for_branch("production").as_str(), "br-production");
         let a = namespace_for_branch("feature/Fix-Login");
-        assert!(a.as_str().starts_with("feature-fix-login-"), "{a}");
+        assert!(a.as_str().starts_with("br-feature-fix-login-"), "{a}");
         assert_eq!(a, namespace_for_branch("feature/Fix-Login"));
         assert_ne!(a, namespace_for_branch("feature/fix-login"));
         let hostile = namespace_for_branch(&format!("x'; DROP DATABASE x; --{}é", "a".repeat(100)));
         assert!(hostile.as_str().len() <= 63);
         assert!(Namespace::new(hostile.as_str()).is_ok());
-        assert!(namespace_for_branch("ééé").as_str().starts_with("b-"));
+        assert!(hostile.as_str().starts_with(BRANCH_NAMESPACE_PREFIX));
+        assert!(namespace_for_branch("ééé").as_str().starts_with("br-"));
     }
 }
 

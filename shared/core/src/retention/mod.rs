@@ -30,6 +30,8 @@ mod future_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod quiet_tests;
+#[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
 pub(crate) mod testutil;

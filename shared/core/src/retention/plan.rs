@@ -13,12 +13,14 @@
 //!    the weekly and monthly rules anyway.
 //! 2. The newest verified backup of each series (namespace + database) is
 //!    always kept, even when suspect, even when the policy would drop it.
-//!    The one exception is an *abandoned* namespace: a rule that is not
-//!    protected, that has `abandon_after`, and whose namespace's newest live
-//!    backup (complete in any verification state, or possibly in progress)
-//!    is older than that. An abandoned namespace is
-//!    removed entirely, as configured, since branch namespaces that stopped
-//!    producing backups are exactly what has to go. Protected rules, and
+//!    The one exception is an *abandoned* namespace: a *branch* namespace
+//!    ([`PolicySet::is_branch`]) whose rule is not protected, has
+//!    `abandon_after`, and whose newest live backup (complete in any
+//!    verification state, or possibly in progress) is older than that. An
+//!    abandoned namespace is removed entirely, as configured, since branch
+//!    namespaces that stopped producing backups are exactly what has to go;
+//!    any other namespace that went quiet keeps its newest verified backup
+//!    whatever its age (a broken dump job must not end in no backup). Protected rules, and
 //!    whatever rule applies to `production`, can never have `abandon_after`.
 //! 3. Invalid backups (failed verification) are never deleted automatically,
 //!    not even in an abandoned namespace: they are evidence (tampering, a
@@ -301,7 +303,9 @@ fn is_abandoned(
     let Some(after) = rule.abandon_after else {
         return false;
     };
-    if rule.protected {
+    // Only a branch is ever abandoned: any other namespace that went quiet
+    // (a broken dump job) keeps its newest verified backup.
+    if rule.protected || !policies.is_branch(ns.as_str()) {
         return false;
     }
     let grace_cutoff = now - policies.incomplete_grace;

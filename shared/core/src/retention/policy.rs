@@ -16,14 +16,24 @@
 //!   "incomplete_grace": "6h",
 //!   "replica_grace": "6h",
 //!   "shrink_alert_ratio": 0.5,
+//!   "branch_namespaces": [],
 //!   "rules": [
 //!     { "match": "production", "protected": true, "replicated": true,
 //!       "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12,
 //!       "stale_after": "26h", "drill_max_age": "14d" },
-//!     { "match": "*", "keep_last": 2, "abandon_after": "14d" }
+//!     { "match": "*", "keep_last": 2, "abandon_after": "14d", "stale_after": "8d" }
 //!   ]
 //! }
 //! ```
+//!
+//! **Only branch namespaces are ever abandoned.** A branch namespace is one
+//! named as `backstop dump --branch` names them (`br-…`, see
+//! [`crate::naming::namespace_for_branch`]) or one matched by a pattern in
+//! `branch_namespaces` (e.g. `"preview-*"`). Any other namespace — a second
+//! production database called `billing`, say — keeps its newest verified
+//! backup whatever its age, however the rule reads: a dump job that broke is
+//! the classic way backups vanish, and abandoning its namespace would finish
+//! the job. Its staleness is critical; a quiet branch's is a warning.
 //!
 //! Every field is optional; the above is exactly the default. `rules`, when
 //! given, replaces the default rules entirely. Rules are tried in order and
@@ -40,7 +50,7 @@
 //! | `keep_within` | none | keep all newer than newest minus this |
 //! | `protected` | false | never abandoned; stale / missing findings are critical |
 //! | `replicated` | false | expected in the replica (S3) bucket too: parity is audited |
-//! | `abandon_after` | none | remove the namespace entirely once its newest backup is older |
+//! | `abandon_after` | none | branch namespaces only: remove the namespace entirely once its newest backup is older |
 //! | `stale_after` | none | audit: newest verified backup older than this is stale |
 //! | `drill_max_age` | none | audit: last successful restore drill older than this |
 //!
@@ -339,6 +349,11 @@ pub struct PolicySet {
     /// policy JSON: set from [`MAX_CLOCK_SKEW_ENV`] (see
     /// [`PolicySet::with_clock_skew_setting`]), shared with restore.
     pub max_clock_skew: TimeDelta,
+    /// Namespaces the policy marks as branch namespaces (`branch_namespaces`),
+    /// besides those named by [`crate::naming::namespace_for_branch`] (`br-…`).
+    /// Only a branch namespace is ever abandoned, and its staleness is a
+    /// warning, not critical: quiet is what a finished branch does.
+    pub branch_namespaces: Vec<NamespacePattern>,
 }
 
 impl Default for PolicySet {
@@ -368,7 +383,7 @@ impl Default for PolicySet {
                     protected: false,
                     replicated: false,
                     abandon_after: Some(TimeDelta::days(14)),
-                    stale_after: None,
+                    stale_after: Some(TimeDelta::days(8)),
                     drill_max_age: None,
                 },
             ],
@@ -376,6 +391,7 @@ impl Default for PolicySet {
             replica_grace: TimeDelta::hours(6),
             shrink_alert_ratio: 0.5,
             max_clock_skew: TimeDelta::seconds(DEFAULT_MAX_CLOCK_SKEW_SECS),
+            branch_namespaces: Vec::new(),
         }
     }
 }
@@ -385,6 +401,7 @@ const TOP_FIELDS: &[&str] = &[
     "incomplete_grace",
     "replica_grace",
     "shrink_alert_ratio",
+    "branch_namespaces",
     "rules",
 ];
 const RULE_FIELDS: &[&str] = &[
@@ -407,6 +424,14 @@ impl PolicySet {
     /// The first rule matching `namespace`, if any.
     pub fn rule_for(&self, namespace: &str) -> Option<&NamespaceRule> {
         self.rules.iter().find(|r| r.pattern.matches(namespace))
+    }
+
+    /// Whether `namespace` is a branch namespace: named as dump names
+    /// branches (`br-…`), or matched by `branch_namespaces`. Only these are
+    /// ever abandoned.
+    pub fn is_branch(&self, namespace: &str) -> bool {
+        namespace.starts_with(crate::naming::BRANCH_NAMESPACE_PREFIX)
+            || self.branch_namespaces.iter().any(|p| p.matches(namespace))
     }
 
     /// The longest calendar horizon of any rule (see [`RetentionPolicy::horizon`]).
@@ -474,6 +499,7 @@ impl PolicySet {
             replica_grace,
             shrink_alert_ratio,
             max_clock_skew: defaults.max_clock_skew,
+            branch_namespaces: pattern_list(obj, "branch_namespaces")?,
         };
         set.validate()?;
         Ok(set)
@@ -493,6 +519,20 @@ impl PolicySet {
 
     /// Cross-rule checks; single fields are checked while parsing.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        if let Some((i, p)) = self
+            .branch_namespaces
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.matches(PRODUCTION))
+        {
+            return Err(field_err(
+                format!("branch_namespaces[{i}]"),
+                format!(
+                    "{:?} matches {PRODUCTION:?}, which is never a branch (branch namespaces may be abandoned); narrow the pattern",
+                    p.as_str()
+                ),
+            ));
+        }
         let mut seen = BTreeSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("rules[{i}]");
@@ -583,6 +623,7 @@ impl PolicySet {
             "incomplete_grace": format_duration(self.incomplete_grace),
             "replica_grace": format_duration(self.replica_grace),
             "shrink_alert_ratio": self.shrink_alert_ratio,
+            "branch_namespaces": self.branch_namespaces.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
             "rules": rules,
         })
     }
@@ -623,6 +664,24 @@ fn opt_duration(
             "expected a duration string such as \"26h\" or \"14d\"",
         )),
     }
+}
+
+fn pattern_list(obj: &Map<String, Value>, key: &str) -> Result<Vec<NamespacePattern>, PolicyError> {
+    let items = match obj.get(key) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(field_err(key, "expected an array of namespace patterns")),
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let at = format!("{key}[{i}]");
+            v.as_str()
+                .ok_or_else(|| field_err(&at, "expected a namespace name or glob string"))
+                .and_then(|s| NamespacePattern::new(s).map_err(|e| field_err(&at, e)))
+        })
+        .collect()
 }
 
 fn opt_count(obj: &Map<String, Value>, at: &str, key: &str) -> Result<u32, PolicyError> {

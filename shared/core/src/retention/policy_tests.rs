@@ -19,11 +19,12 @@ fn default_policy_round_trips_through_json() {
     assert_eq!(PolicySet::from_env_value(Some("  ")).unwrap(), def);
     let doc_example = r#"{
           "version": 1, "incomplete_grace": "6h", "replica_grace": "6h", "shrink_alert_ratio": 0.5,
+          "branch_namespaces": [],
           "rules": [
             { "match": "production", "protected": true, "replicated": true,
               "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12,
               "stale_after": "26h", "drill_max_age": "14d" },
-            { "match": "*", "keep_last": 2, "abandon_after": "14d" } ] }"#;
+            { "match": "*", "keep_last": 2, "abandon_after": "14d", "stale_after": "8d" } ] }"#;
     assert_eq!(PolicySet::from_json(doc_example).unwrap(), def);
 }
 

@@ -141,6 +141,7 @@ fn arb_policies() -> impl Strategy<Value = PolicySet> {
                     replica_grace: TimeDelta::hours(6),
                     shrink_alert_ratio: ratio,
                     max_clock_skew: TimeDelta::minutes(10),
+                    branch_namespaces: vec![NamespacePattern::new("feat-*").unwrap()],
                 };
                 set.validate().expect("generated policies are valid");
                 set
@@ -218,14 +219,19 @@ fn check_plan(
         let rule = policies.rule_for(ns);
         let abandoned = rule.is_some_and(|r| {
             !r.protected
+                && policies.is_branch(ns)
                 && r.abandon_after.is_some_and(|a| {
                     newest_live_in_namespace(inv, ns, now - policies.incomplete_grace)
                         .is_some_and(|t| now - t > a)
                 })
         });
         prop_assert_eq!(s.abandoned, abandoned, "abandonment of {}", ns);
-        if rule.is_some_and(|r| r.protected) || ns == "production" {
-            prop_assert!(!s.abandoned, "protected namespace {} abandoned", ns);
+        if rule.is_some_and(|r| r.protected) || ns == "production" || !policies.is_branch(ns) {
+            prop_assert!(
+                !s.abandoned,
+                "protected or non-branch namespace {} abandoned",
+                ns
+            );
         }
         // Future-dated backups (beyond the skew) never count (rule 7).
         let future = |e: &BackupEntry| {

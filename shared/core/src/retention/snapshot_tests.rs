@@ -51,7 +51,7 @@ fn year_of_dailies() {
     history.extend((0..5).map(|i| {
         (
             bid(
-                "feat-login",
+                "br-feat-login",
                 "app",
                 now - TimeDelta::hours(10 * i + 2),
                 500 + i as u32,
@@ -59,7 +59,7 @@ fn year_of_dailies() {
             Kind::ok(),
         )
     }));
-    history.extend(dailies("feat-old", "app", now - TimeDelta::days(25), 5));
+    history.extend(dailies("br-feat-old", "app", now - TimeDelta::days(25), 5));
     let inv = inventory("gs://backstop-prod", &history, &[]);
     let p = plan(&inv, &PolicySet::default(), now);
     // 7 dailies; 2 more weeklies (the two newest weeks' are dailies); 11

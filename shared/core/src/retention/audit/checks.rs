@@ -22,7 +22,7 @@ use crate::retention::inventory::{BackupEntry, Inventory, SeriesKey};
 use crate::retention::plan::{
     BackupPlan, BackupStatus, Decision, DeleteReason, HoldReason, Plan, SeriesPlan, plan,
 };
-use crate::retention::policy::{NamespaceRule, format_age, format_duration};
+use crate::retention::policy::{NamespaceRule, PolicySet, format_age, format_duration};
 
 enum Removal {
     Removed,
@@ -68,6 +68,17 @@ fn reason_label(reason: DeleteReason) -> &'static str {
 
 fn protected_severity(rule: Option<&NamespaceRule>) -> Severity {
     if rule.is_some_and(|r| r.protected) {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    }
+}
+
+/// How bad a namespace without a fresh backup is: critical unless it is a
+/// branch namespace (quiet is what a finished branch does). A protected
+/// namespace is critical even if a branch pattern matches it.
+fn quiet_severity(policies: &PolicySet, rule: &NamespaceRule, ns: &str) -> Severity {
+    if rule.protected || !policies.is_branch(ns) {
         Severity::Critical
     } else {
         Severity::Warning
@@ -246,7 +257,7 @@ impl Audit<'_> {
                 let ns = rule.pattern.as_str();
                 self.findings.push(
                     Finding::new(
-                        protected_severity(Some(rule)),
+                        quiet_severity(self.policies, rule, ns),
                         "no_backups",
                         format!("namespace {ns:?} has no backups at all in {cloud}"),
                     )
@@ -309,7 +320,7 @@ impl Audit<'_> {
             return;
         };
         let ns = series.namespace.as_str();
-        let sev = protected_severity(Some(rule));
+        let sev = quiet_severity(self.policies, rule, ns);
         match newest {
             None => self.push(
                 Finding::new(
