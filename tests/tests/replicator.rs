@@ -474,3 +474,94 @@ async fn forged_replica_metadata_is_not_already_replicated() {
         "{again:?}"
     );
 }
+
+/// Keeps every alert, for tests that check one was raised.
+#[derive(Debug, Default)]
+struct RecordedAlerts(std::sync::Mutex<Vec<backstop_core::alerts::Alert>>);
+
+#[async_trait]
+impl AlertSink for RecordedAlerts {
+    async fn publish(
+        &self,
+        alert: &backstop_core::alerts::Alert,
+    ) -> Result<(), backstop_core::alerts::AlertError> {
+        self.0.lock().unwrap().push(alert.clone());
+        Ok(())
+    }
+}
+
+fn finalize_of(key: String) -> StorageEvent {
+    StorageEvent::Finalized(ObjectRef {
+        bucket: stack_env().required("BACKSTOP_GCS_BUCKET", "").unwrap(),
+        name: key,
+        generation: None,
+        size: None,
+    })
+}
+
+#[tokio::test]
+async fn a_new_generation_of_a_committed_backup_is_a_tamper_alert() {
+    let keys = TestKeys::generate();
+    let namespace = unique_namespace("regen");
+    let alerts = Arc::new(RecordedAlerts::default());
+    let source: Arc<dyn ObjectStore> = Arc::new(gcs().await);
+    let rep = replicator(&keys, &namespace, alerts.clone(), source.clone()).await;
+    let id = backup_id(&namespace, Utc::now());
+    write_backup(source.as_ref(), &id, &keys, 1 << 20).await;
+    assert!(matches!(
+        rep.handle(&finalize(&id)).await.unwrap(),
+        Outcome::Replicated { .. }
+    ));
+    let replica_before = s3().await.get_bytes(&id.data_key(), 4 << 20).await.unwrap();
+
+    // The data object rewritten in GCS with one byte changed (same size).
+    let mut data = source
+        .get_bytes(&id.data_key(), 4 << 20)
+        .await
+        .unwrap()
+        .to_vec();
+    data[1000] ^= 0x01;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    source
+        .put_bytes(&id.data_key(), Bytes::from(data), PutOptions::default())
+        .await
+        .unwrap();
+    for event in [finalize_of(id.data_key()), finalize(&id)] {
+        match rep.handle(&event).await.unwrap() {
+            Outcome::Rejected { reason, .. } => {
+                assert!(reason.contains(&id.data_key()), "{reason}")
+            }
+            other => panic!("a rewritten data object: {other:?}"),
+        }
+    }
+    let raised: Vec<_> = alerts.0.lock().unwrap().drain(..).collect();
+    assert_eq!(raised.len(), 2, "{raised:?}");
+    assert!(raised.iter().all(|a| a.code == "rewritten_after_commit"
+        && a.severity == backstop_core::alerts::Severity::Critical));
+    assert_eq!(
+        s3().await.get_bytes(&id.data_key(), 4 << 20).await.unwrap(),
+        replica_before,
+        "nothing copied over the verified replica"
+    );
+
+    // The manifest rewritten with its own bytes: a new generation all the same.
+    let other = backup_id(&namespace, Utc::now() + chrono::Duration::seconds(1));
+    write_backup(source.as_ref(), &other, &keys, 1 << 20).await;
+    assert!(matches!(
+        rep.handle(&finalize(&other)).await.unwrap(),
+        Outcome::Replicated { .. }
+    ));
+    let manifest = source
+        .get_bytes(&other.manifest_key(), 1 << 20)
+        .await
+        .unwrap();
+    source
+        .put_bytes(&other.manifest_key(), manifest, PutOptions::default())
+        .await
+        .unwrap();
+    match rep.handle(&finalize(&other)).await.unwrap() {
+        Outcome::Rejected { reason, .. } => assert!(reason.contains("generation"), "{reason}"),
+        other => panic!("a rewritten manifest: {other:?}"),
+    }
+    assert_eq!(alerts.0.lock().unwrap().len(), 1);
+}

@@ -314,3 +314,58 @@ async fn a_drill_recorded_on_the_replica_counts_for_the_audit() {
         "the drill recorded on S3 is seen"
     );
 }
+
+/// Flips one byte of an object in place: same size, new generation.
+async fn flip_one_byte(store: &dyn ObjectStore, key: &str) {
+    let mut bytes = store.get_bytes(key, 64 << 20).await.unwrap().to_vec();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    store
+        .put_bytes(key, Bytes::from(bytes), PutOptions::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn same_size_tampering_is_a_digest_mismatch_in_both_clouds() {
+    let keys = TestKeys::generate();
+    let ns = unique_namespace("tamper");
+    let (g, s) = (gcs().await, s3().await);
+    let now = Utc::now();
+    let in_gcs = backup_id(&ns, now - Duration::hours(30));
+    let in_s3 = backup_id(&ns, now - Duration::hours(2));
+    for id in [&in_gcs, &in_s3] {
+        write_backup(&g, id, &keys, 4000).await;
+        copy(&g, &s, id).await;
+    }
+    flip_one_byte(&g, &in_gcs.data_key()).await;
+    flip_one_byte(&s, &in_s3.data_key()).await;
+
+    let policy = serde_json::json!({"version": 1, "rules": [
+        {"match": ns, "protected": true, "replicated": true, "keep_daily": 30, "stale_after": "26h", "drill_max_age": "400d"}
+    ]});
+    let f = function(&keys, policy, None).await;
+    let report = run(&f, true).await.report;
+    let summary = report.to_string();
+    let mismatch = |cloud: &str, id: &BackupId| {
+        report.findings.iter().find(|x| {
+            x.code == "digest_mismatch"
+                && x.cloud.as_deref() == Some(cloud)
+                && x.namespace.as_deref() == Some(ns.as_str())
+                && x.subject.as_deref() == Some(&*id.to_string())
+        })
+    };
+    for (cloud, id) in [("gcs", &in_gcs), ("s3", &in_s3)] {
+        let found = mismatch(cloud, id).unwrap_or_else(|| panic!("{cloud} {id}:\n{summary}"));
+        assert_eq!(
+            found.severity,
+            backstop_core::retention::Severity::Critical,
+            "{summary}"
+        );
+        assert!(found.message.contains(&id.data_key()), "{}", found.message);
+    }
+    // The untouched copies still count: each cloud has one verified backup.
+    for (cloud, id) in [("gcs", &in_s3), ("s3", &in_gcs)] {
+        assert!(mismatch(cloud, id).is_none(), "{cloud} {id}:\n{summary}");
+    }
+}

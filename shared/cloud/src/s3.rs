@@ -459,6 +459,10 @@ impl ObjectStore for S3Store {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            // The stored CRC32C comes back with the body, so a reader (the
+            // retention verifier) compares it with the signed manifest
+            // without another request.
+            .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
             .map_err(|e| self.map_err("get", key, e))?;

@@ -35,6 +35,10 @@ pub const META_SHA256: &str = "backstop-sha256";
 /// User metadata holding the backup id, on every object the replicator writes
 /// (`backstop-sha256` is on the data object only).
 pub const META_BACKUP_ID: &str = "backstop-backup-id";
+/// User metadata on the replicated manifest: the source manifest's
+/// generation that was copied. A later notification for another generation
+/// of a committed manifest is a rewrite, which nothing legitimate does.
+pub const META_SOURCE_GENERATION: &str = "backstop-source-generation";
 
 /// What happened to one notification; serialized as the function's result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -169,9 +173,6 @@ impl Replicator {
         let Ok((id, file)) = BackupId::parse_key(&object.name) else {
             return ignored("not a backup object");
         };
-        if file != MANIFEST_FILE {
-            return ignored("part of a backup; replication starts when its manifest is written");
-        }
         if !self
             .namespaces
             .iter()
@@ -181,7 +182,72 @@ impl Replicator {
                 "namespace is not configured for replication (BACKSTOP_REPLICATE_NAMESPACES)",
             );
         }
+        if file != MANIFEST_FILE {
+            return self.part_finalized(&id, object).await;
+        }
         self.replicate(&id).await
+    }
+
+    /// A data or signature object was written. The dump writes both before
+    /// the manifest, so a generation newer than the manifest is a rewrite
+    /// of a committed backup: a tamper signal, alerted, nothing copied.
+    async fn part_finalized(
+        &self,
+        id: &BackupId,
+        object: &ObjectRef,
+    ) -> Result<Outcome, ReplicateError> {
+        let manifest = match self.source.head(&id.manifest_key()).await {
+            Ok(m) => m,
+            Err(StoreError::NotFound { .. }) => {
+                return Ok(Outcome::Ignored {
+                    object: object.name.clone(),
+                    reason: "part of a backup; replication starts when its manifest is written"
+                        .into(),
+                });
+            }
+            Err(e) => return Err(retry(&id.to_string(), e)),
+        };
+        if let Some(reason) = self.rewritten_after_commit(id, &manifest).await? {
+            return self.reject(id, "rewritten_after_commit", reason).await;
+        }
+        Ok(Outcome::Ignored {
+            object: object.name.clone(),
+            reason: "part of a backup written before its manifest; the manifest's notification replicates it".into(),
+        })
+    }
+
+    /// Whether the source's data or signature object is a generation written
+    /// after the manifest (`manifest` from its head or read): `Some(why)`.
+    async fn rewritten_after_commit(
+        &self,
+        id: &BackupId,
+        manifest: &ObjectMeta,
+    ) -> Result<Option<String>, ReplicateError> {
+        let Some(committed) = manifest.updated else {
+            return Ok(None);
+        };
+        let (data_key, signature_key) = (id.data_key(), id.signature_key());
+        let (data, signature) = tokio::join!(
+            self.source.head(&data_key),
+            self.source.head(&signature_key)
+        );
+        for part in [data, signature] {
+            let part = match part {
+                Ok(p) => p,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(retry(&id.to_string(), e)),
+            };
+            if let Some(written) = part.updated.filter(|t| *t > committed) {
+                return Ok(Some(format!(
+                    "{}/{} (generation {}) was written at {written}, after the backup's manifest ({committed}): nothing legitimate rewrites an object of a committed backup, so treat it as tampering; the replica in {} keeps the copy that was verified",
+                    self.source.url(),
+                    part.key,
+                    part.version.as_deref().unwrap_or("?"),
+                    self.target.url()
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Copies one backup, verified, if it is not in the target already.
@@ -193,12 +259,13 @@ impl Replicator {
         // source's manifest has verified.
         let (manifest_key, signature_key) = (id.manifest_key(), id.signature_key());
         let (source_manifest, source_signature, target_manifest) = tokio::join!(
-            self.source.get_bytes(&manifest_key, MAX_MANIFEST_BYTES),
+            self.source
+                .get_bytes_with_meta(&manifest_key, MAX_MANIFEST_BYTES),
             self.source.get_bytes(&signature_key, MAX_MANIFEST_BYTES),
             self.target.get_bytes(&manifest_key, MAX_MANIFEST_BYTES),
         );
-        let manifest_bytes = match source_manifest {
-            Ok(b) => b,
+        let (manifest_meta, manifest_bytes) = match source_manifest {
+            Ok(got) => got,
             Err(StoreError::NotFound { .. }) => {
                 return Ok(Outcome::Ignored {
                     object: id.manifest_key(),
@@ -227,7 +294,13 @@ impl Replicator {
             Err(e) => return self.reject(id, "manifest_invalid", e.to_string()).await,
         };
         if let Some(done) = self
-            .check_target(id, &manifest_bytes, &manifest.ciphertext, target_manifest)
+            .check_target(
+                id,
+                &manifest_meta,
+                &manifest_bytes,
+                &manifest.ciphertext,
+                target_manifest,
+            )
             .await?
         {
             return Ok(done);
@@ -237,9 +310,15 @@ impl Replicator {
             Ok(d) => d,
             Err(reason) => return self.reject(id, "verification_failed", reason).await,
         };
-        self.put_once(id, &id.signature_key(), signature).await?;
-        self.put_once(id, &id.manifest_key(), manifest_bytes)
+        self.put_once(id, &id.signature_key(), signature, None)
             .await?;
+        self.put_once(
+            id,
+            &id.manifest_key(),
+            manifest_bytes,
+            manifest_meta.version,
+        )
+        .await?;
         Ok(self.replicated(id, digests, started))
     }
 
@@ -251,6 +330,7 @@ impl Replicator {
     async fn check_target(
         &self,
         id: &BackupId,
+        source_meta: &ObjectMeta,
         manifest_bytes: &Bytes,
         expected: &CiphertextInfo,
         target_manifest: Result<Bytes, StoreError>,
@@ -258,6 +338,12 @@ impl Replicator {
         let backup_id = id.to_string();
         match target_manifest {
             Ok(existing) if existing == *manifest_bytes => {
+                if let Some(reason) = self.committed_backup_rewritten(id, source_meta).await? {
+                    return self
+                        .reject(id, "rewritten_after_commit", reason)
+                        .await
+                        .map(Some);
+                }
                 let reason = match self
                     .existing_data(&backup_id, &id.data_key(), expected)
                     .await?
@@ -285,6 +371,34 @@ impl Replicator {
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(retry(&id.to_string(), e)),
         }
+    }
+
+    /// For a backup the target holds already: whether the source's manifest
+    /// is another generation than the one copied (recorded on the copy), or
+    /// its data or signature was written after it. `Some(why)` if so.
+    async fn committed_backup_rewritten(
+        &self,
+        id: &BackupId,
+        source_meta: &ObjectMeta,
+    ) -> Result<Option<String>, ReplicateError> {
+        let copied = self
+            .target
+            .head(&id.manifest_key())
+            .await
+            .map_err(|e| retry(&id.to_string(), e))?;
+        if let (Some(copied), Some(now)) = (
+            copied.metadata.get(META_SOURCE_GENERATION),
+            source_meta.version.as_ref(),
+        ) && copied != now
+        {
+            return Ok(Some(format!(
+                "{}/{} is generation {now}, but generation {copied} is the one replicated to {}: nothing legitimate rewrites a committed manifest, so treat it as tampering",
+                self.source.url(),
+                id.manifest_key(),
+                self.target.url()
+            )));
+        }
+        self.rewritten_after_commit(id, source_meta).await
     }
 
     /// Logs a finished replication and makes its outcome.
@@ -471,18 +585,21 @@ impl Replicator {
         }
     }
 
-    /// Create-only put that treats an identical existing object as success.
-    async fn put_once(&self, id: &BackupId, key: &str, data: Bytes) -> Result<(), ReplicateError> {
+    /// Create-only put that treats an identical existing object as success;
+    /// `generation`: the source generation copied, recorded on the copy.
+    async fn put_once(
+        &self,
+        id: &BackupId,
+        key: &str,
+        data: Bytes,
+        generation: Option<String>,
+    ) -> Result<(), ReplicateError> {
         let backup_id = id.to_string();
-        match self
-            .target
-            .put_bytes(
-                key,
-                data.clone(),
-                PutOptions::create().with_metadata(META_BACKUP_ID, backup_id.clone()),
-            )
-            .await
-        {
+        let mut opts = PutOptions::create().with_metadata(META_BACKUP_ID, backup_id.clone());
+        if let Some(generation) = generation {
+            opts = opts.with_metadata(META_SOURCE_GENERATION, generation);
+        }
+        match self.target.put_bytes(key, data.clone(), opts).await {
             Ok(_) => Ok(()),
             Err(StoreError::PreconditionFailed { .. }) => {
                 let existing = self

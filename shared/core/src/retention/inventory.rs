@@ -71,8 +71,12 @@ pub enum InvalidKind {
     Plaintext,
     /// The manifest does not parse or describes another backup.
     BadManifest,
-    /// Objects disagree with the signed manifest (size, digest).
+    /// Objects disagree with the signed manifest (size).
     Mismatch,
+    /// The data object's CRC32C, as the store computed it, is not the one
+    /// the signed manifest records: its bytes were rewritten (same size or
+    /// not) since the dump.
+    DigestMismatch,
     /// The manifest or signature cannot be read for good (larger than any
     /// manifest can be, access refused): it will fail on every run.
     Unreadable,
@@ -89,6 +93,7 @@ impl InvalidKind {
             InvalidKind::Plaintext => "plaintext_backup",
             InvalidKind::BadManifest => "invalid_manifest",
             InvalidKind::Mismatch => "manifest_mismatch",
+            InvalidKind::DigestMismatch => "digest_mismatch",
             InvalidKind::Unreadable => "unreadable_backup",
             InvalidKind::Other => "invalid_backup",
         }
@@ -103,6 +108,7 @@ impl fmt::Display for InvalidKind {
             InvalidKind::Plaintext => "plaintext",
             InvalidKind::BadManifest => "bad manifest",
             InvalidKind::Mismatch => "objects differ from manifest",
+            InvalidKind::DigestMismatch => "data differs from the signed digest",
             InvalidKind::Unreadable => "unreadable",
             InvalidKind::Other => "invalid",
         })

@@ -12,7 +12,10 @@ use crate::trust::TrustedKeys;
 
 /// Verifies each complete backup with public keys only: the manifest's
 /// signature, that it describes this backup, that the data object's size
-/// matches, and that the data starts as an encrypted OpenPGP message.
+/// matches, that the data starts as an encrypted OpenPGP message, and that
+/// the CRC32C the store computed over the stored bytes (in the listing, and
+/// in the response to the read of the first chunk) is the signed one — so
+/// a rewritten data object is seen every run without reading it whole.
 #[derive(Debug, Clone)]
 pub struct SignatureVerifier {
     /// The trusted signing keys and backup recipients.
@@ -55,8 +58,10 @@ impl ManifestVerifier for SignatureVerifier {
         let (manifest_key, signature_key, data_key) =
             (id.manifest_key(), id.signature_key(), id.data_key());
         let first_chunk = async {
-            let mut body = store.read(&data_key).await?;
-            body.next()
+            let mut got = store.get(&data_key).await?;
+            let first = got
+                .body
+                .next()
                 .await
                 .transpose()
                 .map_err(|e| StoreError::Transient {
@@ -64,9 +69,10 @@ impl ManifestVerifier for SignatureVerifier {
                     op: "read",
                     key: data_key.clone(),
                     message: e.to_string(),
-                })
+                })?;
+            Ok::<_, StoreError>((got.meta.crc32c, first))
         };
-        let (manifest, signature, first) = tokio::try_join!(
+        let (manifest, signature, (read_crc, first)) = tokio::try_join!(
             store.get_bytes(&manifest_key, MAX_MANIFEST_BYTES),
             store.get_bytes(&signature_key, MAX_MANIFEST_BYTES),
             first_chunk,
@@ -97,6 +103,22 @@ impl ManifestVerifier for SignatureVerifier {
             if let Err(e) = inspector.feed(&first) {
                 return Ok(invalid(kind_of(&e), e));
             }
+        }
+        let listed_crc = objects.data.as_ref().and_then(|d| d.crc32c);
+        if let Some(bad) = [listed_crc, read_crc]
+            .into_iter()
+            .flatten()
+            .find(|crc| *crc != manifest.ciphertext.crc32c)
+        {
+            return Ok(invalid(
+                InvalidKind::DigestMismatch,
+                format!(
+                    "{} in {} has CRC32C {bad:08x} (computed by the store), the signed manifest says {:08x}: the object was rewritten after the dump. Restore from the other cloud's copy",
+                    data_key,
+                    store.url(),
+                    manifest.ciphertext.crc32c
+                ),
+            ));
         }
         Ok(Verification::Verified {
             manifest: Box::new(manifest),

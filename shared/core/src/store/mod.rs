@@ -280,39 +280,59 @@ pub trait ObjectStoreExt: ObjectStore {
     /// Reads a small object whole (manifests, signatures, drill records),
     /// refusing anything larger than `limit` bytes.
     async fn get_bytes(&self, key: &str, limit: usize) -> StoreResult<Bytes> {
-        let mut body = self.read(key).await?;
-        let url = self.url();
-        let mut buf = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| match e.into_inner() {
-                Some(inner) => match inner.downcast::<StoreError>() {
-                    Ok(store) => *store,
-                    Err(other) => StoreError::Transient {
-                        store: url.clone(),
-                        op: "read",
-                        key: key.to_string(),
-                        message: other.to_string(),
-                    },
-                },
-                None => StoreError::Transient {
-                    store: url.clone(),
-                    op: "read",
-                    key: key.to_string(),
-                    message: "stream failed".into(),
-                },
-            })?;
-            if buf.len() + chunk.len() > limit {
-                return Err(StoreError::Permanent {
-                    store: url,
-                    op: "read",
-                    key: key.to_string(),
-                    message: format!("object is larger than the {limit} bytes expected here"),
-                });
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(Bytes::from(buf))
+        let body = self.read(key).await?;
+        collect_small(body, &self.url(), key, limit).await
     }
+
+    /// [`ObjectStoreExt::get_bytes`] with the metadata of the generation read
+    /// (its version, time and checksum), from the same response.
+    async fn get_bytes_with_meta(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> StoreResult<(ObjectMeta, Bytes)> {
+        let got = self.get(key).await?;
+        let bytes = collect_small(got.body, &self.url(), key, limit).await?;
+        Ok((got.meta, bytes))
+    }
+}
+
+async fn collect_small(
+    mut body: ByteStream,
+    url: &str,
+    key: &str,
+    limit: usize,
+) -> StoreResult<Bytes> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| match e.into_inner() {
+            Some(inner) => match inner.downcast::<StoreError>() {
+                Ok(store) => *store,
+                Err(other) => StoreError::Transient {
+                    store: url.to_string(),
+                    op: "read",
+                    key: key.to_string(),
+                    message: other.to_string(),
+                },
+            },
+            None => StoreError::Transient {
+                store: url.to_string(),
+                op: "read",
+                key: key.to_string(),
+                message: "stream failed".into(),
+            },
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(StoreError::Permanent {
+                store: url.to_string(),
+                op: "read",
+                key: key.to_string(),
+                message: format!("object is larger than the {limit} bytes expected here"),
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
 }
 
 impl<T: ObjectStore + ?Sized> ObjectStoreExt for T {}
