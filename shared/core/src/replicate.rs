@@ -8,6 +8,11 @@
 //! verification never becomes visible in S3; it is logged, alerted and
 //! acknowledged (a bad backup does not improve on retry). Transient failures
 //! are returned as errors so that the notification is redelivered.
+//!
+//! Nothing legitimate rewrites an object of a committed backup, so a
+//! notification for a data or signature generation written after the
+//! manifest, or for another generation of a manifest already copied, is a
+//! tamper signal: a critical alert (`rewritten_after_commit`), nothing copied.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
