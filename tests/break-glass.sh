@@ -47,8 +47,11 @@ fi
 echo "backup: $BACKUP_ID" >&2
 
 # 2. Download the manifest, its signature and the encrypted data.
+#    The object name goes into the URL path percent-encoded: '%' first (an
+#    encoded database segment such as %C3%9Cn%C3%AF%20app holds them), then '/'.
 for f in manifest.json manifest.json.sig data.pgdump.pgp; do
     obj="$BACKUP_ID/$f"
+    obj="${obj//'%'/%25}"
     curl -fsS "${AUTH[@]}" -o "$f" "$API/${obj//\//%2F}?alt=media"
 done
 

@@ -180,12 +180,29 @@ impl Manifest {
         }
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
-        m.id()?;
+        m.check_names(&m.id()?)?;
         if m.version >= CHUNKED_VERSION || !m.ciphertext.chunks.is_empty() {
             crate::crypto::chunks::check_chunk_list(&m.ciphertext)
                 .map_err(|e| ManifestError::Malformed(format!("ciphertext.chunks: {e}")))?;
         }
         Ok(m)
+    }
+
+    /// `namespace` and `database` (the real name) must be the ones the
+    /// `backup_id` spells (the database encoded): readers name the database
+    /// by the field and find the backup by the id.
+    fn check_names(&self, id: &BackupId) -> Result<(), ManifestError> {
+        if self.namespace != id.namespace || self.database != id.database {
+            return Err(ManifestError::Malformed(format!(
+                "namespace {:?} and database {:?} are not those of backup_id {:?} ({:?}, {:?}): the manifest contradicts itself and was not written by backstop dump",
+                self.namespace.as_str(),
+                self.database,
+                self.backup_id,
+                id.namespace.as_str(),
+                id.database
+            )));
+        }
+        Ok(())
     }
 
     /// Checks that this manifest describes the backup stored at `id`.
@@ -295,6 +312,40 @@ pub(crate) mod tests {
             !String::from_utf8(m.to_bytes()).unwrap().contains("chunk"),
             "a version 1 manifest keeps its shape"
         );
+    }
+
+    #[test]
+    fn carries_the_real_database_name_and_the_encoded_id() {
+        let id = BackupId::with_nonce(
+            Namespace::new("production").unwrap(),
+            "Ünï app",
+            Utc.with_ymd_and_hms(2026, 11, 27, 3, 0, 0).unwrap(),
+            "abcdef",
+        )
+        .unwrap();
+        let m = Manifest {
+            ciphertext: sample().ciphertext,
+            ..Manifest::of_backup(&id)
+        };
+        assert_eq!(m.database, "Ünï app");
+        assert_eq!(
+            m.backup_id,
+            "production/%C3%9Cn%C3%AF%20app/20261127T030000Z-abcdef"
+        );
+        let parsed = Manifest::parse(&m.to_bytes()).unwrap();
+        assert_eq!(parsed.id().unwrap(), id);
+        let (at, _) = BackupId::parse_key(&id.manifest_key()).unwrap();
+        parsed.check_location(&at).unwrap();
+
+        for (field, value) in [("database", "Ünï_app"), ("namespace", "staging")] {
+            let mut v: serde_json::Value = serde_json::from_slice(&m.to_bytes()).unwrap();
+            v[field] = value.into();
+            let err = Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::Malformed(e) if e.contains("contradicts")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! ```
 //! `stamp` is `yyyymmddThhmmssZ-xxxxxx` (UTC, then 6 random hex digits), so
 //! names sort by time and two dumps in the same second never collide.
+//!
+//! `database` is the key segment of the database's real name
+//! ([`database_segment`]): any name PostgreSQL accepts, percent-encoded
+//! where it could not stand in an object key as it is (`Ünï app` →
+//! `%C3%9Cn%C3%AF%20app`). Names of the old rule encode to themselves.
 
 use std::fmt;
 use std::str::FromStr;
@@ -33,12 +38,18 @@ pub enum NameError {
         "namespace {0:?} is invalid: use 1-63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
     )]
     Namespace(String),
-    /// A database name is not 1-63 characters from a-z, A-Z, 0-9, `.`, `_`
-    /// and `-`, starting with a letter or digit.
+    /// A database name PostgreSQL would not keep as it is: empty, longer
+    /// than [`MAX_NAME_BYTES`] bytes, or with a NUL character.
     #[error(
-        "database name {0:?} is invalid: use 1-63 characters from a-z, A-Z, 0-9, '.', '_' and '-'"
+        "database name {0:?} is invalid: PostgreSQL database names are 1-63 bytes of UTF-8 without NUL characters; connect to the database by a name of that kind"
     )]
     Database(String),
+    /// An object key segment that is not the one encoding of a database
+    /// name ([`database_segment`]): written by something other than Backstop.
+    #[error(
+        "{0:?} is not an encoded database name: expected a-z, A-Z, 0-9, '_', '-', '.' (not first) and %XX escapes with upper-case hex for every other byte, as `backstop dump` writes them (see the README's object layout)"
+    )]
+    DatabaseSegment(String),
     /// An object key or backup id does not have the shape of a backup's.
     #[error(
         "{0:?} is not a backup object name (expected <namespace>/<database>/<yyyymmddThhmmssZ-xxxxxx>/<file>)"
@@ -59,6 +70,84 @@ fn valid_segment(s: &str, lower_only: bool) -> bool {
             (c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
                 || (!lower_only && c.is_ascii_uppercase())
         })
+}
+
+/// Checks a real database name: what PostgreSQL keeps as it is. Any other
+/// character is fine, since keys carry it encoded ([`database_segment`]) and
+/// SQL always quotes it.
+fn check_database_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.contains('\0') {
+        return Err(NameError::Database(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Whether byte `b` at `index` of a name stands in its key segment as it
+/// is. A leading `.` is escaped, so no segment is `.`, `..` or hidden.
+fn kept_in_segment(index: usize, b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && index > 0)
+}
+
+/// The object key segment of a database name: bytes from a-z, A-Z, 0-9,
+/// `_`, `-` and `.` (except first) stay, every other byte becomes `%XX`
+/// (upper-case hex), so `Ünï app` → `%C3%9Cn%C3%AF%20app`, `a/b` → `a%2Fb`,
+/// `a%2Fb` → `a%252Fb`. Reversible ([`parse_database_segment`]), and
+/// names of the old rule (`app`, `My_DB-2.0`) encode to themselves, so keys
+/// written before encoding are still theirs.
+pub fn database_segment(name: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(name.len());
+    for (i, &b) in name.as_bytes().iter().enumerate() {
+        if kept_in_segment(i, b) {
+            out.push(b as char);
+        } else {
+            write!(out, "%{b:02X}").expect("writing to a String");
+        }
+    }
+    out
+}
+
+/// The database name of a key segment: the inverse of
+/// [`database_segment`], and strict, so that one database has exactly one
+/// key: lower-case hex, an escaped byte that would stand as it is, a bare
+/// leading `.`, a truncated escape, invalid UTF-8 and names PostgreSQL
+/// would not keep are refused.
+pub fn parse_database_segment(seg: &str) -> Result<String, NameError> {
+    let bad = || NameError::DatabaseSegment(seg.to_string());
+    let upper_hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let (bytes, mut out) = (seg.as_bytes(), Vec::with_capacity(seg.len()));
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = bytes
+                .get(i + 1)
+                .copied()
+                .and_then(upper_hex)
+                .ok_or_else(bad)?;
+            let lo = bytes
+                .get(i + 2)
+                .copied()
+                .and_then(upper_hex)
+                .ok_or_else(bad)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let name = String::from_utf8(out).map_err(|_| bad())?;
+    check_database_name(&name).map_err(|_| bad())?;
+    // Canonical or nothing: refuses `%61` for `a`, a bare leading `.` and
+    // bytes no encoder writes, in one comparison.
+    if database_segment(&name) != seg {
+        return Err(bad());
+    }
+    Ok(name)
 }
 
 /// A validated namespace: `production`, or a branch slug.
@@ -109,7 +198,9 @@ impl fmt::Display for Namespace {
 pub struct BackupId {
     /// The namespace the backup belongs to.
     pub namespace: Namespace,
-    /// The database that was dumped (validated, may contain upper case).
+    /// The real name of the database that was dumped (1-63 bytes, no NUL;
+    /// any other character): keys and the textual id carry it encoded
+    /// ([`database_segment`]).
     pub database: String,
     /// When the dump started, in whole seconds (UTC).
     pub taken_at: DateTime<Utc>,
@@ -129,17 +220,15 @@ impl BackupId {
         Self::with_nonce(namespace, database, taken_at, &nonce)
     }
 
-    /// An id with the given suffix (tests, parsing); checks the database name
-    /// and drops sub-second precision.
+    /// An id with the given suffix (tests, parsing); checks the (real)
+    /// database name and drops sub-second precision.
     pub fn with_nonce(
         namespace: Namespace,
         database: &str,
         taken_at: DateTime<Utc>,
         nonce: &str,
     ) -> Result<Self, NameError> {
-        if !valid_segment(database, false) {
-            return Err(NameError::Database(database.to_string()));
-        }
+        check_database_name(database)?;
         // Names carry whole seconds; keep the id equal to its parsed name.
         let taken_at = DateTime::from_timestamp(taken_at.timestamp(), 0).unwrap_or(taken_at);
         Ok(Self {
@@ -155,9 +244,9 @@ impl BackupId {
         format!("{}-{}", self.taken_at.format(STAMP_FORMAT), self.nonce)
     }
 
-    /// `<namespace>/<database>/<stamp>/`
+    /// `<namespace>/<database segment>/<stamp>/`
     pub fn prefix(&self) -> String {
-        format!("{}/{}/{}/", self.namespace, self.database, self.stamp())
+        format!("{self}/")
     }
 
     /// Key of the encrypted dump, `<prefix>data.pgdump.pgp`.
@@ -197,6 +286,7 @@ impl BackupId {
             parts.next().ok_or_else(bad)?,
         );
         let namespace = Namespace::new(ns).map_err(|_| bad())?;
+        let database = parse_database_segment(db).map_err(|_| bad())?;
         let (time, nonce) = stamp.split_once('-').ok_or_else(bad)?;
         if nonce.is_empty() || !nonce.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(bad());
@@ -207,20 +297,24 @@ impl BackupId {
         if file.is_empty() || file.contains('/') {
             return Err(bad());
         }
-        let id = BackupId::with_nonce(namespace, db, taken_at, nonce).map_err(|_| bad())?;
+        let id = BackupId::with_nonce(namespace, &database, taken_at, nonce).map_err(|_| bad())?;
         Ok((id, file.to_string()))
     }
 }
 
 impl fmt::Display for BackupId {
+    /// `<namespace>/<database segment>/<stamp>`: the backup id as keys,
+    /// manifests and `--backup` spell it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.namespace, self.database, self.stamp())
+        let db = database_segment(&self.database);
+        write!(f, "{}/{db}/{}", self.namespace, self.stamp())
     }
 }
 
 impl FromStr for BackupId {
     type Err = NameError;
-    /// Parses `<namespace>/<database>/<stamp>` (a trailing `/` is allowed).
+    /// Parses `<namespace>/<database segment>/<stamp>` (a trailing `/` is
+    /// allowed).
     fn from_str(s: &str) -> Result<Self, NameError> {
         let key = format!("{}/{MANIFEST_FILE}", s.trim_end_matches('/'));
         BackupId::parse_key(&key)
@@ -406,5 +500,109 @@ mod pattern_tests {
         assert!(!pattern_matches("feature-*", "bugfix-x"));
         assert!(pattern_matches("*-prod*", "eu-production"));
         assert!(!pattern_matches("a*b", "ac"));
+    }
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn id_of(database: &str) -> BackupId {
+        BackupId::with_nonce(
+            Namespace::new("production").unwrap(),
+            database,
+            Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            "00000a",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn any_postgres_name_round_trips_through_keys_and_ids() {
+        let long_ascii = "x".repeat(MAX_NAME_BYTES);
+        let long_utf8 = format!("{}é", "x".repeat(MAX_NAME_BYTES - 2));
+        for (name, segment) in [
+            ("Ünï app", "%C3%9Cn%C3%AF%20app"),
+            ("a%2Fb", "a%252Fb"),
+            ("a/b", "a%2Fb"),
+            (".hidden", "%2Ehidden"),
+            ("..", "%2E."),
+            (".", "%2E"),
+            ("x y", "x%20y"),
+            ("a\"b; DROP", "a%22b%3B%20DROP"),
+            ("café.v2", "caf%C3%A9.v2"),
+            (long_ascii.as_str(), long_ascii.as_str()),
+        ] {
+            assert_eq!(database_segment(name), segment, "{name:?}");
+            assert_eq!(parse_database_segment(segment).unwrap(), name);
+            let id = id_of(name);
+            let key = id.manifest_key();
+            assert_eq!(
+                key,
+                format!("production/{segment}/20231114T221320Z-00000a/manifest.json")
+            );
+            let (parsed, file) = BackupId::parse_key(&key).unwrap();
+            assert_eq!((&parsed, file.as_str()), (&id, MANIFEST_FILE));
+            assert_eq!(parsed.database, name);
+            assert_eq!(id.to_string().parse::<BackupId>().unwrap(), id);
+            assert_eq!(id.prefix(), format!("{id}/"));
+        }
+        let seg = database_segment(&long_utf8);
+        assert_eq!(parse_database_segment(&seg).unwrap(), long_utf8);
+        assert_ne!(database_segment("a/b"), database_segment("a%2Fb"));
+    }
+
+    #[test]
+    fn names_of_the_old_rule_keep_their_keys() {
+        for name in ["app", "My_DB-2.0", "a.b.c", "0db", "Z"] {
+            assert_eq!(database_segment(name), name);
+            let key = format!("production/{name}/20231114T221320Z-00000a/data.pgdump.pgp");
+            let (id, _) = BackupId::parse_key(&key).unwrap();
+            assert_eq!(id.database, name);
+            assert_eq!(id.data_key(), key);
+        }
+    }
+
+    #[test]
+    fn non_canonical_segments_are_refused() {
+        for seg in [
+            "", "%c3%9C",  // lower-case hex
+            "%61pp",   // `a`, which stands as it is
+            "a%2E",    // a `.` that needs no escape
+            "a%5F",    // `_`
+            ".hidden", // a bare leading dot
+            "..", "%2", // truncated escapes
+            "%", "ab%G0", "%FF", // invalid UTF-8
+            "%C3", // a cut UTF-8 sequence
+            "%00", // NUL
+            "a b", // bytes no encoder writes
+            "a/b", "é", "a+b",
+        ] {
+            assert!(
+                matches!(
+                    parse_database_segment(seg),
+                    Err(NameError::DatabaseSegment(_))
+                ),
+                "{seg:?}"
+            );
+            let key = format!("production/{seg}/20231114T221320Z-00000a/manifest.json");
+            assert!(BackupId::parse_key(&key).is_err(), "{key:?}");
+        }
+        let too_long = "x".repeat(MAX_NAME_BYTES + 1);
+        assert!(parse_database_segment(&too_long).is_err());
+        let too_long_utf8 = "%C3%A9".repeat(32); // 64 bytes decoded
+        assert!(parse_database_segment(&too_long_utf8).is_err());
+    }
+
+    #[test]
+    fn what_postgres_would_not_keep_is_refused_with_a_reason() {
+        let now = Utc::now();
+        let ns = Namespace::new("production").unwrap();
+        for name in ["", "a\0b", &"x".repeat(MAX_NAME_BYTES + 1)] {
+            let err = BackupId::new(ns.clone(), name, now).unwrap_err();
+            assert_eq!(err, NameError::Database(name.to_string()));
+            assert!(err.to_string().contains("1-63 bytes"), "{err}");
+        }
     }
 }

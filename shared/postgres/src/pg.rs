@@ -157,8 +157,11 @@ pub(crate) fn database_name(url: &str) -> Result<String, PgError> {
         .ok_or_else(|| PgError::Url(redact_url(url)))?;
     let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
     let name = path.split('?').next().unwrap_or("");
+    // Strict: a lossy decoding would back up one database under another's
+    // name.
     let name = percent_encoding::percent_decode_str(name)
-        .decode_utf8_lossy()
+        .decode_utf8()
+        .map_err(|_| PgError::Url(redact_url(url)))?
         .to_string();
     if name.is_empty() {
         return Err(PgError::Url(redact_url(url)));
@@ -325,6 +328,11 @@ mod tests {
             "My DB"
         );
         assert!(database_name("postgres://u@h/").is_err());
+        assert_eq!(database_name("postgres://u@h/a%252Fb").unwrap(), "a%2Fb");
+        assert!(database_name("postgres://u@h/%FF").is_err());
+        let real = "Ünï app/%2F";
+        let url = with_database("postgres://u@h/postgres", real).unwrap();
+        assert_eq!(database_name(&url).unwrap(), real);
         assert_eq!(
             with_database("postgres://u@h:5/a?x=1", "b c").unwrap(),
             "postgres://u@h:5/b%20c?x=1"

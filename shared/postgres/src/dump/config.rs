@@ -1,5 +1,6 @@
 //! What a dump is given, checked before a snapshot is taken: the database
-//! URL (its name must make a valid backup name), the namespace, the public
+//! URL (any name PostgreSQL keeps; object keys carry it encoded, see
+//! `naming::database_segment`), the namespace, the public
 //! keys to encrypt to (a secret key is refused: the dump job must never be
 //! able to decrypt) and the signing key.
 
@@ -229,7 +230,8 @@ fn compression_from(text: Option<&str>) -> Result<Compression, ConfigError> {
     Compression::level(level).ok_or_else(bad)
 }
 
-/// The database name must be usable in object names: checked now, not
+/// The database name (percent-decoded from the URL path, as libpq reads
+/// it: `.../a%252Fb` is `a%2Fb`) must make a backup id: checked now, not
 /// after a snapshot was taken.
 fn check_database_url(database_url: &str) -> Result<(), ConfigError> {
     let bad = |reason: String| invalid(DATABASE_URL_VAR, &pg::redact_url(database_url), reason);

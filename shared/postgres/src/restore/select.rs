@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use backstop_core::crypto::VerifyingKey;
 use backstop_core::manifest::{CiphertextInfo, MAX_MANIFEST_BYTES, Manifest};
-use backstop_core::naming::{BackupId, MANIFEST_FILE, Namespace, SIGNATURE_FILE};
+use backstop_core::naming::{BackupId, MANIFEST_FILE, Namespace, SIGNATURE_FILE, database_segment};
 use backstop_core::store::{ObjectMeta, ObjectStore, ObjectStoreExt, StoreError};
 
 use super::config::{Clouds, RestoreConfig};
@@ -147,8 +147,10 @@ pub(crate) async fn newest_verified(
     not_after: DateTime<Utc>,
     skipped: &mut Vec<SkippedBackup>,
 ) -> Result<Option<Candidate>, StoreError> {
+    // `database` is the real name (`--database`); its backups live under
+    // its encoded key segment.
     let prefix = match database {
-        Some(db) => format!("{namespace}/{db}/"),
+        Some(db) => format!("{namespace}/{}/", database_segment(db)),
         None => format!("{namespace}/"),
     };
     let listing = store.list_all(&prefix).await?;
