@@ -81,8 +81,25 @@ async fn restore_with(
     .await
 }
 
+/// The newest drill record of backup `id` in `store`, and its key.
+async fn newest_drill(store: &dyn ObjectStore, id: &BackupId) -> (String, DrillRecord) {
+    let prefix = format!("{}{id}/", backstop_core::naming::DRILLS_PREFIX);
+    let key = store
+        .list_all(&prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .max()
+        .unwrap_or_else(|| panic!("no drill record under {prefix} in {}", store.url()));
+    let bytes = store.get_bytes(&key, 1 << 20).await.unwrap();
+    let record = DrillRecord::parse(&bytes).unwrap();
+    assert_eq!(record.key().unwrap(), key, "a record lives at its own key");
+    (key, record)
+}
+
 async fn drill_record(store: &dyn ObjectStore, id: &BackupId) -> DrillRecord {
-    DrillRecord::parse(&store.get_bytes(&id.drill_key(), 1 << 20).await.unwrap()).unwrap()
+    newest_drill(store, id).await.1
 }
 
 /// Asserts that the restored database equals the source, table by table.
@@ -216,14 +233,14 @@ async fn dump_then_restore_gives_equal_tables_and_a_drill_record() {
     assert_same_content(&fx.source_url, &target_url).await;
 
     // The drill record is where the audit looks for it.
-    let record = drill_record(&gcs, &fx.id).await;
+    let (key, record) = newest_drill(&gcs, &fx.id).await;
     assert!(record.success);
     assert_eq!(record.restored_from.as_deref(), Some("gcs"));
     assert_eq!(record.target_database, target);
     assert_eq!(record.namespace, fx.namespace);
     assert_eq!(
         report.drill_record.as_deref(),
-        Some(format!("{}/{}", gcs.url(), fx.id.drill_key()).as_str())
+        Some(format!("{}/{key}", gcs.url()).as_str())
     );
 
     // A second restore into the now non-empty target is refused ...
@@ -470,12 +487,12 @@ async fn unreachable_gcs_falls_back_to_s3() {
     )
     .await;
     // With GCS down, the drill record goes to the replica.
-    let record = drill_record(&s3, &fx.id).await;
+    let (key, record) = newest_drill(&s3, &fx.id).await;
     assert!(record.success);
     assert_eq!(record.restored_from.as_deref(), Some("s3"));
     assert_eq!(
         report.drill_record.as_deref(),
-        Some(format!("{}/{}", s3.url(), fx.id.drill_key()).as_str())
+        Some(format!("{}/{key}", s3.url()).as_str())
     );
 
     // A chosen backup id is found on S3 as well.

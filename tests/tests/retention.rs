@@ -292,6 +292,7 @@ async fn a_drill_recorded_on_the_replica_counts_for_the_audit() {
     // The restore ran while GCS was down, so its record went to S3 only.
     let record = DrillRecord {
         backup_id: id.to_string(),
+        run_id: backstop_core::drill::new_run_id(Utc::now()),
         namespace: id.namespace.clone(),
         target_database: "drill_target".into(),
         started_at: Utc::now() - Duration::minutes(10),

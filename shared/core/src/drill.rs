@@ -2,8 +2,11 @@
 //! (`retention::load_drills`).
 //!
 //! A record lives at [`BackupId::drill_key`] of the backup that was restored
-//! (`_drills/<namespace>/<database>-<stamp>.json`), so the namespace in the
-//! path is the *source* namespace whose backups the drill proved.
+//! and the drill's run id (`_drills/<namespace>/<database>/<stamp>/<run>.json`),
+//! one record per run, written create-only: a later drill never replaces an
+//! earlier one's record. The namespace in the path is the *source*
+//! namespace whose backups the drill proved; the audit checks that a
+//! record's `namespace` and `backup_id` are the ones its key names.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,13 +16,15 @@ use crate::naming::{BackupId, Namespace};
 /// Drill records are small; anything larger is not one.
 pub const MAX_DRILL_BYTES: usize = 1024 * 1024;
 
-/// A table whose restored row count differs from the manifest's.
+/// A table whose restored row count differs from the manifest's, or that
+/// only one of the two has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableMismatch {
     /// `schema.table`
     pub table: String,
-    /// Row count the manifest records.
-    pub expected: u64,
+    /// Row count the manifest records; `None`: the table is not in the
+    /// manifest (the restored database has a table the dump did not count).
+    pub expected: Option<u64>,
     /// `None`: the table is missing from the restored database.
     pub actual: Option<u64>,
 }
@@ -29,6 +34,10 @@ pub struct TableMismatch {
 pub struct DrillRecord {
     /// `<namespace>/<database>/<stamp>` of the restored backup.
     pub backup_id: String,
+    /// This drill run (`yyyymmddThhmmssZ-xxxxxx`, see [`new_run_id`]); empty
+    /// in records written before runs had ids.
+    #[serde(default)]
+    pub run_id: String,
     /// The backup's (source) namespace.
     pub namespace: Namespace,
     /// Database the backup was restored into.
@@ -54,9 +63,38 @@ pub struct DrillRecord {
 }
 
 impl DrillRecord {
-    /// Where this record is stored, derived from the backup id.
+    /// Where this record is stored, derived from the backup id and the run.
     pub fn key(&self) -> Result<String, crate::naming::NameError> {
-        Ok(self.backup_id.parse::<BackupId>()?.drill_key())
+        let id = self.backup_id.parse::<BackupId>()?;
+        Ok(if self.run_id.is_empty() {
+            id.legacy_drill_key()
+        } else {
+            id.drill_key(&self.run_id)
+        })
+    }
+
+    /// Why this record may not be trusted as stored at `key`: the key names
+    /// another backup, namespace or run than the record says. `None` if it
+    /// is where it belongs.
+    pub fn misplaced(&self, key: &str) -> Option<String> {
+        let Some((id, run)) = BackupId::parse_drill_key(key) else {
+            return Some("the key is not a drill record key".into());
+        };
+        if id.to_string() != self.backup_id {
+            return Some(format!("the record is of backup {:?}", self.backup_id));
+        }
+        if id.namespace != self.namespace {
+            return Some(format!(
+                "the record is of namespace {:?}",
+                self.namespace.as_str()
+            ));
+        }
+        match run {
+            Some(run) if run != self.run_id => {
+                Some(format!("the record is of run {:?}", self.run_id))
+            }
+            _ => None,
+        }
     }
 
     /// Pretty-printed JSON with a final newline, as stored.
@@ -72,6 +110,16 @@ impl DrillRecord {
     }
 }
 
+/// A new run id: when the drill ran (UTC, whole seconds) and 6 random hex
+/// digits, the layout of a backup stamp, so records sort by time.
+pub fn new_run_id(at: DateTime<Utc>) -> String {
+    format!(
+        "{}-{:06x}",
+        at.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +129,7 @@ mod tests {
     fn record_round_trips_and_knows_its_key() {
         let r = DrillRecord {
             backup_id: "production/app/20261127T030000Z-00000a".into(),
+            run_id: "20261127T040500Z-0000ff".into(),
             namespace: Namespace::new("production").unwrap(),
             target_database: "app_drill".into(),
             started_at: Utc.with_ymd_and_hms(2026, 11, 27, 4, 0, 0).unwrap(),
@@ -89,16 +138,43 @@ mod tests {
             tables_checked: 2,
             mismatches: vec![TableMismatch {
                 table: "public.users".into(),
-                expected: 3,
+                expected: Some(3),
                 actual: Some(2),
             }],
             error: None,
             restored_from: Some("s3".into()),
         };
         assert_eq!(DrillRecord::parse(&r.to_bytes()).unwrap(), r);
+        let key = r.key().unwrap();
         assert_eq!(
-            r.key().unwrap(),
+            key,
+            "_drills/production/app/20261127T030000Z-00000a/20261127T040500Z-0000ff.json"
+        );
+        assert_eq!(r.misplaced(&key), None);
+        let legacy = DrillRecord {
+            run_id: String::new(),
+            ..r.clone()
+        };
+        assert_eq!(
+            legacy.key().unwrap(),
             "_drills/production/app-20261127T030000Z-00000a.json"
         );
+        assert_eq!(legacy.misplaced(&legacy.key().unwrap()), None);
+        // A record copied under another backup's key, or another run's.
+        let elsewhere =
+            "_drills/production/app/20261128T030000Z-00000b/20261127T040500Z-0000ff.json";
+        assert!(r.misplaced(elsewhere).unwrap().contains("backup"));
+        let other_run =
+            "_drills/production/app/20261127T030000Z-00000a/20261127T040500Z-0000fe.json";
+        assert!(r.misplaced(other_run).unwrap().contains("run"));
+        assert!(r.misplaced("_drills/production/x.json").is_some());
+    }
+
+    #[test]
+    fn run_ids_sort_by_time() {
+        let a = new_run_id(Utc.with_ymd_and_hms(2026, 11, 27, 4, 0, 0).unwrap());
+        let b = new_run_id(Utc.with_ymd_and_hms(2026, 11, 27, 4, 0, 1).unwrap());
+        assert_eq!(a.len(), 23);
+        assert!(a < b);
     }
 }

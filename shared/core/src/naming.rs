@@ -4,7 +4,7 @@
 //! <namespace>/<database>/<stamp>/data.pgdump.pgp     the encrypted dump
 //! <namespace>/<database>/<stamp>/manifest.json.sig   detached signature
 //! <namespace>/<database>/<stamp>/manifest.json       commit marker, written last
-//! _drills/<namespace>/<stamp>.json                   restore drill records
+//! _drills/<namespace>/<database>/<stamp>/<run>.json  restore drill records, one per run
 //! ```
 //! `stamp` is `yyyymmddThhmmssZ-xxxxxx` (UTC, then 6 random hex digits), so
 //! names sort by time and two dumps in the same second never collide.
@@ -264,15 +264,44 @@ impl BackupId {
         format!("{}{SIGNATURE_FILE}", self.prefix())
     }
 
-    /// Key of this backup's drill record,
-    /// `_drills/<namespace>/<database>-<stamp>.json`.
-    pub fn drill_key(&self) -> String {
+    /// Key of the record of one restore drill run of this backup,
+    /// `_drills/<namespace>/<database segment>/<stamp>/<run>.json`: one
+    /// record per run (create-only), so a later drill never replaces an
+    /// earlier one's record. `run` is a stamp of when the drill ran
+    /// (`crate::drill::new_run_id`), so records sort by time.
+    pub fn drill_key(&self, run: &str) -> String {
+        format!("{DRILLS_PREFIX}{self}/{run}.json")
+    }
+
+    /// Where releases before run ids kept this backup's one drill record,
+    /// `_drills/<namespace>/<database segment>-<stamp>.json` (still read).
+    pub fn legacy_drill_key(&self) -> String {
         format!(
             "{DRILLS_PREFIX}{}/{}-{}.json",
             self.namespace,
-            self.database,
+            database_segment(&self.database),
             self.stamp()
         )
+    }
+
+    /// The backup (and run, for keys with one) a drill record's key names;
+    /// `None` for a key of neither layout.
+    pub fn parse_drill_key(key: &str) -> Option<(BackupId, Option<String>)> {
+        let rest = key.strip_prefix(DRILLS_PREFIX)?.strip_suffix(".json")?;
+        if let Some((id, run)) = rest.rsplit_once('/')
+            && let Ok(id) = id.parse::<BackupId>()
+        {
+            return Some((id, Some(run.to_string())));
+        }
+        // Legacy: `<namespace>/<segment>-<stamp>`, the stamp 23 characters.
+        let (ns, name) = rest.split_once('/')?;
+        let cut = name.len().checked_sub(24)?;
+        let (segment, stamp) = (name.get(..cut)?, name.get(cut + 1..)?);
+        if name.as_bytes()[cut] != b'-' {
+            return None;
+        }
+        let id = format!("{ns}/{segment}/{stamp}").parse().ok()?;
+        Some((id, None))
     }
 
     /// Parses any object key inside a backup; returns the id and the file name.

@@ -468,6 +468,16 @@ impl BackupSecretKey {
         }
     }
 
+    /// Fingerprints (upper-case hex) of every secret (sub)key that can
+    /// decrypt: what a manifest's `recipients` lists when this key can read
+    /// the backup.
+    pub fn decryption_fingerprints(&self) -> Vec<String> {
+        self.decryption_keys()
+            .into_iter()
+            .map(|(_, fpr, _)| fpr)
+            .collect()
+    }
+
     /// `(key id, fingerprint, key)` of every secret (sub)key that can decrypt.
     pub(crate) fn decryption_keys(&self) -> Vec<([u8; 8], String, DecryptKeyRef<'_>)> {
         let mut out = Vec::new();

@@ -31,6 +31,7 @@ fn dailies(namespace: &str, db: &str, first: DateTime<Utc>, days: i64) -> Vec<(B
 fn drill(namespace: &str, finished: DateTime<Utc>, success: bool) -> DrillRecord {
     DrillRecord {
         backup_id: format!("{namespace}/app/20261101T030000Z-000001"),
+        run_id: crate::drill::new_run_id(finished),
         namespace: ns(namespace),
         target_database: "drill_app".into(),
         started_at: finished - TimeDelta::minutes(5),

@@ -4,8 +4,11 @@
 //! `_drills/` in the primary cloud, where the audit looks for recent proof
 //! that backups restore.
 //!
-//! A record that cannot be written does not fail the restore (the restored
-//! database is fine); the report says where the record went or why not.
+//! Each run writes a record of its own (create-only, keyed by a run id), so
+//! a later drill never replaces an earlier one. A record that cannot be
+//! written fails the restore loudly (the restored database stays, the
+//! error says so): an audit that never hears of a failed drill would claim
+//! more than is true.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,22 +27,34 @@ use crate::pg;
 /// How long writing a drill record may take per cloud.
 const DRILL_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Compares restored row counts with the manifest's.
+/// Compares restored row counts with the manifest's, both ways: a table
+/// missing from the restored database, and one the manifest does not list,
+/// are mismatches too.
 pub(crate) fn compare_counts(
     expected: &BTreeMap<String, u64>,
     actual: &BTreeMap<String, u64>,
 ) -> Vec<TableMismatch> {
-    expected
+    let missing_or_different = expected
         .iter()
         .filter_map(|(table, &n)| match actual.get(table) {
             Some(&a) if a == n => None,
             a => Some(TableMismatch {
                 table: table.clone(),
-                expected: n,
+                expected: Some(n),
                 actual: a.copied(),
             }),
-        })
-        .collect()
+        });
+    let unlisted = actual
+        .iter()
+        .filter(|(table, _)| !expected.contains_key(*table))
+        .map(|(table, &a)| TableMismatch {
+            table: table.clone(),
+            expected: None,
+            actual: Some(a),
+        });
+    let mut all: Vec<_> = missing_or_different.chain(unlisted).collect();
+    all.sort_by(|a, b| a.table.cmp(&b.table));
+    all
 }
 
 /// Exact row counts of the restored database.
@@ -53,15 +68,11 @@ pub(super) async fn count_restored(db_url: &str) -> Result<BTreeMap<String, u64>
 }
 
 /// The record of restoring `cand` into `target`, not (yet) successful.
-pub(super) fn new_record(
-    cfg: &RestoreConfig,
-    cand: &Candidate,
-    target: &str,
-    started_at: DateTime<Utc>,
-) -> DrillRecord {
+pub(super) fn new_record(cand: &Candidate, target: &str, started_at: DateTime<Utc>) -> DrillRecord {
     DrillRecord {
         backup_id: cand.id.to_string(),
-        namespace: cfg.namespace.clone(),
+        run_id: backstop_core::drill::new_run_id(started_at),
+        namespace: cand.id.namespace.clone(),
         target_database: target.to_string(),
         started_at,
         finished_at: Utc::now(),
@@ -74,8 +85,8 @@ pub(super) fn new_record(
 }
 
 /// Records a restore from the cloud `used` that failed. Refusals and
-/// configuration errors are not drills (nothing was attempted) and are not
-/// recorded.
+/// configuration errors (a wrong backup key among them) are not drills:
+/// they say nothing about the backup, and are not recorded.
 pub(super) async fn record_failure(
     cfg: &RestoreConfig,
     clouds: &Clouds<'_>,
@@ -84,7 +95,7 @@ pub(super) async fn record_failure(
     mut drill: DrillRecord,
     e: &RestoreError,
 ) {
-    if cfg.write_drill && !matches!(e, RestoreError::Refused { .. } | RestoreError::Config(_)) {
+    if cfg.write_drill && !e.is_configuration() {
         drill.error = Some(e.to_string());
         write_drill(clouds, used, unavailable, &drill).await;
     }
@@ -109,9 +120,15 @@ pub(super) async fn record_result(
     mut drill: DrillRecord,
     mismatches: &[TableMismatch],
 ) -> Recorded {
-    drill.success = mismatches.is_empty();
+    drill.success = mismatches.is_empty() && drill.tables_checked > 0;
     drill.mismatches = mismatches.to_vec();
-    if !drill.success {
+    if drill.tables_checked == 0 {
+        drill.error = Some(format!(
+            "the manifest of {} lists no tables, so restoring it proves nothing about the data; a database with no tables cannot pass a drill",
+            drill.backup_id
+        ));
+        tracing::error!(event = "restore_drill_empty", backup = %drill.backup_id, "the backup lists no tables");
+    } else if !drill.success {
         drill.error = Some(format!(
             "{} of {} tables have row counts different from the manifest",
             drill.mismatches.len(),
@@ -148,7 +165,9 @@ async fn write_drill(
         }
     }
     for (cloud, store) in targets {
-        let opts = PutOptions::default().with_content_type("application/json");
+        // Create-only: the run id makes the key new, and the restore job's
+        // grant may not overwrite.
+        let opts = PutOptions::create().with_content_type("application/json");
         let put = store.put_bytes(&key, Bytes::from(record.to_bytes()), opts);
         let result = match tokio::time::timeout(DRILL_WRITE_TIMEOUT, put).await {
             Ok(r) => r.map_err(|e| e.to_string()),
@@ -189,9 +208,12 @@ mod tests {
         let mut other = expected.clone();
         other.remove("public.b");
         other.insert("public.a".into(), 2);
+        other.insert("public.extra".into(), 7);
         let m = compare_counts(&expected, &other);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0].actual, Some(2));
-        assert_eq!(m[1].actual, None);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!((m[0].expected, m[0].actual), (Some(3), Some(2)));
+        assert_eq!((m[1].expected, m[1].actual), (Some(0), None));
+        assert_eq!(m[2].table, "public.extra");
+        assert_eq!((m[2].expected, m[2].actual), (None, Some(7)));
     }
 }

@@ -66,6 +66,22 @@ pub enum RestoreError {
         reason: String,
         cleanup: String,
     },
+    /// The backup key given cannot decrypt the chosen backup: a
+    /// configuration error, not a drill (it says nothing of the backup).
+    WrongKey {
+        backup_id: String,
+        /// Fingerprints the backup is encrypted to.
+        recipients: String,
+        /// Fingerprints of the decryption (sub)keys given.
+        held: String,
+    },
+    /// The restore and its drill ran, but the drill's record could not be
+    /// written: the audit would never hear of this drill.
+    DrillNotRecorded {
+        database: String,
+        passed: bool,
+        reason: String,
+    },
 }
 
 impl fmt::Display for RestoreError {
@@ -121,6 +137,23 @@ impl fmt::Display for RestoreError {
             } => write!(
                 f,
                 "pg_restore committed, but the restore is not complete and verified ({reason}); the database {database} must not be used{cleanup}"
+            ),
+            RestoreError::WrongKey {
+                backup_id,
+                recipients,
+                held,
+            } => write!(
+                f,
+                "the backup key (BACKSTOP_BACKUP_KEY / --backup-key) cannot decrypt backup {backup_id}: it is encrypted to {recipients}, the key given decrypts for {held}. Give the backup secret key whose public half the dump job encrypts to (BACKSTOP_RECIPIENTS). Nothing was restored and no drill was recorded: a wrong key says nothing about the backup"
+            ),
+            RestoreError::DrillNotRecorded {
+                database,
+                passed,
+                reason,
+            } => write!(
+                f,
+                "the backup was restored into {database} and the drill {}, but its record could not be written ({reason}), so the audit will not see this drill. Let the restore job create objects under _drills/ in the backups bucket (or pass --no-drill-record for a restore that is not a drill)",
+                if *passed { "passed" } else { "failed" }
             ),
         }
     }
@@ -184,7 +217,24 @@ impl RestoreError {
             RestoreError::Spool { .. } => "spool",
             RestoreError::Download { .. } => "download",
             RestoreError::CommittedUnverified { .. } => "committed_unverified",
+            RestoreError::WrongKey { .. } => "wrong_key",
+            RestoreError::DrillNotRecorded { .. } => "drill_not_recorded",
         }
+    }
+
+    /// A refusal or a configuration error: nothing about the backup was
+    /// learned, so it is not a drill.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            RestoreError::Config(_)
+                | RestoreError::Refused { .. }
+                | RestoreError::WrongKey { .. }
+                | RestoreError::Data {
+                    source: CryptoError::NoMatchingSecretKey { .. },
+                    ..
+                }
+        )
     }
 }
 

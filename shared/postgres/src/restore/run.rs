@@ -84,24 +84,30 @@ async fn restore_inner(
 
     progress.phase("selecting a backup");
     let mut sel = select_backup(cfg, clouds, &t, clock).await?;
+    if let Err(error) = check_backup_key(cfg, &sel.cand) {
+        return Err(sel.failed(error));
+    }
     let result = restore_with_fallback(cfg, clouds, &mut sel, &t, progress).await;
 
-    let drill = drill::new_record(cfg, &sel.cand, &t.name, started_at);
+    let drill = drill::new_record(&sel.cand, &t.name, started_at);
     let restored = match result {
         Ok(r) => r,
         Err(e) => {
             drill::record_failure(cfg, clouds, sel.cand.cloud, &sel.unavailable, drill, &e).await;
-            return Err(FailedRestore {
-                error: e,
-                backup_id: Some(sel.cand.id.to_string()),
-                cloud: Some(sel.cand.cloud.to_string()),
-                fallback_reason: sel.fallback_reason,
-            });
+            return Err(sel.failed(e));
         }
     };
     let (used, mismatches) = (sel.cand.cloud, &restored.mismatches);
     let recorded =
         drill::record_result(cfg, clouds, used, &sel.unavailable, drill, mismatches).await;
+    if let (true, Some(reason)) = (cfg.write_drill, &recorded.error) {
+        let error = RestoreError::DrillNotRecorded {
+            database: t.name.clone(),
+            passed: recorded.drill.success,
+            reason: reason.clone(),
+        };
+        return Err(sel.failed(error));
+    }
     let total_secs = clock.elapsed().as_secs_f64();
     let report = assemble_report(cfg, clouds, sel, &t, restored, recorded, total_secs);
     tracing::info!(
@@ -116,6 +122,25 @@ async fn restore_inner(
     Ok(report)
 }
 
+/// A wrong backup key is a configuration error, found from the signed
+/// manifest before anything is touched: not a drill of the backup.
+fn check_backup_key(cfg: &RestoreConfig, cand: &Candidate) -> Result<(), RestoreError> {
+    let recipients = &cand.manifest.recipients;
+    let held = cfg.secret_key.decryption_fingerprints();
+    if recipients.is_empty()
+        || recipients
+            .iter()
+            .any(|r| held.iter().any(|h| h.eq_ignore_ascii_case(r)))
+    {
+        return Ok(());
+    }
+    Err(RestoreError::WrongKey {
+        backup_id: cand.id.to_string(),
+        recipients: recipients.join(", "),
+        held: held.join(", "),
+    })
+}
+
 /// The backup being restored and how it was found; a fallback to the
 /// replica updates it.
 struct Selection {
@@ -127,6 +152,18 @@ struct Selection {
     /// Clouds that did not answer or deliver: no drill record goes there.
     unavailable: Vec<&'static str>,
     select_secs: f64,
+}
+
+impl Selection {
+    /// The failure of a restore of this selection, for the JSON result.
+    fn failed(self, error: RestoreError) -> FailedRestore {
+        FailedRestore {
+            error,
+            backup_id: Some(self.cand.id.to_string()),
+            cloud: Some(self.cand.cloud.to_string()),
+            fallback_reason: self.fallback_reason,
+        }
+    }
 }
 
 async fn select_backup(
