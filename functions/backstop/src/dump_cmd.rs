@@ -76,7 +76,7 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
             .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
         compression_level: args.compression_level,
     };
-    let config = DumpConfig::load(settings, &CloudKms::from_env(&env)).await?;
+    let config = DumpConfig::load(settings, &CloudKms::from_env(&env)?).await?;
     let store = GcsStore::builder().env(&env).bucket(bucket).build().await?;
     let summary = run_dump(&config, &store).await?;
     println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -204,7 +204,7 @@ async fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
 }
 
 async fn decrypt(a: DecryptArgs) -> anyhow::Result<()> {
-    let kms = backstop_cloud::kms::CloudKms::from_env(&Env::from_process());
+    let kms = backstop_cloud::kms::CloudKms::from_env(&Env::from_process())?;
     let key = BackupSecretKey::load(&files::key_source_or_path(&a.key)?, &kms).await?;
     let input = crypto::reader_stream(open_input(&a.input)?, 1 << 20);
     let (input, plaintext_size) = authenticated_input(&a, input)?;
@@ -294,7 +294,7 @@ async fn keys_util(cmd: KeysUtil) -> anyhow::Result<()> {
             input,
             output,
         } => {
-            let kms = backstop_cloud::kms::CloudKms::from_env(&Env::from_process());
+            let kms = backstop_cloud::kms::CloudKms::from_env(&Env::from_process())?;
             let plain = zeroize::Zeroizing::new(
                 std::fs::read(&input)
                     .with_context(|| format!("cannot read {}", input.display()))?,

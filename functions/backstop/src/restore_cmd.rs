@@ -262,7 +262,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         max_clock_skew: env.optional(backstop_core::retention::MAX_CLOCK_SKEW_ENV),
     };
     let mut config =
-        RestoreConfig::load(settings, &backstop_cloud::kms::CloudKms::from_env(&env)).await?;
+        RestoreConfig::load(settings, &backstop_cloud::kms::CloudKms::from_env(&env)?).await?;
     config.write_drill = !args.no_drill_record;
 
     let (gcs, s3) = stores(&env, args.gcs_bucket, args.s3_bucket).await?;

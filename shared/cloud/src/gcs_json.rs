@@ -34,10 +34,18 @@ pub struct JsonApiControl {
 }
 
 impl JsonApiControl {
-    pub fn new(endpoint: &str) -> Self {
+    /// A stub for `endpoint`, with reqwest's own connect and read (first
+    /// byte, then between reads) timeouts; `GcsStore` also bounds each call.
+    pub fn new(endpoint: &str, timeouts: &crate::timeouts::Timeouts) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.request)
+            .build()
+            // What `reqwest::Client::new()` does on the same failure.
+            .expect("the HTTP client for the storage emulator could not be built (TLS backend)");
         Self {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http,
         }
     }
 

@@ -18,8 +18,13 @@
 use google_cloud_kms_v1::client::KeyManagementService;
 use zeroize::Zeroizing;
 
-use backstop_core::config::Env;
+use backstop_core::config::{ConfigError, Env};
 use backstop_core::crypto::{CryptoError, KeyUnwrap, check_kms_key_name as check_key_name};
+
+use crate::timeouts::{Timeouts, within};
+
+/// Where the production client sends requests.
+const PRODUCTION_ENDPOINT: &str = "https://cloudkms.googleapis.com";
 
 /// How to reach Cloud KMS.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,13 +33,48 @@ pub struct CloudKms {
     /// stand-in); requests are then sent without credentials. `None`: the
     /// production endpoint with Application Default Credentials.
     pub endpoint: Option<String>,
+    /// How long a call may wait for its answer (connect + request).
+    pub timeouts: Timeouts,
 }
 
 impl CloudKms {
-    /// `BACKSTOP_KMS_ENDPOINT` (unset in production).
-    pub fn from_env(env: &Env) -> Self {
-        CloudKms {
+    /// `BACKSTOP_KMS_ENDPOINT` (unset in production) and the
+    /// [`crate::timeouts`] variables.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(CloudKms {
             endpoint: env.optional("BACKSTOP_KMS_ENDPOINT"),
+            timeouts: Timeouts::from_env(env)?,
+        })
+    }
+
+    fn endpoint_name(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or(PRODUCTION_ENDPOINT)
+    }
+
+    /// Awaits one KMS call for at most [`Timeouts::answer`]: the client
+    /// builds its own HTTP transport, with no connect or read timeout (its
+    /// per-attempt timeout is set too, in [`client`]; this bounds the
+    /// credentials and retries around it as well).
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        call: impl std::future::Future<Output = Result<T, google_cloud_gax::error::Error>>,
+    ) -> Result<T, CryptoError> {
+        let failed = |message: String| CryptoError::Kms {
+            op,
+            key: key.to_string(),
+            message,
+        };
+        let endpoint = self.endpoint_name();
+        match within(self.timeouts.answer(), call).await {
+            Some(Ok(answer)) => Ok(answer),
+            // The client's own attempt timeout, racing ours.
+            Some(Err(e)) if e.is_timeout() => {
+                Err(failed(format!("{} ({e})", self.timeouts.late(endpoint))))
+            }
+            Some(Err(e)) => Err(failed(e.to_string())),
+            None => Err(failed(self.timeouts.no_answer(endpoint))),
         }
     }
 }
@@ -44,7 +84,7 @@ async fn client(
     key: &str,
     op: &'static str,
 ) -> Result<KeyManagementService, CryptoError> {
-    let mut builder = KeyManagementService::builder();
+    let mut builder = KeyManagementService::builder().with_attempt_timeout(opts.timeouts.answer());
     if let Some(endpoint) = &opts.endpoint {
         builder = builder
             .with_endpoint(endpoint.clone())
@@ -85,18 +125,13 @@ async fn unwrap(
     })?;
     let kms = client(opts, key_name, "decrypt").await?;
     let crc = crc32c_i64(&wrapped);
-    let resp = kms
+    let request = kms
         .decrypt()
         .set_name(key_name)
         .set_ciphertext(bytes::Bytes::from(wrapped))
         .set_ciphertext_crc32c(crc)
-        .send()
-        .await
-        .map_err(|e| CryptoError::Kms {
-            op: "decrypt",
-            key: key_name.to_string(),
-            message: e.to_string(),
-        })?;
+        .send();
+    let resp = opts.call("decrypt", key_name, request).await?;
     let plaintext = Zeroizing::new(resp.plaintext.to_vec());
     if let Some(expected) = resp.plaintext_crc32c
         && expected != crc32c_i64(&plaintext)
@@ -122,18 +157,13 @@ pub async fn wrap(
         message,
     })?;
     let kms = client(opts, key_name, "encrypt").await?;
-    let resp = kms
+    let request = kms
         .encrypt()
         .set_name(key_name)
         .set_plaintext(bytes::Bytes::copy_from_slice(plaintext))
         .set_plaintext_crc32c(crc32c_i64(plaintext))
-        .send()
-        .await
-        .map_err(|e| CryptoError::Kms {
-            op: "encrypt",
-            key: key_name.to_string(),
-            message: e.to_string(),
-        })?;
+        .send();
+    let resp = opts.call("encrypt", key_name, request).await?;
     if !resp.verified_plaintext_crc32c {
         return Err(CryptoError::Kms {
             op: "encrypt",
@@ -338,6 +368,7 @@ pub(crate) mod tests {
         let (endpoint, log) = start_kms_stand_in().await;
         let opts = CloudKms {
             endpoint: Some(endpoint),
+            ..CloudKms::default()
         };
         let secret = b"-----BEGIN PGP PRIVATE KEY BLOCK-----\nsecret\n";
         let wrapped = wrap(KEY, secret, &opts).await.unwrap();
@@ -363,6 +394,42 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_kms_that_never_answers_is_a_prompt_transient_error_naming_it() {
+        use backstop_core::error::Classify;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        // Accepts, then holds every connection without a word.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock);
+            }
+        });
+        let opts = CloudKms {
+            endpoint: Some(endpoint.clone()),
+            timeouts: Timeouts {
+                connect: std::time::Duration::from_millis(200),
+                request: std::time::Duration::from_millis(300),
+            },
+        };
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            unwrap(KEY, b"wrapped".to_vec(), &opts),
+        )
+        .await
+        .expect("the call returns instead of hanging")
+        .unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(err.is_transient(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&endpoint) && text.contains("BACKSTOP_REQUEST_TIMEOUT"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn gcpkms_key_source_loads_the_backup_key() {
         use backstop_core::crypto::{
             BackupSecretKey, KeyAlgorithm, KeySource, generate_backup_key,
@@ -370,6 +437,7 @@ pub(crate) mod tests {
         let (endpoint, _log) = start_kms_stand_in().await;
         let opts = CloudKms {
             endpoint: Some(endpoint),
+            ..CloudKms::default()
         };
         let backup =
             generate_backup_key("KMS test <kms@example.invalid>", KeyAlgorithm::Curve25519)

@@ -11,6 +11,12 @@ use google_cloud_auth::credentials::idtoken::verifier::{Builder, Verifier};
 use backstop_core::config::{ConfigError, Env};
 use backstop_core::events::HttpRequest;
 
+use crate::timeouts::{Timeouts, within};
+
+/// Google's JWKS endpoint for ID tokens (RS256), what the verifier fetches
+/// unless `BACKSTOP_OIDC_JWKS_URL` overrides it.
+const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error(
@@ -64,14 +70,25 @@ impl OidcConfig {
 pub struct OidcVerifier {
     config: OidcConfig,
     verifier: std::sync::OnceLock<Verifier>,
+    timeouts: Timeouts,
 }
 
 impl OidcVerifier {
+    /// A verifier with the default [`Timeouts`] for fetching Google's keys
+    /// (see [`OidcVerifier::with_timeouts`]).
     pub fn new(config: &OidcConfig) -> Self {
         Self {
             config: config.clone(),
             verifier: std::sync::OnceLock::new(),
+            timeouts: Timeouts::default(),
         }
+    }
+
+    /// How long fetching Google's keys may take (connect + request): the
+    /// verifier fetches them with a client of its own that has no timeout.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     fn verifier(&self) -> &Verifier {
@@ -96,7 +113,15 @@ impl OidcVerifier {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MissingToken)?;
-        let claims = self.verifier().verify(token).await.map_err(|e| {
+        // Only a key fetch waits on the network (keys are cached), and a
+        // caller waiting on it should be told to come back, not held.
+        let verified = within(self.timeouts.answer(), self.verifier().verify(token))
+            .await
+            .ok_or_else(|| {
+                let url = self.config.jwks_url.as_deref().unwrap_or(GOOGLE_JWKS_URL);
+                AuthError::KeysUnavailable(self.timeouts.no_answer(url))
+            })?;
+        let claims = verified.map_err(|e| {
             if e.is_load_cert() && keys_unavailable(&e) {
                 AuthError::KeysUnavailable(e.to_string())
             } else {

@@ -5,6 +5,11 @@ use async_trait::async_trait;
 use backstop_core::alerts::{Alert, AlertError, AlertSink, LogAlerts};
 use backstop_core::config::{ConfigError, Env};
 
+use crate::timeouts::{Timeouts, within};
+
+/// Where the production publisher sends requests.
+const PRODUCTION_ENDPOINT: &str = "https://pubsub.googleapis.com";
+
 /// Publishes to Pub/Sub with the official client (the emulator when
 /// `PUBSUB_EMULATOR_HOST` is set).
 ///
@@ -16,10 +21,20 @@ pub struct PubSubAlerts {
     topic: String,
     emulator: Option<String>,
     publisher: tokio::sync::OnceCell<google_cloud_pubsub::client::Publisher>,
+    /// The publisher has no timeout of its own (it batches and retries in
+    /// the background); a publish waits at most connect + request.
+    timeouts: Timeouts,
 }
 
 impl PubSubAlerts {
+    /// A sink for `topic`, with the emulator and [`Timeouts`] of `env`. A bad
+    /// timeout setting falls back to the defaults here; [`from_env`], what
+    /// the functions use, refuses it.
     pub fn new(env: &Env, topic: String) -> Self {
+        let timeouts = Timeouts::from_env(env).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "alert publisher uses the default timeouts");
+            Timeouts::default()
+        });
         let emulator = env.optional("PUBSUB_EMULATOR_HOST").map(|host| {
             if host.starts_with("http") {
                 host
@@ -31,6 +46,7 @@ impl PubSubAlerts {
             topic,
             emulator,
             publisher: tokio::sync::OnceCell::new(),
+            timeouts,
         }
     }
 
@@ -73,13 +89,17 @@ impl AlertSink for PubSubAlerts {
             code: alert.code.clone(),
             message,
         };
-        self.publisher()
-            .await
-            .map_err(failed)?
-            .publish(msg)
-            .await
-            .map(|_| ())
-            .map_err(|e| failed(e.to_string()))
+        let publish = async {
+            let publisher = self.publisher().await?;
+            publisher.publish(msg).await.map_err(|e| e.to_string())
+        };
+        match within(self.timeouts.answer(), publish).await {
+            Some(result) => result.map(|_| ()).map_err(failed),
+            None => {
+                let endpoint = self.emulator.as_deref().unwrap_or(PRODUCTION_ENDPOINT);
+                Err(failed(self.timeouts.no_answer(endpoint)))
+            }
+        }
     }
 }
 
@@ -93,6 +113,7 @@ pub fn from_env(env: &Env) -> Result<Box<dyn AlertSink>, ConfigError> {
                     "expected projects/PROJECT/topics/TOPIC",
                 ));
             }
+            Timeouts::from_env(env)?;
             Ok(Box::new(PubSubAlerts::new(env, topic)))
         }
         None => Ok(Box::new(LogAlerts)),

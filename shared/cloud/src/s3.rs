@@ -32,6 +32,8 @@ use backstop_core::store::{
     StoreResult, byte_stream, rechunk,
 };
 
+use crate::timeouts::Timeouts;
+
 /// S3's minimum part size is 5 MiB; 8 MiB keeps memory small and requests few.
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 pub const DEFAULT_CONCURRENCY: usize = 4;
@@ -43,6 +45,10 @@ pub struct S3Store {
     part_size: usize,
     concurrency: usize,
     page_size: i32,
+    /// Where requests go and the timeouts the client was built with, for
+    /// the message of a timeout.
+    endpoint: String,
+    timeouts: Timeouts,
 }
 
 /// Whether requests to `endpoint` never use TLS (a local S3 server).
@@ -72,11 +78,34 @@ fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
         .build_https()
 }
 
+/// The SDK's own knobs for [`Timeouts`]: connecting; the first byte of an
+/// answer (`read_timeout`: per attempt, the SDK makes three); and a body
+/// that stops flowing either way (stalled-stream protection, after a grace
+/// period of the request timeout). No operation timeout: an upload of a
+/// large part, or a long copy, may take as long as bytes keep flowing.
+fn timeout_settings(
+    t: &Timeouts,
+) -> (
+    aws_sdk_s3::config::timeout::TimeoutConfig,
+    aws_sdk_s3::config::StalledStreamProtectionConfig,
+) {
+    (
+        aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(t.connect)
+            .read_timeout(t.request)
+            .build(),
+        aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
+            .grace_period(t.request)
+            .build(),
+    )
+}
+
 /// The variable that names the replica bucket.
 pub const S3_BUCKET_VAR: &str = "BACKSTOP_S3_BUCKET";
 
 /// Builds an [`S3Store`]: the bucket, and the client settings of an [`Env`]
-/// (the AWS configuration chain, `AWS_ENDPOINT_URL_S3`).
+/// (the AWS configuration chain, `AWS_ENDPOINT_URL_S3`, the
+/// [`crate::timeouts`] variables).
 #[derive(Debug, Clone, Default)]
 pub struct S3StoreBuilder {
     bucket: Option<String>,
@@ -109,6 +138,8 @@ impl S3StoreBuilder {
 }
 
 impl S3Store {
+    /// A store over a client built elsewhere (its timeouts are its own;
+    /// messages assume the defaults and the global endpoint).
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         Self {
             client,
@@ -116,6 +147,8 @@ impl S3Store {
             part_size: DEFAULT_PART_SIZE,
             concurrency: DEFAULT_CONCURRENCY,
             page_size: 1000,
+            endpoint: "https://s3.amazonaws.com".into(),
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -133,7 +166,9 @@ impl S3Store {
     /// `AWS_ENDPOINT_URL_S3` set (local S3 servers) requests use path-style
     /// addressing. Checksums are computed and validated only where we ask for
     /// them: local servers get multipart full-object checksums wrong.
+    /// Timeouts: see [`timeout_settings`].
     async fn connect(env: &Env, bucket: String) -> Result<Self, ConfigError> {
+        let timeouts = Timeouts::from_env(env)?;
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if env.optional("AWS_ACCESS_KEY_ID").is_some() {
             // What the default chain would pick first anyway (and what Lambda
@@ -148,20 +183,35 @@ impl S3Store {
             loader = loader.http_client(plain_http_client());
         }
         let shared = loader.load().await;
+        let (timeout_config, stalled) = timeout_settings(&timeouts);
         let mut conf = aws_sdk_s3::config::Builder::from(&shared)
             .request_checksum_calculation(
                 aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
             )
             .response_checksum_validation(
                 aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-            );
+            )
+            .timeout_config(timeout_config)
+            .stalled_stream_protection(stalled);
+        let region = match shared.region() {
+            Some(region) => region.to_string(),
+            None => {
+                conf = conf.region(aws_sdk_s3::config::Region::new("us-east-1"));
+                "us-east-1".to_string()
+            }
+        };
+        let named = match &endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!("https://s3.{region}.amazonaws.com"),
+        };
         if let Some(endpoint) = endpoint {
             conf = conf.endpoint_url(endpoint).force_path_style(true);
         }
-        if shared.region().is_none() {
-            conf = conf.region(aws_sdk_s3::config::Region::new("us-east-1"));
-        }
-        Ok(Self::new(Client::from_conf(conf.build()), bucket))
+        Ok(Self {
+            endpoint: named,
+            timeouts,
+            ..Self::new(Client::from_conf(conf.build()), bucket)
+        })
     }
 
     pub fn with_part_size(mut self, part_size: usize) -> Self {
@@ -197,6 +247,16 @@ impl S3Store {
             (Some(c), Some(m)) => format!("{c}: {m}"),
             (Some(c), None) => c.clone(),
             _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err)),
+        };
+        let timed_out = match &err {
+            SdkError::TimeoutError(_) => true,
+            SdkError::DispatchFailure(d) => d.is_timeout(),
+            _ => false,
+        };
+        let message = if timed_out {
+            format!("{} ({message})", self.timeouts.late(&self.endpoint))
+        } else {
+            message
         };
         let store = self.url();
         let key = key.to_string();
@@ -483,6 +543,8 @@ impl ObjectStore for S3Store {
         };
         let store = self.url();
         let key_owned = key.to_string();
+        // Mostly the stalled-stream protection: the body stopped flowing.
+        let (endpoint, hint) = (self.endpoint.clone(), self.timeouts.hint());
         let body = out.body;
         let stream = futures::stream::try_unfold(body, |mut body| async move {
             match body.try_next().await {
@@ -496,7 +558,10 @@ impl ObjectStore for S3Store {
                 store: store.clone(),
                 op: "read",
                 key: key_owned.clone(),
-                message: e.to_string(),
+                message: format!(
+                    "reading from {endpoint} failed ({}); {hint}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ),
             }
             .into_io()
         });

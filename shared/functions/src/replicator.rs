@@ -38,7 +38,8 @@ impl ReplicatorFunction {
         let alerts: Arc<dyn AlertSink> = Arc::from(backstop_cloud::pubsub::from_env(env)?);
         let oidc = backstop_cloud::oidc::OidcVerifier::new(
             &backstop_cloud::oidc::OidcConfig::from_env(env)?,
-        );
+        )
+        .with_timeouts(backstop_cloud::timeouts::Timeouts::from_env(env)?);
         Ok(Self {
             replicator: Replicator {
                 source: Arc::new(source),

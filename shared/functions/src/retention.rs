@@ -79,8 +79,9 @@ impl RetentionFunction {
     /// BACKSTOP_RETENTION_POLICY (JSON, optional), BACKSTOP_MAX_CLOCK_SKEW
     /// (optional, default 10min), BACKSTOP_DRY_RUN,
     /// BACKSTOP_GCS_BUCKET_CONFIG (file: with the bucket resource JSON, for
-    /// the lifecycle audit), BACKSTOP_ALERT_TOPIC, and the OIDC variables
-    /// when invoked through a Function URL.
+    /// the lifecycle audit), BACKSTOP_ALERT_TOPIC, the OIDC variables
+    /// when invoked through a Function URL, and BACKSTOP_CONNECT_TIMEOUT /
+    /// BACKSTOP_REQUEST_TIMEOUT (every client: `backstop_cloud::timeouts`).
     pub async fn from_env(env: &Env) -> Result<Self, ConfigError> {
         use backstop_cloud::gcs::GcsStore;
         use backstop_cloud::s3::S3Store;
@@ -113,7 +114,10 @@ impl RetentionFunction {
             }
         };
         let oidc = match env.optional("BACKSTOP_OIDC_AUDIENCE") {
-            Some(_) => Some(OidcVerifier::new(&OidcConfig::from_env(env)?)),
+            Some(_) => Some(
+                OidcVerifier::new(&OidcConfig::from_env(env)?)
+                    .with_timeouts(backstop_cloud::timeouts::Timeouts::from_env(env)?),
+            ),
             None => None,
         };
         Ok(Self {
