@@ -10,6 +10,8 @@ use backstop_postgres::dump::{DATABASE_URL_VAR, DumpConfig, DumpSettings, run_du
 
 use backstop_cloud::gcs::GCS_BUCKET_VAR as BUCKET_VAR;
 
+use crate::typed::{Typed, as_typed};
+
 /// Dumps a database with `pg_dump -Fc`, encrypts it to the backup public
 /// key(s) and uploads it to the GCS bucket, then writes the signed manifest.
 /// The job only creates objects: it never reads or deletes backups.
@@ -64,6 +66,34 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
                 "the GCS bucket that receives backups (or pass --bucket)",
             )
         })?;
+    let typed = [
+        Typed::new(
+            DATABASE_URL_VAR,
+            "--database-url",
+            args.database_url.as_deref(),
+        ),
+        Typed::new(
+            "BACKSTOP_NAMESPACE",
+            "--namespace",
+            args.namespace.as_deref(),
+        ),
+        Typed::new(
+            "BACKSTOP_RECIPIENTS",
+            "--recipients",
+            args.recipients.as_deref(),
+        ),
+        Typed::new(
+            "BACKSTOP_SIGNING_KEY",
+            "--signing-key",
+            args.signing_key.as_deref(),
+        ),
+        Typed::new(
+            "BACKSTOP_COMPRESSION_LEVEL",
+            "--compression-level",
+            args.compression_level.as_deref(),
+        ),
+    ];
+    let typed_err = |e: ConfigError| as_typed(e, &typed);
     let namespace = dump_namespace(args.namespace, args.branch)?;
     let settings = DumpSettings {
         database_url: args.database_url,
@@ -76,7 +106,9 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
             .or_else(|| env.optional("PG_BINDIR").map(PathBuf::from)),
         compression_level: args.compression_level,
     };
-    let config = DumpConfig::load(settings, &CloudKms::from_env(&env)?).await?;
+    let config = DumpConfig::load(settings, &CloudKms::from_env(&env)?)
+        .await
+        .map_err(typed_err)?;
     let store = GcsStore::builder().env(&env).bucket(bucket).build().await?;
     let summary = run_dump(&config, &store).await?;
     println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -9,6 +9,7 @@ mod dump_cmd;
 mod keys_cmd;
 mod restore_cmd;
 mod stack_cmd;
+mod typed;
 
 #[derive(Parser)]
 #[command(

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use backstop_cloud::gcs::GcsStore;
 use backstop_cloud::s3::S3Store;
 use backstop_core::config::Env;
+
+use crate::typed::{Typed, as_typed};
 use backstop_core::store::ObjectStore;
 use backstop_postgres::restore::{
     Clouds, NoProgress, Progress, RestoreConfig, RestoreSettings, restore_reporting,
@@ -28,13 +30,15 @@ use backstop_cloud::s3::S3_BUCKET_VAR;
 /// else (the JSON result says what).
 #[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
-    /// Source namespace whose backups are restored.
-    #[arg(long, default_value = "production")]
-    pub namespace: String,
+    /// Source namespace whose backups are restored (default `production`,
+    /// or the namespace of --backup).
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// Only backups of this database within the namespace.
     #[arg(long)]
     pub database: Option<String>,
-    /// A chosen backup (<namespace>/<database>/<stamp>) instead of the newest.
+    /// A chosen backup (<namespace>/<database>/<stamp>, its `backup_id`)
+    /// instead of the newest; it names the namespace too.
     #[arg(long)]
     pub backup: Option<String>,
     /// Target database URL: postgres://user[:password]@host:port/dbname.
@@ -241,8 +245,35 @@ async fn stores(
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let env = Env::from_process();
+    let typed = [
+        Typed::new(
+            "BACKSTOP_TARGET_DATABASE_URL",
+            "--target-url",
+            args.target_url.as_deref(),
+        ),
+        Typed::new(
+            "BACKSTOP_TARGET_SERVER_URL",
+            "--server-url",
+            args.server_url.as_deref(),
+        ),
+        Typed::new(
+            "BACKSTOP_BACKUP_KEY",
+            "--backup-key",
+            args.backup_key.as_deref(),
+        ),
+        Typed::new(
+            "BACKSTOP_SIGNING_PUBLIC_KEY",
+            "--signing-public-key",
+            args.signing_public_key.as_deref(),
+        ),
+        Typed::new(
+            "BACKSTOP_SOURCE_DATABASE_URL",
+            "--source-database-url",
+            args.source_database_url.as_deref(),
+        ),
+    ];
     let settings = RestoreSettings {
-        namespace: Some(args.namespace),
+        namespace: args.namespace,
         database: args.database,
         backup: args.backup,
         target_url: args.target_url.filter(|u| !u.trim().is_empty()),
@@ -261,8 +292,9 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         spool_dir: args.spool_dir,
         max_clock_skew: env.optional(backstop_core::retention::MAX_CLOCK_SKEW_ENV),
     };
-    let mut config =
-        RestoreConfig::load(settings, &backstop_cloud::kms::CloudKms::from_env(&env)?).await?;
+    let mut config = RestoreConfig::load(settings, &backstop_cloud::kms::CloudKms::from_env(&env)?)
+        .await
+        .map_err(|e| as_typed(e, &typed))?;
     config.write_drill = !args.no_drill_record;
 
     let (gcs, s3) = stores(&env, args.gcs_bucket, args.s3_bucket).await?;

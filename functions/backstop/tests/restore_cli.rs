@@ -168,3 +168,123 @@ fn dump_then_restore_a_branch_database_from_the_command_line() {
         psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"));
     }
 }
+
+/// Runs backstop without the variables the flags under test stand for.
+fn raw(args: &[&str], env: &[(&str, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("BACKSTOP_DATABASE_URL")
+        .env_remove("BACKSTOP_NAMESPACE")
+        .output()
+        .expect("run backstop")
+}
+
+/// Asserts that a process's log lines carry no ANSI colour codes.
+fn assert_no_colour(out: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.is_empty(), "{what}: no log lines to check");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "{what}: colour codes in logs written to a pipe: {stderr:?}"
+    );
+}
+
+#[test]
+fn errors_name_what_was_typed_and_logs_have_no_colour_off_a_terminal() {
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let keys = tempfile::tempdir().unwrap();
+    let (out, _) = backstop(&["keygen", "--out", keys.path().to_str().unwrap()], &[]);
+    assert!(out.status.success());
+    let key = |f: &str| format!("file:{}", keys.path().join(f).display());
+    let source = format!("cli_typed_{tag}");
+    psql("postgres", &format!("CREATE DATABASE {source}"));
+    psql(
+        &source,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)",
+    );
+    let namespace = format!("cli-typed-{tag}");
+    let env = vec![
+        ("BACKSTOP_RECIPIENTS", key("backup.pub.asc")),
+        ("BACKSTOP_SIGNING_KEY", key("signing.sec.asc")),
+        ("BACKSTOP_SIGNING_PUBLIC_KEY", key("signing.pub.asc")),
+        ("BACKSTOP_BACKUP_KEY", key("backup.sec.asc")),
+        ("BACKSTOP_PG_BINDIR", var("PG_BINDIR")),
+    ];
+
+    // A --database-url error names --database-url, not the variable.
+    let bad_url = database_url("");
+    let out = raw(
+        &[
+            "dump",
+            "--database-url",
+            &bad_url,
+            "--namespace",
+            &namespace,
+        ],
+        &env,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("option --database-url"), "{err}");
+    assert!(!err.contains("BACKSTOP_DATABASE_URL"), "{err}");
+
+    let (out, dumped) = backstop(
+        &[
+            "dump",
+            "--database-url",
+            &database_url(&source),
+            "--namespace",
+            &namespace,
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_colour(&out, "dump");
+    let backup_id = dumped["backup_id"].as_str().unwrap().to_string();
+
+    // --backup names its namespace: no --namespace needed.
+    let server = database_url("postgres");
+    let target = format!("cli_typed_to_{tag}");
+    let (out, restored) = backstop(
+        &[
+            "restore",
+            "--backup",
+            &backup_id,
+            "--server-url",
+            &server,
+            "--target-db",
+            &target,
+            "--no-progress",
+        ],
+        &[env.clone(), vec![("NO_COLOR", "1".to_string())]].concat(),
+    );
+    assert!(out.status.success(), "restore --backup alone: {restored}");
+    assert_eq!(restored["backup_id"], backup_id.as_str());
+    assert_no_colour(&out, "restore");
+
+    // A --backup error names the option as an option.
+    let out = raw(
+        &[
+            "restore",
+            "--backup",
+            "not-a-backup",
+            "--server-url",
+            &server,
+            "--target-db",
+            &target,
+            "--no-progress",
+        ],
+        &env,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("option --backup"), "{err}");
+    assert!(!err.contains("environment variable --backup"), "{err}");
+    psql("postgres", &format!("DROP DATABASE {target}"));
+    psql("postgres", &format!("DROP DATABASE {source}"));
+}

@@ -10,7 +10,7 @@ use std::str::FromStr;
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A required setting is unset or empty.
-    #[error("environment variable {name} is not set: {hint}")]
+    #[error("{} is not set: {hint}", setting(name))]
     Missing {
         /// The variable's name.
         name: String,
@@ -18,7 +18,7 @@ pub enum ConfigError {
         hint: String,
     },
     /// A setting's value does not parse or is not allowed.
-    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    #[error("{} is invalid: {reason}", setting_value(name, value))]
     Invalid {
         /// The variable's (or command-line option's) name.
         name: String,
@@ -49,7 +49,49 @@ pub mod hint {
     pub const S3_BUCKET: &str = "the S3 bucket that holds backup replicas";
 }
 
+/// How a message names a setting: what the user typed, `option --backup`
+/// or `environment variable BACKSTOP_BACKUP_KEY`.
+fn setting(name: &str) -> String {
+    if name.starts_with("--") {
+        format!("option {name}")
+    } else {
+        format!("environment variable {name}")
+    }
+}
+
+/// A setting and its value, as typed: `option --backup "x"`, or
+/// `environment variable NAME="x"`.
+fn setting_value(name: &str, value: &str) -> String {
+    if name.starts_with("--") {
+        format!("option {name} {value:?}")
+    } else {
+        format!("environment variable {name}={value:?}")
+    }
+}
+
 impl ConfigError {
+    /// The same error, naming the setting `to` where it names `from`: a
+    /// library names the variable it reads (or the option), the command
+    /// line knows which of the two the user actually gave.
+    pub fn renamed(self, from: &str, to: &str) -> Self {
+        match self {
+            ConfigError::Missing { name, hint } if name == from => ConfigError::Missing {
+                name: to.into(),
+                hint,
+            },
+            ConfigError::Invalid {
+                name,
+                value,
+                reason,
+            } if name == from => ConfigError::Invalid {
+                name: to.into(),
+                value,
+                reason,
+            },
+            other => other,
+        }
+    }
+
     /// A required setting that is absent, with what to give.
     pub fn missing(name: &str, hint: &str) -> Self {
         ConfigError::Missing {

@@ -45,6 +45,14 @@ pub fn init(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Human => builder.try_init(),
+        LogFormat::Human => builder.with_ansi(colour_on_stderr()).try_init(),
     };
+}
+
+/// Colour codes only for a person at a terminal: never when stderr is a
+/// file, a pipe or a log collector, and never with `NO_COLOR` set
+/// (<https://no-color.org>: any non-empty value).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -187,10 +187,7 @@ impl RestoreConfig {
     /// Validates settings and loads the keys (`kms` unwraps a `gcpkms:`
     /// backup key). Errors name the option or variable at fault.
     pub async fn load(s: RestoreSettings, kms: &dyn KeyUnwrap) -> Result<Self, ConfigError> {
-        let ns_text = s.namespace.unwrap_or_else(|| "production".into());
-        let namespace = Namespace::new(ns_text.trim())
-            .map_err(|e| invalid("--namespace", &ns_text, e.to_string()))?;
-        let backup = chosen_backup(s.backup.as_deref(), &namespace)?;
+        let (namespace, backup) = namespace_and_backup(s.namespace, s.backup.as_deref())?;
         let target = target_from(s.target_url, s.server_url, s.branch, s.target_db)?;
         let secret_key = load_secret_key(s.backup_key, kms).await?;
         let signing_keys = load_signing_keys(s.signing_public_key).await?;
@@ -240,28 +237,39 @@ fn check_jobs(jobs: Option<u32>) -> Result<u32, ConfigError> {
     }
 }
 
-/// `--backup`: a backup id of the namespace being restored, or none.
-fn chosen_backup(
-    text: Option<&str>,
-    namespace: &Namespace,
-) -> Result<Option<BackupId>, ConfigError> {
-    let Some(b) = text.map(str::trim).filter(|b| !b.is_empty()) else {
-        return Ok(None);
+/// `--namespace` and `--backup`. A backup id names its namespace, so
+/// `--backup` alone restores from it; a `--namespace` given as well must be
+/// the same. Without either, `production`.
+fn namespace_and_backup(
+    namespace: Option<String>,
+    backup: Option<&str>,
+) -> Result<(Namespace, Option<BackupId>), ConfigError> {
+    let namespace = match namespace
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        Some(n) => Some(Namespace::new(n).map_err(|e| invalid("--namespace", n, e.to_string()))?),
+        None => None,
+    };
+    let Some(b) = backup.map(str::trim).filter(|b| !b.is_empty()) else {
+        let ns = namespace.unwrap_or_else(|| Namespace::new("production").expect("valid"));
+        return Ok((ns, None));
     };
     let id: BackupId = b
         .parse()
         .map_err(|e: NameError| invalid("--backup", b, e.to_string()))?;
-    if id.namespace != *namespace {
-        return Err(invalid(
+    match namespace {
+        Some(ns) if ns != id.namespace => Err(invalid(
             "--backup",
             b,
             format!(
-                "the backup belongs to namespace {}, not {namespace}",
+                "the backup belongs to namespace {}, but --namespace says {ns}; drop --namespace (the backup id names it) or give the matching one",
                 id.namespace
             ),
-        ));
+        )),
+        _ => Ok((id.namespace.clone(), Some(id))),
     }
-    Ok(Some(id))
 }
 
 /// Exactly one way of naming the target, with its database name checked.
@@ -484,18 +492,25 @@ mod tests {
     }
 
     #[test]
-    fn a_chosen_backup_belongs_to_the_namespace() {
-        let ns = Namespace::new("production").unwrap();
-        assert_eq!(chosen_backup(Some("  "), &ns), Ok(None));
-        assert!(chosen_backup(Some("not a backup"), &ns).is_err());
-        let mine = BackupId::new(ns.clone(), "app", chrono::Utc::now()).unwrap();
-        assert_eq!(
-            chosen_backup(Some(&format!(" {mine} ")), &ns),
-            Ok(Some(mine))
-        );
+    fn a_chosen_backup_names_its_namespace() {
+        let none = namespace_and_backup(None, Some("  ")).unwrap();
+        assert_eq!((none.0.as_str(), none.1), ("production", None));
+        assert!(namespace_and_backup(None, Some("not a backup")).is_err());
         let staging = Namespace::new("staging").unwrap();
-        let other = BackupId::new(staging, "app", chrono::Utc::now()).unwrap();
-        let err = chosen_backup(Some(&other.to_string()), &ns).unwrap_err();
-        assert!(err.to_string().contains("not production"), "{err}");
+        let id = BackupId::new(staging.clone(), "app", chrono::Utc::now()).unwrap();
+        let text = format!(" {id} ");
+        // --backup alone: its namespace, no --namespace needed.
+        assert_eq!(
+            namespace_and_backup(None, Some(&text)).unwrap(),
+            (staging.clone(), Some(id.clone()))
+        );
+        assert_eq!(
+            namespace_and_backup(Some("staging".into()), Some(&text)).unwrap(),
+            (staging, Some(id.clone()))
+        );
+        let err = namespace_and_backup(Some("production".into()), Some(&text)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("--namespace says production"), "{msg}");
+        assert!(msg.starts_with("option --backup"), "{msg}");
     }
 }
