@@ -264,3 +264,23 @@ pub async fn restore_from(
     };
     restore(config, clouds, &NoProgress).await
 }
+
+/// The newest drill record of backup `id` in `store`, and its key.
+pub async fn newest_drill(
+    store: &dyn ObjectStore,
+    id: &BackupId,
+) -> (String, backstop_core::drill::DrillRecord) {
+    let prefix = format!("{}{id}/", backstop_core::naming::DRILLS_PREFIX);
+    let key = store
+        .list_all(&prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .max()
+        .unwrap_or_else(|| panic!("no drill record under {prefix} in {}", store.url()));
+    let bytes = store.get_bytes(&key, 1 << 20).await.unwrap();
+    let record = backstop_core::drill::DrillRecord::parse(&bytes).unwrap();
+    assert_eq!(record.key().unwrap(), key, "a record lives at its own key");
+    (key, record)
+}

@@ -27,7 +27,8 @@ use backstop_postgres::restore::{
     database_for_branch, restore,
 };
 use backstop_tests::restore_fixture::{
-    Fixture, create_database, database_exists, pg_bindir, row_counts, server_url, unique,
+    Fixture, create_database, database_exists, newest_drill, pg_bindir, row_counts, server_url,
+    unique,
 };
 use backstop_tests::{gcs, s3, stack_env};
 use bytes::Bytes;
@@ -79,23 +80,6 @@ async fn restore_with(
         &NoProgress,
     )
     .await
-}
-
-/// The newest drill record of backup `id` in `store`, and its key.
-async fn newest_drill(store: &dyn ObjectStore, id: &BackupId) -> (String, DrillRecord) {
-    let prefix = format!("{}{id}/", backstop_core::naming::DRILLS_PREFIX);
-    let key = store
-        .list_all(&prefix)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .max()
-        .unwrap_or_else(|| panic!("no drill record under {prefix} in {}", store.url()));
-    let bytes = store.get_bytes(&key, 1 << 20).await.unwrap();
-    let record = DrillRecord::parse(&bytes).unwrap();
-    assert_eq!(record.key().unwrap(), key, "a record lives at its own key");
-    (key, record)
 }
 
 async fn drill_record(store: &dyn ObjectStore, id: &BackupId) -> DrillRecord {

@@ -243,9 +243,10 @@ async fn stores(
     Ok((gcs, s3))
 }
 
-pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
-    let env = Env::from_process();
-    let typed = [
+/// The options of `args` that can come from a variable, for errors that
+/// name what the user gave.
+fn typed_settings(args: &RestoreArgs) -> [Typed; 5] {
+    [
         Typed::new(
             "BACKSTOP_TARGET_DATABASE_URL",
             "--target-url",
@@ -271,7 +272,12 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
             "--source-database-url",
             args.source_database_url.as_deref(),
         ),
-    ];
+    ]
+}
+
+pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
+    let env = Env::from_process();
+    let typed = typed_settings(&args);
     let settings = RestoreSettings {
         namespace: args.namespace,
         database: args.database,

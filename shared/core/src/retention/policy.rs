@@ -629,125 +629,6 @@ impl PolicySet {
     }
 }
 
-fn check_fields(obj: &Map<String, Value>, at: &str, known: &[&str]) -> Result<(), PolicyError> {
-    for key in obj.keys() {
-        if !known.contains(&key.as_str()) {
-            return Err(field_err(
-                format!("{at}{}{key}", if at.is_empty() { "" } else { "." }),
-                format!("unknown field; expected one of: {}", known.join(", ")),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn path(at: &str, key: &str) -> String {
-    if at.is_empty() {
-        key.to_string()
-    } else {
-        format!("{at}.{key}")
-    }
-}
-
-fn opt_duration(
-    obj: &Map<String, Value>,
-    at: &str,
-    key: &str,
-) -> Result<Option<TimeDelta>, PolicyError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_duration(s)
-            .map(Some)
-            .map_err(|e| field_err(path(at, key), e)),
-        Some(_) => Err(field_err(
-            path(at, key),
-            "expected a duration string such as \"26h\" or \"14d\"",
-        )),
-    }
-}
-
-fn pattern_list(obj: &Map<String, Value>, key: &str) -> Result<Vec<NamespacePattern>, PolicyError> {
-    let items = match obj.get(key) {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(field_err(key, "expected an array of namespace patterns")),
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let at = format!("{key}[{i}]");
-            v.as_str()
-                .ok_or_else(|| field_err(&at, "expected a namespace name or glob string"))
-                .and_then(|s| NamespacePattern::new(s).map_err(|e| field_err(&at, e)))
-        })
-        .collect()
-}
-
-fn opt_count(obj: &Map<String, Value>, at: &str, key: &str) -> Result<u32, PolicyError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(0),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                field_err(
-                    path(at, key),
-                    "expected a whole number of backups (0 or more)",
-                )
-            }),
-    }
-}
-
-fn opt_bool(obj: &Map<String, Value>, at: &str, key: &str) -> Result<bool, PolicyError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(field_err(path(at, key), "expected true or false")),
-    }
-}
-
-fn parse_rule(v: &Value, at: &str) -> Result<NamespaceRule, PolicyError> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| field_err(at, "expected a JSON object"))?;
-    check_fields(obj, at, RULE_FIELDS)?;
-    let pattern = match obj.get("match") {
-        Some(Value::String(s)) => {
-            NamespacePattern::new(s).map_err(|e| field_err(path(at, "match"), e))?
-        }
-        Some(_) => {
-            return Err(field_err(
-                path(at, "match"),
-                "expected a namespace name or glob string",
-            ));
-        }
-        None => {
-            return Err(field_err(
-                path(at, "match"),
-                "missing: which namespaces does this rule apply to?",
-            ));
-        }
-    };
-    Ok(NamespaceRule {
-        pattern,
-        policy: RetentionPolicy {
-            keep_last: opt_count(obj, at, "keep_last")?,
-            keep_hourly: opt_count(obj, at, "keep_hourly")?,
-            keep_daily: opt_count(obj, at, "keep_daily")?,
-            keep_weekly: opt_count(obj, at, "keep_weekly")?,
-            keep_monthly: opt_count(obj, at, "keep_monthly")?,
-            keep_yearly: opt_count(obj, at, "keep_yearly")?,
-            keep_within: opt_duration(obj, at, "keep_within")?,
-        },
-        protected: opt_bool(obj, at, "protected")?,
-        replicated: opt_bool(obj, at, "replicated")?,
-        abandon_after: opt_duration(obj, at, "abandon_after")?,
-        stale_after: opt_duration(obj, at, "stale_after")?,
-        drill_max_age: opt_duration(obj, at, "drill_max_age")?,
-    })
-}
-
 /// Parses `26h`, `14d`, `1d12h`, `2w`, `30min`, `90s` (positive only).
 pub fn parse_duration(s: &str) -> Result<TimeDelta, String> {
     let bad = |why: &str| {
@@ -832,6 +713,10 @@ pub fn format_age(d: TimeDelta) -> String {
 }
 
 crate::error::permanent!(PolicyError);
+
+#[path = "policy_json.rs"]
+mod json;
+use json::{check_fields, opt_duration, parse_rule, pattern_list};
 
 #[cfg(test)]
 #[path = "policy_tests.rs"]
