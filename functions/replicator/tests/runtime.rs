@@ -606,3 +606,84 @@ async fn serves_events_under_the_lambda_runtime_api() {
     let logs = logs_text();
     assert!(logs.contains("backup replicated"), "{logs}");
 }
+
+#[tokio::test]
+async fn a_copy_killed_midway_resumes_on_the_next_delivery() {
+    use backstop_core::store::PartUploads;
+    let keys = TestKeys::generate();
+    let oidc = Oidc::start().await;
+    let namespace = unique_namespace("killed");
+    let mut env = replicator_env(&keys, &namespace, &oidc.jwks);
+    env.push(("BACKSTOP_REPLICATE_DEADLINE".into(), "8s".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let id = backup_id(&namespace, Utc::now());
+    let manifest = write_backup(&gcs().await, &id, &keys, 240 << 20).await;
+    let event = retarget_cloudevent(
+        &load_sample("gcs-finalize-cloudevent.json"),
+        &gcs_bucket(),
+        &id.manifest_key(),
+    );
+    let path = dir.path().join("event.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&event).unwrap()).unwrap();
+
+    // The first delivery is killed (SIGKILL) once a few parts are in.
+    let started = std::time::Instant::now();
+    let mut child = command(&env)
+        .arg("--event")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let replica = s3().await;
+    let parts_before = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no parts appeared"
+        );
+        let uploads = replica.open_uploads(&id.data_key()).await.unwrap();
+        if let Some(u) = uploads.last() {
+            let parts = replica
+                .uploaded_parts(&id.data_key(), &u.upload_id)
+                .await
+                .unwrap();
+            if parts.len() >= 3 {
+                break parts.len();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.kill().await.unwrap();
+    assert!(
+        replica.head(&id.data_key()).await.is_err(),
+        "killed before the end"
+    );
+
+    // Its lease ends at its deadline; after that, deliveries resume.
+    tokio::time::sleep(Duration::from_secs(9).saturating_sub(started.elapsed())).await;
+    let mut resumed_from = None;
+    for _ in 0..40 {
+        let run = run_event(&env, &path).await;
+        if resumed_from.is_none() {
+            resumed_from = run
+                .stderr
+                .lines()
+                .find(|l| l.contains("resuming the copy"))
+                .map(str::to_string);
+        }
+        if run.status() == 200 {
+            assert_eq!(run.result()["outcome"], "replicated", "{run:#?}");
+            break;
+        }
+        assert_eq!(run.status(), 503, "{run:#?}");
+    }
+    let resumed = resumed_from.expect("the next delivery resumed the killed one's upload");
+    let parts: usize = serde_json::from_str::<Value>(&resumed).unwrap()["parts"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(
+        parts >= parts_before,
+        "resumed at {parts} parts, {parts_before} were in"
+    );
+    assert_replicated(&id, &manifest.ciphertext.sha256, manifest.ciphertext.size).await;
+}

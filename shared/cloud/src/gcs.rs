@@ -266,7 +266,12 @@ impl GcsStore {
 
     /// Streams the object (that generation when given); read errors end the
     /// stream as [`StoreError`]s inside `io::Error`s.
-    async fn stream(&self, key: &str, generation: Option<i64>) -> StoreResult<ByteStream> {
+    async fn stream(
+        &self,
+        key: &str,
+        generation: Option<i64>,
+        offset: u64,
+    ) -> StoreResult<ByteStream> {
         use google_cloud_gax::retry_policy::RetryPolicyExt;
         // A few quick attempts, not the client's default of retrying for
         // minutes: an unreachable GCS must let restore fall back to S3, and
@@ -285,6 +290,9 @@ impl GcsStore {
             );
         if let Some(generation) = generation {
             read = read.set_generation(generation);
+        }
+        if offset > 0 {
+            read = read.set_read_range(google_cloud_storage::model_ext::ReadRange::offset(offset));
         }
         let resp = self.answered("get", key, read.send()).await?;
         let store = self.url();
@@ -506,13 +514,17 @@ impl ObjectStore for GcsStore {
             .and_then(|g| g.parse().ok())
             .unwrap_or(0);
         let body = self
-            .stream(key, Some(generation).filter(|&g| g > 0))
+            .stream(key, Some(generation).filter(|&g| g > 0), 0)
             .await?;
         Ok(GetResult { meta, body })
     }
 
     async fn read(&self, key: &str) -> StoreResult<ByteStream> {
-        self.stream(key, None).await
+        self.stream(key, None, 0).await
+    }
+
+    async fn read_from(&self, key: &str, offset: u64) -> StoreResult<ByteStream> {
+        self.stream(key, None, offset).await
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {

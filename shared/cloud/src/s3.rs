@@ -34,6 +34,9 @@ use backstop_core::store::{
 
 use crate::timeouts::Timeouts;
 
+#[path = "s3_parts.rs"]
+mod parts;
+
 /// S3's minimum part size is 5 MiB; 8 MiB keeps memory small and requests few.
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 pub const DEFAULT_CONCURRENCY: usize = 4;
@@ -362,7 +365,7 @@ impl S3Store {
 
     /// Uploads part `number` with its CRC32C; returns the completed part,
     /// its size and its CRC32C (combined into the object's checksum).
-    async fn upload_part(
+    async fn put_part(
         &self,
         key: &str,
         upload_id: &str,
@@ -414,7 +417,7 @@ impl S3Store {
                         key: key.clone(),
                         source,
                     })?;
-                    this.upload_part(&key, &upload_id, i as i32 + 1, part).await
+                    this.put_part(&key, &upload_id, i as i32 + 1, part).await
                 }
             })
             .buffered(self.concurrency);
@@ -630,6 +633,10 @@ impl ObjectStore for S3Store {
             objects,
             next_page_token,
         })
+    }
+
+    fn part_uploads(&self) -> Option<&dyn backstop_core::store::PartUploads> {
+        Some(self)
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {

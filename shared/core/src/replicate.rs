@@ -33,6 +33,10 @@ use crate::store::{
 };
 use sha2::{Digest, Sha256};
 
+#[path = "replicate_resume.rs"]
+mod resume;
+pub use resume::{Deadline, MAX_LEASE, REPLICATION_PREFIX};
+
 /// User metadata written on replicated data objects, for people reading the
 /// bucket. Never trusted: anyone who may create objects can set it, so a
 /// copy is judged by the CRC32C the store computed (see `same_data`).
@@ -96,6 +100,31 @@ pub enum ReplicateError {
         /// The notification's bucket.
         got: String,
     },
+    /// The copy stopped at a part boundary before the invocation's
+    /// deadline; the next delivery continues it. Transient.
+    #[error(
+        "replication of {backup_id} paused before the deadline with {parts_done} of {parts_total} parts copied ({uploaded_now} in this delivery); it resumes on redelivery"
+    )]
+    Paused {
+        /// `<namespace>/<database>/<stamp>`.
+        backup_id: String,
+        /// Parts in the replica's open upload.
+        parts_done: usize,
+        /// Parts of the whole object (one per chunk).
+        parts_total: usize,
+        /// Parts this delivery uploaded.
+        uploaded_now: usize,
+    },
+    /// Another delivery holds the copy lease. Transient.
+    #[error(
+        "replication of {backup_id} is in progress in another delivery (its lease runs until {until}); this one will be redelivered"
+    )]
+    Busy {
+        /// `<namespace>/<database>/<stamp>`.
+        backup_id: String,
+        /// When the other delivery's lease ends.
+        until: chrono::DateTime<chrono::Utc>,
+    },
     /// A store failed, a publish failed, or a concurrent copy left other
     /// content: transient, the notification should be redelivered.
     #[error("replication of {backup_id} failed and should be retried: {message}")]
@@ -151,10 +180,21 @@ fn retry(backup_id: &str, err: impl std::fmt::Display) -> ReplicateError {
 }
 
 impl Replicator {
-    /// Handles one storage notification.
+    /// Handles one storage notification, with no deadline.
     pub async fn handle(&self, event: &StorageEvent) -> Result<Outcome, ReplicateError> {
+        self.handle_by(event, None).await
+    }
+
+    /// Handles one storage notification; a copy that would run past
+    /// `deadline` pauses ([`ReplicateError::Paused`]) and resumes on the
+    /// next delivery.
+    pub async fn handle_by(
+        &self,
+        event: &StorageEvent,
+        deadline: Option<Deadline>,
+    ) -> Result<Outcome, ReplicateError> {
         match event {
-            StorageEvent::Finalized(object) => self.handle_finalized(object).await,
+            StorageEvent::Finalized(object) => self.handle_finalized(object, deadline).await,
             StorageEvent::Other { event_type, object } => Ok(Outcome::Ignored {
                 object: object.clone().unwrap_or_default(),
                 reason: format!("{event_type} notifications need no replication"),
@@ -162,7 +202,11 @@ impl Replicator {
         }
     }
 
-    async fn handle_finalized(&self, object: &ObjectRef) -> Result<Outcome, ReplicateError> {
+    async fn handle_finalized(
+        &self,
+        object: &ObjectRef,
+        deadline: Option<Deadline>,
+    ) -> Result<Outcome, ReplicateError> {
         if object.bucket != self.source_bucket {
             return Err(ReplicateError::UnknownBucket {
                 expected: self.source_bucket.clone(),
@@ -190,7 +234,7 @@ impl Replicator {
         if file != MANIFEST_FILE {
             return self.part_finalized(&id, object).await;
         }
-        self.replicate(&id).await
+        self.replicate_by(&id, deadline).await
     }
 
     /// A data or signature object was written. The dump writes both before
@@ -257,6 +301,15 @@ impl Replicator {
 
     /// Copies one backup, verified, if it is not in the target already.
     pub async fn replicate(&self, id: &BackupId) -> Result<Outcome, ReplicateError> {
+        self.replicate_by(id, None).await
+    }
+
+    /// [`Self::replicate`] within `deadline` (see [`Self::handle_by`]).
+    pub async fn replicate_by(
+        &self,
+        id: &BackupId,
+        deadline: Option<Deadline>,
+    ) -> Result<Outcome, ReplicateError> {
         let started = Instant::now();
         let backup_id = id.to_string();
         // The three small reads go out together (a redelivered event needs
@@ -311,7 +364,7 @@ impl Replicator {
             return Ok(done);
         }
 
-        let digests = match self.copy_data(id, &manifest).await? {
+        let digests = match self.copy_data(id, &manifest, deadline).await? {
             Ok(d) => d,
             Err(reason) => return self.reject(id, "verification_failed", reason).await,
         };
@@ -432,6 +485,7 @@ impl Replicator {
         &self,
         id: &BackupId,
         manifest: &Manifest,
+        deadline: Option<Deadline>,
     ) -> Result<Result<Digests, String>, ReplicateError> {
         let backup_id = id.to_string();
         let key = id.data_key();
@@ -439,6 +493,11 @@ impl Replicator {
         // A previous delivery may have copied the data already.
         if let Some(done) = self.existing_data(&backup_id, &key, expected).await? {
             return Ok(done);
+        }
+        if let Some(parts_api) = self.target.part_uploads()
+            && resume::resumable(expected)
+        {
+            return self.copy_resumable(id, manifest, parts_api, deadline).await;
         }
         let verifier = match BackupVerifier::new(manifest, self.recipients.clone()) {
             Ok(v) => v,
@@ -710,7 +769,9 @@ impl crate::error::Classify for ReplicateError {
     fn retry(&self) -> crate::error::Retry {
         match self {
             ReplicateError::UnknownBucket { .. } => crate::error::Retry::Permanent,
-            ReplicateError::Retry { .. } => crate::error::Retry::Transient,
+            ReplicateError::Retry { .. }
+            | ReplicateError::Paused { .. }
+            | ReplicateError::Busy { .. } => crate::error::Retry::Transient,
         }
     }
 }

@@ -122,6 +122,25 @@ pub async fn run_local(function: &dyn Function, path: &Path) -> std::process::Ex
     }
 }
 
+tokio::task_local! {
+    /// The running invocation's deadline (the Lambda context's).
+    static DEADLINE: std::time::Instant;
+}
+
+/// The running invocation's deadline, under the Lambda runtime.
+pub fn invocation_deadline() -> Option<std::time::Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
+/// The Lambda context's deadline (milliseconds since the epoch) as an
+/// instant of this process's clock.
+fn deadline_instant(deadline_ms: u64) -> std::time::Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    std::time::Instant::now() + std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}
+
 /// Serves events from the Lambda Runtime API until the runtime stops us.
 /// Function URL requests get an HTTP response (status included, so Pub/Sub
 /// sees 2xx = ack, 4xx/5xx = redeliver); direct invocations fail the
@@ -129,7 +148,8 @@ pub async fn run_local(function: &dyn Function, path: &Path) -> std::process::Ex
 async fn run_lambda(function: Arc<dyn Function>) -> Result<(), lambda_runtime::Error> {
     let handler = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
         let function = function.clone();
-        async move {
+        let deadline = deadline_instant(event.context.deadline);
+        DEADLINE.scope(deadline, async move {
             match Invocation::classify(event.payload) {
                 Ok(inv @ Invocation::Http(_)) => {
                     Ok::<Value, lambda_runtime::Diagnostic>(function.invoke(inv).await.to_lambda())
@@ -144,7 +164,7 @@ async fn run_lambda(function: Arc<dyn Function>) -> Result<(), lambda_runtime::E
                 }
                 Err(e) => Ok(reply_bad_event(&e).to_lambda()),
             }
-        }
+        })
     });
     lambda_runtime::run(handler).await
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use backstop_core::alerts::AlertSink;
 use backstop_core::error::Classify;
 use backstop_core::events::StorageEvent;
-use backstop_core::replicate::{ReplicateError, Replicator};
+use backstop_core::replicate::{Deadline, ReplicateError, Replicator};
 
 /// The replicator as a deployable function: OIDC-checked Function URL
 /// requests and direct invocations in, [`Outcome`]s out.
@@ -13,6 +13,31 @@ use backstop_core::replicate::{ReplicateError, Replicator};
 pub struct ReplicatorFunction {
     pub replicator: Replicator,
     pub oidc: backstop_cloud::oidc::OidcVerifier,
+    /// How long one invocation may copy when no Lambda deadline applies
+    /// (`BACKSTOP_REPLICATE_DEADLINE`); `None`: no limit.
+    pub deadline_window: Option<std::time::Duration>,
+}
+
+/// The variable bounding one local invocation's copy (a duration).
+pub const REPLICATE_DEADLINE_VAR: &str = "BACKSTOP_REPLICATE_DEADLINE";
+
+/// The deadline window from `BACKSTOP_REPLICATE_DEADLINE`: unset means none.
+fn deadline_window(
+    env: &backstop_core::config::Env,
+) -> Result<Option<std::time::Duration>, backstop_core::config::ConfigError> {
+    let Some(text) = env.optional(REPLICATE_DEADLINE_VAR) else {
+        return Ok(None);
+    };
+    backstop_core::retention::parse_duration(&text)
+        .ok()
+        .and_then(|d| d.to_std().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            env.invalid(
+                REPLICATE_DEADLINE_VAR,
+                "expected a duration such as \"60s\" or \"14min\" (how long one invocation may copy)",
+            )
+        })
 }
 
 impl ReplicatorFunction {
@@ -51,7 +76,21 @@ impl ReplicatorFunction {
                 alerts,
             },
             oidc,
+            deadline_window: deadline_window(env)?,
         })
+    }
+
+    /// This invocation's deadline: the Lambda context's, else the window
+    /// from `BACKSTOP_REPLICATE_DEADLINE`, else none.
+    fn deadline(&self) -> Option<Deadline> {
+        if let Some(at) = crate::lambda::invocation_deadline() {
+            let window = at.saturating_duration_since(std::time::Instant::now());
+            return Some(Deadline {
+                at,
+                ..Deadline::after(window)
+            });
+        }
+        self.deadline_window.map(Deadline::after)
     }
 
     async fn run(
@@ -63,7 +102,7 @@ impl ReplicatorFunction {
             Ok(e) => e,
             Err(e) => return reply_bad_event(&e),
         };
-        match self.replicator.handle(&event).await {
+        match self.replicator.handle_by(&event, self.deadline()).await {
             Ok(outcome) => crate::http::HttpResponse::new(
                 200,
                 serde_json::to_value(&outcome).expect("outcome serializes"),
@@ -72,6 +111,8 @@ impl ReplicatorFunction {
                 let code = match e {
                     ReplicateError::UnknownBucket { .. } => "unknown_bucket",
                     ReplicateError::Retry { .. } => "retry",
+                    ReplicateError::Paused { .. } => "paused",
+                    ReplicateError::Busy { .. } => "busy",
                 };
                 if e.is_transient() {
                     tracing::warn!(error = %e, "replication will be retried");

@@ -148,6 +148,18 @@ impl ChunkChecker {
         })
     }
 
+    /// A checker for the rest of the object from chunk `first` on: the
+    /// bytes fed start at offset `first * chunk_size` (a resumed copy, whose
+    /// earlier chunks were authenticated before).
+    pub fn resume_at(expected: &CiphertextInfo, first: usize) -> Result<Self, CryptoError> {
+        let mut c = Self::new(expected)?;
+        let first = first.min(c.expected.len());
+        c.hasher.done = c.expected[..first].to_vec();
+        c.checked = first;
+        c.seen = (first as u64 * expected.chunk_size).min(expected.size);
+        Ok(c)
+    }
+
     /// The next bytes. Every chunk they complete is compared (the last,
     /// short one as soon as the object's size is reached).
     pub fn feed(&mut self, data: &[u8]) -> Result<(), CryptoError> {
@@ -213,8 +225,14 @@ pub struct ChunkGate {
 impl ChunkGate {
     /// A gate for the object `expected` describes (see [`ChunkChecker::new`]).
     pub fn new(expected: &CiphertextInfo) -> Result<Self, CryptoError> {
+        Self::resume_at(expected, 0)
+    }
+
+    /// A gate for the object from chunk `first` on (see
+    /// [`ChunkChecker::resume_at`]).
+    pub fn resume_at(expected: &CiphertextInfo, first: usize) -> Result<Self, CryptoError> {
         Ok(ChunkGate {
-            checker: ChunkChecker::new(expected)?,
+            checker: ChunkChecker::resume_at(expected, first)?,
             chunk_size: expected.chunk_size,
             size: expected.size,
             held: Vec::new(),
@@ -272,10 +290,20 @@ const AHEAD_SLICES: usize = 4;
 /// flow; the failure comes right after them, and nothing follows it. Must
 /// be called within a Tokio runtime.
 pub fn authenticated(
-    mut body: ByteStream,
+    body: ByteStream,
     expected: &CiphertextInfo,
 ) -> Result<ByteStream, CryptoError> {
-    let mut gate = ChunkGate::new(expected)?;
+    authenticated_from(body, expected, 0)
+}
+
+/// [`authenticated`] for a `body` that starts at chunk `first` (a ranged
+/// read from offset `first * chunk_size`: a resumed copy).
+pub fn authenticated_from(
+    mut body: ByteStream,
+    expected: &CiphertextInfo,
+    first: usize,
+) -> Result<ByteStream, CryptoError> {
+    let mut gate = ChunkGate::resume_at(expected, first)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(AHEAD_SLICES);
     tokio::spawn(async move {
         let failure = loop {

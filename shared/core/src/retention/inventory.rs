@@ -249,6 +249,8 @@ pub struct Inventory {
     pub foreign: Vec<ObjectMeta>,
     /// Restore drill records (`_drills/...`).
     pub drills: Vec<ObjectMeta>,
+    /// The replicator's copy leases (`_replication/...`, replica only).
+    pub leases: Vec<ObjectMeta>,
     /// Number of objects listed.
     pub object_count: usize,
 }
@@ -267,6 +269,10 @@ impl Inventory {
         for meta in objects {
             if meta.key.starts_with(DRILLS_PREFIX) {
                 inv.drills.push(meta);
+                continue;
+            }
+            if meta.key.starts_with(crate::replicate::REPLICATION_PREFIX) {
+                inv.leases.push(meta);
                 continue;
             }
             let Ok((id, file)) = BackupId::parse_key(&meta.key) else {

@@ -18,8 +18,10 @@ use futures::{Stream, StreamExt, TryStreamExt};
 pub mod contract;
 #[cfg(any(test, feature = "testing"))]
 mod memory;
+mod parts;
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemStore;
+pub use parts::{OpenUpload, PartUploads, UploadedPart, combined_crc32c};
 
 /// A stream of object bytes. Errors are `io::Error` so that streams compose
 /// with `AsyncRead` adapters; a [`StoreError`] travelling inside one keeps
@@ -246,6 +248,36 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Deletes `key`; deleting a missing object is [`StoreError::NotFound`].
     async fn delete(&self, key: &str) -> StoreResult<()>;
+
+    /// Streams the object's bytes from `offset` on (a resumed copy). The
+    /// default reads from the start and drops the first `offset` bytes;
+    /// stores that can ask for a range override it.
+    async fn read_from(&self, key: &str, offset: u64) -> StoreResult<ByteStream> {
+        let body = self.read(key).await?;
+        Ok(skip_bytes(body, offset))
+    }
+
+    /// The store's uploads in parts, if it has them (S3).
+    fn part_uploads(&self) -> Option<&dyn PartUploads> {
+        None
+    }
+}
+
+/// `body` without its first `n` bytes.
+pub fn skip_bytes(body: ByteStream, n: u64) -> ByteStream {
+    let mut left = n;
+    byte_stream(body.filter_map(move |item| {
+        let out = match item {
+            Ok(mut b) if left > 0 => {
+                let cut = left.min(b.len() as u64) as usize;
+                left -= cut as u64;
+                let rest = b.split_off(cut);
+                (!rest.is_empty()).then_some(Ok(rest))
+            }
+            other => Some(other),
+        };
+        futures::future::ready(out)
+    }))
 }
 
 /// Conveniences built only from [`ObjectStore`]'s methods.
