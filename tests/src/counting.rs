@@ -1,7 +1,12 @@
 //! An [`ObjectStore`] wrapper that counts the calls made through it: how the
-//! benchmarks report API calls against the real adapters.
+//! benchmarks report API calls against the real adapters. It also notes when
+//! the last list and the last read finished, so that a benchmark can tell a
+//! run's phases apart (listing, then reads) without instrumenting the code
+//! it measures.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use backstop_core::store::{
@@ -38,6 +43,8 @@ impl CallCounts {
 pub struct CountingStore<S> {
     inner: S,
     counters: Counters,
+    list_done: Mutex<Option<Instant>>,
+    read_done: Mutex<Option<Instant>>,
 }
 
 impl<S: ObjectStore> CountingStore<S> {
@@ -45,7 +52,19 @@ impl<S: ObjectStore> CountingStore<S> {
         Self {
             inner,
             counters: Counters::default(),
+            list_done: Mutex::new(None),
+            read_done: Mutex::new(None),
         }
+    }
+
+    /// When the last list call answered, if any did.
+    pub fn last_list_done(&self) -> Option<Instant> {
+        *self.list_done.lock().expect("not poisoned")
+    }
+
+    /// When the last get (or read) answered, if any did.
+    pub fn last_read_done(&self) -> Option<Instant> {
+        *self.read_done.lock().expect("not poisoned")
     }
 
     pub fn counts(&self) -> CallCounts {
@@ -64,6 +83,10 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+fn mark(done: &Mutex<Option<Instant>>) {
+    *done.lock().expect("not poisoned") = Some(Instant::now());
+}
+
 #[async_trait]
 impl<S: ObjectStore> ObjectStore for CountingStore<S> {
     fn url(&self) -> String {
@@ -77,13 +100,17 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
 
     async fn get(&self, key: &str) -> StoreResult<GetResult> {
         bump(&self.counters.get);
-        self.inner.get(key).await
+        let got = self.inner.get(key).await;
+        mark(&self.read_done);
+        got
     }
 
     /// Counted as a get: one read request either way.
     async fn read(&self, key: &str) -> StoreResult<ByteStream> {
         bump(&self.counters.get);
-        self.inner.read(key).await
+        let got = self.inner.read(key).await;
+        mark(&self.read_done);
+        got
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
@@ -93,7 +120,9 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
 
     async fn list_page(&self, prefix: &str, page_token: Option<String>) -> StoreResult<ListPage> {
         bump(&self.counters.list);
-        self.inner.list_page(prefix, page_token).await
+        let page = self.inner.list_page(prefix, page_token).await;
+        mark(&self.list_done);
+        page
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {

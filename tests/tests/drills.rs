@@ -64,6 +64,7 @@ async fn drill_findings(fx: &Fixture) -> Vec<String> {
         bucket_config: None,
         alerts: Arc::new(backstop_core::alerts::LogAlerts),
         oidc: None,
+        concurrency: backstop_core::retention::DEFAULT_VERIFY_CONCURRENCY,
     };
     let r = f
         .run(&backstop_core::events::ScheduleRequest {

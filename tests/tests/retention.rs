@@ -47,6 +47,7 @@ async fn function(
         bucket_config: bucket,
         alerts: Arc::new(backstop_core::alerts::LogAlerts),
         oidc: None,
+        concurrency: backstop_core::retention::DEFAULT_VERIFY_CONCURRENCY,
     }
 }
 

@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use futures::future::OptionFuture;
 
 use backstop_cloud::oidc::{OidcConfig, OidcVerifier};
 use backstop_core::alerts::{Alert, AlertSink};
 use backstop_core::config::{ConfigError, Env};
 use backstop_core::events::{Invocation, ScheduleRequest, parse_schedule, schedule_from_value};
 use backstop_core::retention::{
-    AuditInput, BucketConfig, CloudInput, MAX_CLOCK_SKEW_ENV, PolicySet, Pruned, Report,
-    SignatureVerifier, audit, load_drills, prune,
+    AuditInput, BucketConfig, CloudInput, DEFAULT_VERIFY_CONCURRENCY, MAX_CLOCK_SKEW_ENV,
+    PolicySet, Pruned, Report, SignatureVerifier, audit, load_drills, prune,
 };
 use backstop_core::store::{ObjectStore, StoreError};
 use backstop_core::trust::TrustedKeys;
@@ -52,6 +53,27 @@ pub struct RetentionFunction {
     pub bucket_config: Option<BucketConfig>,
     pub alerts: Arc<dyn AlertSink>,
     pub oidc: Option<OidcVerifier>,
+    /// `BACKSTOP_RETENTION_CONCURRENCY`: backups verified at a time in each
+    /// cloud (both clouds are collected at the same time).
+    pub concurrency: usize,
+}
+
+/// The variable that bounds the verification reads.
+pub const CONCURRENCY_ENV: &str = "BACKSTOP_RETENTION_CONCURRENCY";
+/// More would only queue requests in the client: each verification already
+/// sends three reads at once.
+const MAX_CONCURRENCY: usize = 256;
+
+/// `BACKSTOP_RETENTION_CONCURRENCY`: 1 to 256, default 16.
+pub fn concurrency_from_env(env: &Env) -> Result<usize, ConfigError> {
+    let n: usize = env.parsed_or(CONCURRENCY_ENV, DEFAULT_VERIFY_CONCURRENCY)?;
+    if !(1..=MAX_CONCURRENCY).contains(&n) {
+        return Err(env.invalid(
+            CONCURRENCY_ENV,
+            format!("expected 1 to {MAX_CONCURRENCY} backups verified at a time"),
+        ));
+    }
+    Ok(n)
 }
 
 impl std::fmt::Debug for RetentionFunction {
@@ -79,7 +101,8 @@ impl RetentionFunction {
     /// BACKSTOP_RETENTION_POLICY (JSON, optional), BACKSTOP_MAX_CLOCK_SKEW
     /// (optional, default 10min), BACKSTOP_DRY_RUN,
     /// BACKSTOP_GCS_BUCKET_CONFIG (file: with the bucket resource JSON, for
-    /// the lifecycle audit), BACKSTOP_ALERT_TOPIC, the OIDC variables
+    /// the lifecycle audit), BACKSTOP_RETENTION_CONCURRENCY (optional,
+    /// default 16), BACKSTOP_ALERT_TOPIC, the OIDC variables
     /// when invoked through a Function URL, and BACKSTOP_CONNECT_TIMEOUT /
     /// BACKSTOP_REQUEST_TIMEOUT (every client: `backstop_cloud::timeouts`).
     pub async fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -131,7 +154,18 @@ impl RetentionFunction {
             bucket_config,
             alerts: Arc::from(backstop_cloud::pubsub::from_env(env)?),
             oidc,
+            concurrency: concurrency_from_env(env)?,
         })
+    }
+
+    async fn prune_store(
+        &self,
+        store: &dyn ObjectStore,
+        now: chrono::DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<Pruned, StoreError> {
+        let (verifier, policies) = (&self.verifier, &self.policies);
+        prune(store, verifier, policies, now, dry_run, self.concurrency).await
     }
 
     /// Prunes both clouds (each only from a complete listing) and audits.
@@ -140,20 +174,16 @@ impl RetentionFunction {
         // is the operator's decision, and whoever can send an event is not.
         let dry_run = self.dry_run || request.dry_run.unwrap_or(false);
         let now = Utc::now();
-        let primary = prune(
-            self.primary.as_ref(),
-            &self.verifier,
-            &self.policies,
-            now,
-            dry_run,
-        )
-        .await;
-        let replica = match &self.replica {
-            Some(store) => {
-                Some(prune(store.as_ref(), &self.verifier, &self.policies, now, dry_run).await)
-            }
-            None => None,
-        };
+        // The clouds are independent, so both are collected at once: the
+        // run takes as long as the slower cloud, not as long as both.
+        let (primary, replica) = tokio::join!(
+            self.prune_store(self.primary.as_ref(), now, dry_run),
+            OptionFuture::from(
+                self.replica
+                    .as_deref()
+                    .map(|store| self.prune_store(store, now, dry_run))
+            ),
+        );
         // A restore that fell back to the replica wrote its drill record
         // there (the primary was unreachable), so drills are read from both.
         let mut drills = Vec::new();
@@ -320,6 +350,7 @@ mod tests {
             bucket_config: None,
             alerts: Arc::new(LogAlerts),
             oidc: None,
+            concurrency: DEFAULT_VERIFY_CONCURRENCY,
         };
         (f, store, id.data_key())
     }

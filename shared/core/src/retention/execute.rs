@@ -13,8 +13,12 @@ use super::plan::{DeleteOp, Plan, plan};
 use super::policy::PolicySet;
 use crate::store::{ObjectStore, ObjectStoreExt, StoreError};
 
-/// Manifests verified in parallel (each costs two small GETs).
-const VERIFY_CONCURRENCY: usize = 16;
+/// Backups verified at once unless configured (`BACKSTOP_RETENTION_CONCURRENCY`
+/// in the retention function). Each verification is three small reads sent
+/// together, so 16 keeps 48 requests in flight: enough to hide a cloud's
+/// per-request latency, and bounded so that a bucket of any size costs the
+/// same sockets and the same memory for reads in progress.
+pub const DEFAULT_VERIFY_CONCURRENCY: usize = 16;
 /// Backups deleted in parallel; a backup's own objects are always deleted one
 /// after the other, in order.
 const DELETE_CONCURRENCY: usize = 8;
@@ -41,10 +45,12 @@ fn verdict_on_error(err: StoreError) -> Result<Verification, StoreError> {
 /// `verdict_on_error`), fails the whole collection: no inventory, so no
 /// plan, so nothing deleted. A backup whose objects cannot be read for good
 /// (oversized, refused) is recorded as invalid ([`InvalidKind::Unreadable`])
-/// and the others are collected.
+/// and the others are collected. At most `concurrency` backups (at least
+/// one) are verified at a time.
 pub async fn collect(
     store: &dyn ObjectStore,
     verifier: &dyn ManifestVerifier,
+    concurrency: usize,
 ) -> Result<Inventory, StoreError> {
     let objects = store.list_all("").await?;
     let mut inventory = Inventory::from_listing(store.url(), objects);
@@ -62,7 +68,7 @@ pub async fn collect(
             };
             Ok::<_, StoreError>((id, verdict))
         })
-        .buffer_unordered(VERIFY_CONCURRENCY)
+        .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await?;
     for (id, verdict) in verdicts {
@@ -250,16 +256,18 @@ pub struct Pruned {
     pub applied: ApplyReport,
 }
 
-/// Collect, plan and apply for one store. An `Err` means the listing or a
-/// verification failed, and nothing was deleted.
+/// Collect (verifying `concurrency` backups at a time), plan and apply for
+/// one store. An `Err` means the listing or a verification failed, and
+/// nothing was deleted.
 pub async fn prune(
     store: &dyn ObjectStore,
     verifier: &dyn ManifestVerifier,
     policies: &PolicySet,
     now: DateTime<Utc>,
     dry_run: bool,
+    concurrency: usize,
 ) -> Result<Pruned, StoreError> {
-    let inventory = collect(store, verifier).await?;
+    let inventory = collect(store, verifier, concurrency).await?;
     let plan = plan(&inventory, policies, now);
     let applied = apply(store, &plan, dry_run).await;
     Ok(Pruned {
@@ -291,7 +299,7 @@ mod tests {
         populate(&store, &history);
         let bad = &history[1].0;
         store.insert(&bad.manifest_key(), vec![b' '; 17 << 20]);
-        let inv = collect(&store, &MarkerVerifier)
+        let inv = collect(&store, &MarkerVerifier, DEFAULT_VERIFY_CONCURRENCY)
             .await
             .expect("one oversized manifest must not abort the collection");
         let entry = inv.get(bad).unwrap();
@@ -318,13 +326,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_inventory_does_not_depend_on_the_concurrency() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 4, 0, 0).unwrap();
+        let history: Vec<_> = (0..40)
+            .map(|i| {
+                let kind = if i % 7 == 3 {
+                    Kind::Invalid(InvalidKind::BadSignature)
+                } else {
+                    Kind::ok()
+                };
+                (
+                    bid("feat-x", "app", now - TimeDelta::hours(i), i as u32),
+                    kind,
+                )
+            })
+            .collect();
+        let store = MemStore::new("gs://p");
+        populate(&store, &history);
+        let one = collect(&store, &MarkerVerifier, 1).await.unwrap();
+        // 0 is taken as 1, never as "no verification at all".
+        for n in [0, 3, DEFAULT_VERIFY_CONCURRENCY, 256] {
+            assert_eq!(
+                collect(&store, &MarkerVerifier, n).await.unwrap(),
+                one,
+                "{n}"
+            );
+        }
+        assert_eq!(one.backups.values().filter(|e| e.is_verified()).count(), 34);
+    }
+
+    #[tokio::test]
     async fn a_transient_read_failure_still_aborts() {
         let now = Utc.with_ymd_and_hms(2026, 11, 27, 4, 0, 0).unwrap();
         let id = bid("feat-x", "app", now, 1);
         let store = MemStore::new("gs://p");
         populate(&store, &[(id.clone(), Kind::ok())]);
         store.fail_gets([id.manifest_key()]);
-        let err = collect(&store, &MarkerVerifier).await.unwrap_err();
+        let err = collect(&store, &MarkerVerifier, DEFAULT_VERIFY_CONCURRENCY)
+            .await
+            .unwrap_err();
         assert!(err.is_transient(), "{err}");
     }
 }

@@ -41,7 +41,9 @@ pub use audit::{
     Severity, audit, lifecycle_findings,
 };
 pub use drills::load_drills;
-pub use execute::{ApplyReport, DeleteFailure, Pruned, apply, collect, prune};
+pub use execute::{
+    ApplyReport, DEFAULT_VERIFY_CONCURRENCY, DeleteFailure, Pruned, apply, collect, prune,
+};
 pub use inventory::{
     BackupEntry, BackupObjects, InvalidKind, Inventory, ManifestVerifier, NoVerifier, SeriesKey,
     Verification,

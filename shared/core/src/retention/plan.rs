@@ -43,6 +43,7 @@
 //! plan is made from an [`Inventory`], and [`super::collect`] returns none
 //! when any page of the listing failed.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -51,7 +52,7 @@ use serde::Serialize;
 use super::inventory::{BackupEntry, InvalidKind, Inventory, SeriesKey, Verification};
 use super::policy::{NamespaceRule, PolicySet, format_age};
 use crate::manifest::Manifest;
-use crate::naming::BackupId;
+use crate::naming::{BackupId, Namespace};
 
 /// What is known about one backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -257,10 +258,18 @@ pub fn plan(inventory: &Inventory, policies: &PolicySet, now: DateTime<Utc>) -> 
     let mut series_plans = Vec::new();
     let mut deletes = Vec::new();
     let all_series = inventory.series();
+    let newest_live = newest_live(inventory, policies, now);
     for (key, entries) in &all_series {
         let rule = policies.rule_for(key.namespace.as_str());
-        let abandoned =
-            rule.is_some_and(|r| is_abandoned(r, &key.namespace, inventory, policies, now));
+        let abandoned = rule.is_some_and(|r| {
+            is_abandoned(
+                r,
+                &key.namespace,
+                newest_live.get(&key.namespace),
+                policies,
+                now,
+            )
+        });
         let backups = plan_series(entries, rule, abandoned, policies, now);
         for (b, entry) in backups.iter().zip(entries) {
             if let Decision::Delete { reason } = b.decision {
@@ -288,15 +297,34 @@ pub fn plan(inventory: &Inventory, policies: &PolicySet, now: DateTime<Utc>) -> 
     }
 }
 
-/// Abandonment looks at the newest *live* backup of the namespace (any
-/// database): complete in any verification state, or incomplete but young
-/// enough to be in progress. Anything recent, even an invalid backup, means
-/// the namespace is alive; an orphan does not (it is deleted this run, and a
-/// later run must reach the same verdict).
+/// The newest *live* backup time of each namespace (any database): complete
+/// in any verification state, or incomplete but young enough to be in
+/// progress. Anything recent, even an invalid backup, means the namespace is
+/// alive; an orphan does not (it is deleted this run, and a later run must
+/// reach the same verdict). One pass over the inventory for every
+/// namespace, so that many branch namespaces do not make planning quadratic.
+fn newest_live<'a>(
+    inv: &'a Inventory,
+    policies: &PolicySet,
+    now: DateTime<Utc>,
+) -> HashMap<&'a Namespace, DateTime<Utc>> {
+    let grace_cutoff = now - policies.incomplete_grace;
+    let mut newest = HashMap::new();
+    for e in inv.backups.values() {
+        if e.is_complete() || e.id.taken_at >= grace_cutoff {
+            // Oldest first: a later entry of a namespace is never older.
+            newest.insert(&e.id.namespace, e.id.taken_at);
+        }
+    }
+    newest
+}
+
+/// Whether a namespace is abandoned, from its newest live backup
+/// ([`newest_live`]).
 fn is_abandoned(
     rule: &NamespaceRule,
-    ns: &crate::naming::Namespace,
-    inv: &Inventory,
+    ns: &Namespace,
+    newest_live: Option<&DateTime<Utc>>,
     policies: &PolicySet,
     now: DateTime<Utc>,
 ) -> bool {
@@ -308,14 +336,7 @@ fn is_abandoned(
     if rule.protected || !policies.is_branch(ns.as_str()) {
         return false;
     }
-    let grace_cutoff = now - policies.incomplete_grace;
-    let newest = inv
-        .backups
-        .values()
-        .rev()
-        .find(|e| &e.id.namespace == ns && (e.is_complete() || e.id.taken_at >= grace_cutoff))
-        .map(|e| e.id.taken_at);
-    newest.is_some_and(|t| now - t > after)
+    newest_live.is_some_and(|&t| now - t > after)
 }
 
 fn total_rows(entry: &BackupEntry) -> u64 {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, TimeZone, Timelike, Utc};
 use proptest::prelude::*;
 
-use super::execute::{apply, collect, prune};
+use super::execute::{DEFAULT_VERIFY_CONCURRENCY, apply, collect, prune};
 use super::inventory::{BackupEntry, InvalidKind, Inventory, SeriesKey};
 use super::plan::{Decision, DeleteReason, HoldReason, Plan, plan};
 use super::policy::{NamespacePattern, NamespaceRule, PolicySet, RetentionPolicy};
@@ -439,7 +439,7 @@ proptest! {
             store.fail_deletes(fail_deletes.iter().map(|ix| ix.get(&keys).clone()));
         }
         let rt = runtime();
-        let result = rt.block_on(prune(&store, &MarkerVerifier, &policies, now, dry_run));
+        let result = rt.block_on(prune(&store, &MarkerVerifier, &policies, now, dry_run, DEFAULT_VERIFY_CONCURRENCY));
         if list_fails || get_fails {
             prop_assert!(result.is_err(), "a failed listing or verification must abort");
             prop_assert_eq!(store.snapshot(), before);
@@ -509,7 +509,7 @@ proptest! {
         {
             store.fail_list_page(None);
             store.fail_gets([]);
-            let inv = rt.block_on(collect(&store, &MarkerVerifier)).unwrap();
+            let inv = rt.block_on(collect(&store, &MarkerVerifier, DEFAULT_VERIFY_CONCURRENCY)).unwrap();
             let again = plan(&inv, &policies, now);
             prop_assert!(again.deletes.is_empty(), "replanning deletes {:?}", again.deletes);
         }
@@ -530,7 +530,9 @@ fn plan_is_refused_by_another_store() {
     populate(&a, &history);
     populate(&b, &history);
     let rt = runtime();
-    let inv = rt.block_on(collect(&a, &MarkerVerifier)).unwrap();
+    let inv = rt
+        .block_on(collect(&a, &MarkerVerifier, DEFAULT_VERIFY_CONCURRENCY))
+        .unwrap();
     let p = plan(&inv, &policies, t + TimeDelta::days(3));
     assert_eq!(p.deletes.len(), 1);
     let report = rt.block_on(apply(&b, &p, false));
@@ -586,8 +588,15 @@ fn series_are_planned_independently() {
 fn store_futures_are_send(store: &MemStore, plan: &Plan, policies: &PolicySet) {
     fn send<T: Send>(_: T) {}
     send(apply(store, plan, false));
-    send(collect(store, &MarkerVerifier));
-    send(prune(store, &MarkerVerifier, policies, epoch(), true));
+    send(collect(store, &MarkerVerifier, DEFAULT_VERIFY_CONCURRENCY));
+    send(prune(
+        store,
+        &MarkerVerifier,
+        policies,
+        epoch(),
+        true,
+        DEFAULT_VERIFY_CONCURRENCY,
+    ));
     send(super::drills::load_drills(store, &Inventory::default(), 3));
 }
 
@@ -601,7 +610,9 @@ struct ApplyHandler;
 #[async_trait::async_trait]
 impl Handler for ApplyHandler {
     async fn run(&self, store: &MemStore, plan: &Plan) -> usize {
-        let inv = collect(store, &MarkerVerifier).await.unwrap();
+        let inv = collect(store, &MarkerVerifier, DEFAULT_VERIFY_CONCURRENCY)
+            .await
+            .unwrap();
         apply(store, plan, true).await.would_delete.len() + inv.object_count
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 use super::audit::{AuditInput, BucketConfig, CloudInput, Severity, audit, lifecycle_findings};
-use super::execute::{apply, collect};
+use super::execute::{DEFAULT_VERIFY_CONCURRENCY, apply, collect};
 use super::inventory::InvalidKind;
 use super::plan::plan;
 use super::plan_and_audit;
@@ -433,7 +433,9 @@ async fn dry_run_then_apply_then_audit_reports_nothing_past_policy() {
         Kind::data_only(),
     ));
     populate(&store, &history);
-    let inv = collect(&store, &MarkerVerifier).await.unwrap();
+    let inv = collect(&store, &MarkerVerifier, DEFAULT_VERIFY_CONCURRENCY)
+        .await
+        .unwrap();
     let p = plan(&inv, &policies, now);
     assert_eq!(p.deletes.len(), 4, "{p}");
     let dry = apply(&store, &p, true).await;
@@ -475,7 +477,9 @@ async fn dry_run_then_apply_then_audit_reports_nothing_past_policy() {
     // The next run sees the half-deleted backup as an orphan (no manifest)
     // and finishes it.
     store.fail_deletes([]);
-    let inv = collect(&store, &MarkerVerifier).await.unwrap();
+    let inv = collect(&store, &MarkerVerifier, DEFAULT_VERIFY_CONCURRENCY)
+        .await
+        .unwrap();
     let p = plan(&inv, &policies, now);
     assert_eq!(p.deletes.len(), 1);
     assert_eq!(p.deletes[0].reason, super::DeleteReason::Orphan);

@@ -8,7 +8,7 @@
 //! restore drills. Kept apart from the report's types so that the types can be
 //! read without wading through the checks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -94,9 +94,16 @@ fn about_backup(f: Finding, cloud: &str, id: &BackupId) -> Finding {
     f.ns(id.namespace.as_str()).cloud(cloud).subject(id)
 }
 
-/// Whether `plan` deletes the backup `id`.
-fn deleted_in(plan: &Plan, id: &BackupId) -> bool {
-    plan.decision(id).is_some_and(|b| b.decision.is_delete())
+/// The backups `plan` deletes, for lookups by id: searching the plan's
+/// series for each backup ([`Plan::decision`]) made the parity checks
+/// quadratic in the size of a series.
+fn deleted_by(plan: &Plan) -> HashSet<&BackupId> {
+    plan.series
+        .iter()
+        .flat_map(|s| &s.backups)
+        .filter(|b| b.decision.is_delete())
+        .map(|b| &b.id)
+        .collect()
 }
 
 /// How the primary's copy of a backup differs from the replica's, if at all.
@@ -549,8 +556,9 @@ impl Audit<'_> {
         rc: &str,
     ) -> Vec<Finding> {
         let mut found = Vec::new();
+        let deleted = deleted_by(primary);
         for (id, entry) in &pinv.backups {
-            if !self.replicated(id) || !entry.is_complete() || deleted_in(primary, id) {
+            if !self.replicated(id) || !entry.is_complete() || deleted.contains(id) {
                 continue;
             }
             match rinv.get(id).filter(|r| r.is_complete()) {
@@ -612,10 +620,11 @@ impl Audit<'_> {
         rc: &str,
     ) -> Vec<Finding> {
         let mut found = Vec::new();
+        let deleted = deleted_by(replica);
         for (id, entry) in &rinv.backups {
             if !self.replicated(id)
                 || !entry.is_complete()
-                || deleted_in(replica, id)
+                || deleted.contains(id)
                 || pinv.get(id).is_some()
             {
                 continue;
