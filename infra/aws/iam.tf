@@ -81,9 +81,12 @@ data "aws_iam_policy_document" "replicator" {
     resources = ["${aws_s3_bucket.replica.arn}/*"]
   }
 
+  # ListBucketMultipartUploads finds the open upload of a copy that paused
+  # at its deadline, so the next delivery resumes it (and the copy leases
+  # under _replication/ are listed with ListBucket).
   statement {
     sid       = "ListReplicaBucket"
-    actions   = ["s3:ListBucket"]
+    actions   = ["s3:ListBucket", "s3:ListBucketMultipartUploads"]
     resources = [aws_s3_bucket.replica.arn]
   }
 

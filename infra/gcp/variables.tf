@@ -146,9 +146,9 @@ variable "push_ack_deadline_seconds" {
 }
 
 variable "push_max_delivery_attempts" {
-  description = "Deliveries before a finalize event goes to the dead-letter topic (5-100)."
+  description = "Deliveries before a finalize event goes to the dead-letter topic (5-100). A large backup's copy pauses at each invocation's deadline and resumes on the next delivery, and every paused delivery counts: 100 lets one backup take 100 Lambda timeouts."
   type        = number
-  default     = 10
+  default     = 100
 }
 
 variable "push_minimum_backoff" {

@@ -521,7 +521,7 @@ AWS_ROLE_ACTIONS: dict[str, set[str]] = {
     # work done; ListBucket makes a missing object 404, not 403). Reading
     # ciphertext without a key discloses nothing. No delete of any kind.
     "replicator": {"s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
-                   "s3:GetObject", "s3:ListBucket"} | LAMBDA_LOGS,
+                   "s3:GetObject", "s3:ListBucket", "s3:ListBucketMultipartUploads"} | LAMBDA_LOGS,
     # List and delete (current versions only: Object Lock keeps the
     # version), read manifests and the bucket's configuration for the audit.
     "retention": {"s3:ListBucket", "s3:GetObject", "s3:DeleteObject", "s3:GetBucketVersioning",

@@ -19,9 +19,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as AwsBody;
-use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
-};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedPart};
 use base64::Engine;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -329,35 +327,16 @@ impl S3Store {
         parts: impl futures::Stream<Item = std::io::Result<Bytes>> + Send,
         opts: &PutOptions,
     ) -> StoreResult<ObjectMeta> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            .checksum_type(ChecksumType::FullObject)
-            .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
-            .set_content_type(opts.content_type.clone())
-            .send()
-            .await
-            .map_err(|e| self.map_err("create multipart upload", key, e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        use backstop_core::store::PartUploads;
+        let upload_id = self.start_upload(key, opts).await?;
         let result = self
             .upload_parts_and_complete(key, &upload_id, first, parts, opts)
             .await;
         if result.is_err() {
             // Nothing partial may stay visible or billable; a failed abort
             // leaves only invisible parts that the bucket lifecycle removes.
-            if let Err(e) = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await
-            {
-                tracing::warn!(key, upload_id, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "could not abort multipart upload");
+            if let Err(e) = self.abort_upload(key, &upload_id).await {
+                tracing::warn!(key, upload_id, error = %e, "could not abort multipart upload");
             }
         }
         result
@@ -422,52 +401,23 @@ impl S3Store {
             })
             .buffered(self.concurrency);
         let done: Vec<(CompletedPart, u64, u32)> = uploads.try_collect().await?;
-        let size = done.iter().map(|(_, s, _)| s).sum();
-        let crc = done.iter().fold(None, |acc: Option<u32>, (_, len, crc)| {
-            Some(match acc {
-                None => *crc,
-                Some(a) => crc32c::crc32c_combine(a, *crc, *len as usize),
+        let parts: Vec<backstop_core::store::UploadedPart> = done
+            .into_iter()
+            .map(|(p, size, crc)| backstop_core::store::UploadedPart {
+                number: p.part_number().unwrap_or_default().max(0) as u32,
+                size,
+                crc32c: Some(crc),
+                etag: p.e_tag().map(str::to_string),
             })
-        });
-        let completed = CompletedMultipartUpload::builder()
-            .set_parts(Some(done.into_iter().map(|(p, _, _)| p).collect()))
-            .build();
-        // S3 checks the whole object against this CRC32C and the size, and
-        // stores the CRC32C as the object's checksum.
-        let mut req = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .checksum_type(ChecksumType::FullObject)
-            .set_checksum_crc32_c(crc.map(crc_b64))
-            .mpu_object_size(size as i64)
-            .multipart_upload(completed);
-        if opts.mode == PutMode::Create {
-            req = req.if_none_match("*");
-        }
-        let version = match req.send().await {
-            Ok(out) => out.version_id().or(out.e_tag()).map(str::to_string),
-            Err(e) if completed_but_unparsed(&e) => {
-                // Some S3-compatible servers (moto) answer 200 with a body
-                // the SDK cannot parse; the upload did complete. Confirm it.
-                let meta = self.head(key).await?;
-                if meta.size != size {
-                    return Err(self.map_err("complete multipart upload", key, e));
-                }
-                meta.version
-            }
-            Err(e) => return Err(self.map_err("complete multipart upload", key, e)),
-        };
-        Ok(ObjectMeta {
-            key: key.to_string(),
-            size,
-            metadata: opts.metadata.clone(),
-            crc32c: crc,
-            version,
-            updated: None,
-        })
+            .collect();
+        // S3 checks the whole object against the parts' combined CRC32C and
+        // the size, and stores the CRC32C as the object's checksum.
+        let mut meta = backstop_core::store::PartUploads::complete_upload(
+            self, key, upload_id, &parts, opts.mode,
+        )
+        .await?;
+        meta.metadata = opts.metadata.clone();
+        Ok(meta)
     }
 }
 

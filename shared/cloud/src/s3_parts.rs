@@ -166,13 +166,18 @@ impl PartUploads for S3Store {
         if mode == PutMode::Create {
             req = req.if_none_match("*");
         }
-        match req.send().await {
-            Ok(_) => {}
-            // moto answers 200 with a body the SDK cannot parse: confirm.
-            Err(e) if completed_but_unparsed(&e) => {}
+        let unparsed = match req.send().await {
+            Ok(_) => None,
+            // moto answers 200 with a body the SDK cannot parse: the upload
+            // did complete if the object has the size of its parts.
+            Err(e) if completed_but_unparsed(&e) => Some(e),
             Err(e) => return Err(self.map_err("complete multipart upload", key, e)),
+        };
+        let meta = self.head(key).await?;
+        match unparsed {
+            Some(e) if meta.size != size => Err(self.map_err("complete multipart upload", key, e)),
+            _ => Ok(meta),
         }
-        self.head(key).await
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {

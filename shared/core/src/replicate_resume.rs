@@ -36,8 +36,47 @@ pub const MAX_LEASE: Duration = Duration::from_secs(20 * 60);
 /// for one part per chunk.
 const MIN_PART: u64 = 5 << 20;
 
-/// Parts uploaded at once.
-const PARTS_IN_FLIGHT: usize = 4;
+/// S3's most parts in one upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// Part bytes in flight at once (so memory stays bounded whatever the size).
+const BYTES_IN_FLIGHT: u64 = 32 << 20;
+
+/// How the object is cut into parts: whole chunks each, as few as fit in
+/// [`MAX_PARTS`] (one chunk per part up to 10,000 chunks: 78 GiB with the
+/// 8 MiB chunks; two per part beyond that, and so on).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    size: u64,
+    chunks_per_part: usize,
+    part_size: u64,
+    parts: usize,
+}
+
+impl Layout {
+    fn of(expected: &CiphertextInfo) -> Self {
+        let chunks = expected.chunks.len() as u64;
+        let per_part = chunks.div_ceil(MAX_PARTS).max(1);
+        let part_size = per_part * expected.chunk_size;
+        Layout {
+            size: expected.size,
+            chunks_per_part: per_part as usize,
+            part_size,
+            parts: expected.size.div_ceil(part_size).max(1) as usize,
+        }
+    }
+
+    /// Bytes of part `index` (0-based): whole chunks, the last one short.
+    fn part_len(&self, index: usize) -> u64 {
+        let start = index as u64 * self.part_size;
+        self.size.saturating_sub(start).min(self.part_size)
+    }
+
+    /// Parts uploaded at once: four of one chunk, fewer of larger ones.
+    fn in_flight(&self) -> usize {
+        (BYTES_IN_FLIGHT / self.part_size).clamp(1, 4) as usize
+    }
+}
 
 /// How long this delivery may work on a copy.
 #[derive(Debug, Clone, Copy)]
@@ -117,29 +156,25 @@ impl Progress {
     }
 }
 
-/// Whether `expected` can be copied one part per chunk.
+/// Whether `expected` can be copied in parts of whole chunks.
 pub(super) fn resumable(expected: &CiphertextInfo) -> bool {
-    !expected.chunks.is_empty() && expected.chunk_size >= MIN_PART && expected.chunk_size <= 5 << 30
+    !expected.chunks.is_empty()
+        && expected.chunk_size >= MIN_PART
+        && Layout::of(expected).part_size <= 5 << 30
 }
 
 /// The parts of an open upload that continue the object from its start:
-/// numbers 1..=k, each a whole chunk (the last may be the short final one).
-fn usable_prefix(parts: &[UploadedPart], expected: &CiphertextInfo) -> Option<Vec<UploadedPart>> {
-    let count = expected.chunks.len();
+/// numbers 1..=k, each of its layout's size, with a known CRC32C.
+fn usable_prefix(parts: &[UploadedPart], layout: &Layout) -> Option<Vec<UploadedPart>> {
     let mut out = Vec::new();
     for (i, p) in parts.iter().enumerate() {
-        let want = chunk_len(expected, i);
-        if p.number as usize != i + 1 || i >= count || p.size != want || p.crc32c.is_none() {
+        let fits = p.number as usize == i + 1 && i < layout.parts && p.size == layout.part_len(i);
+        if !fits || p.crc32c.is_none() {
             return None;
         }
         out.push(p.clone());
     }
     Some(out)
-}
-
-fn chunk_len(expected: &CiphertextInfo, index: usize) -> u64 {
-    let start = index as u64 * expected.chunk_size;
-    expected.size.saturating_sub(start).min(expected.chunk_size)
 }
 
 impl Replicator {
@@ -268,16 +303,24 @@ impl Replicator {
         let backup_id = id.to_string();
         let key = id.data_key();
         let expected = &manifest.ciphertext;
+        let layout = Layout::of(expected);
         let (upload_id, mut done) = self
-            .open_upload(&backup_id, &key, expected, parts_api, known.as_ref())
+            .open_upload(
+                &backup_id,
+                &key,
+                expected,
+                &layout,
+                parts_api,
+                known.as_ref(),
+            )
             .await?;
         let first = done.len();
-        let total = expected.chunks.len();
+        let total = layout.parts;
         let mut uploaded_now = 0usize;
         if first < total {
             let body = match self
                 .source
-                .read_from(&key, first as u64 * expected.chunk_size)
+                .read_from(&key, first as u64 * layout.part_size)
                 .await
             {
                 Ok(b) => b,
@@ -290,12 +333,14 @@ impl Replicator {
                 }
                 Err(e) => return Err(retry(&backup_id, e)),
             };
-            let chunks = match authenticated_from(body, expected, first) {
-                Ok(s) => whole_chunks(s, expected, first),
+            let chunks = match authenticated_from(body, expected, first * layout.chunks_per_part) {
+                Ok(s) => whole_parts(s, layout, first),
                 Err(e) => return Ok(Err(e.to_string())),
             };
             let step = self
-                .upload_chunks(chunks, parts_api, &key, &upload_id, first, deadline)
+                .upload_parts(
+                    chunks, parts_api, &key, &upload_id, &layout, first, deadline,
+                )
                 .await;
             let (new_parts, failure) = step;
             uploaded_now = new_parts.len();
@@ -343,6 +388,7 @@ impl Replicator {
         backup_id: &str,
         key: &str,
         expected: &CiphertextInfo,
+        layout: &Layout,
         parts_api: &dyn PartUploads,
         known: Option<&Progress>,
     ) -> Result<(String, Vec<UploadedPart>), ReplicateError> {
@@ -358,7 +404,7 @@ impl Replicator {
             if let Some(known) = known {
                 known.fill(&upload.upload_id, &mut parts);
             }
-            if let Some(usable) = usable_prefix(&parts, expected) {
+            if let Some(usable) = usable_prefix(&parts, layout) {
                 for older in open.drain(..) {
                     let _ = parts_api.abort_upload(key, &older.upload_id).await;
                 }
@@ -379,14 +425,16 @@ impl Replicator {
         Ok((upload_id, Vec::new()))
     }
 
-    /// Uploads authenticated chunks as parts, a few at a time, until they
-    /// run out, one fails, or the deadline comes near.
-    async fn upload_chunks(
+    /// Uploads authenticated parts, a few at a time, until they run out,
+    /// one fails, or the deadline comes near.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_parts(
         &self,
         chunks: futures::stream::BoxStream<'static, Result<(usize, Bytes), Failure>>,
         parts_api: &dyn PartUploads,
         key: &str,
         upload_id: &str,
+        layout: &Layout,
         first: usize,
         deadline: Option<Deadline>,
     ) -> (Vec<UploadedPart>, Option<Failure>) {
@@ -394,7 +442,8 @@ impl Replicator {
         // A new part starts only if it, and the parts in flight, can finish
         // before the margin: the slowest part so far is the estimate.
         let slowest = std::sync::Mutex::new(Duration::from_millis(500));
-        let estimate = || *slowest.lock().expect("part timing") * (PARTS_IN_FLIGHT as u32 / 2 + 1);
+        let in_flight = layout.in_flight();
+        let estimate = || *slowest.lock().expect("part timing") * (in_flight as u32 / 2 + 1);
         let until_deadline = chunks.take_while(|_| {
             let short = deadline.is_some_and(|d| d.running_short(estimate()));
             futures::future::ready(!short)
@@ -421,7 +470,7 @@ impl Replicator {
                     Ok(part)
                 }
             })
-            .buffered(PARTS_IN_FLIGHT);
+            .buffered(in_flight);
         let mut done = Vec::new();
         while let Some(result) = uploads.next().await {
             match result {
@@ -493,18 +542,17 @@ fn lease_number(key: &str, prefix: &str) -> Option<u64> {
         .ok()
 }
 
-/// The authenticated slices of `body` (which starts at chunk `first`),
-/// joined into whole chunks with their indices. A verification failure
+/// The authenticated slices of `body` (which starts at part `first`),
+/// joined into whole parts with their indices. A verification failure
 /// becomes [`Failure::Verification`], a read failure [`Failure::Store`].
-fn whole_chunks(
+fn whole_parts(
     body: crate::store::ByteStream,
-    expected: &CiphertextInfo,
+    layout: Layout,
     first: usize,
 ) -> futures::stream::BoxStream<'static, Result<(usize, Bytes), Failure>> {
-    let expected = expected.clone();
     let state = (body, first, BytesMut::new());
     futures::stream::try_unfold(state, move |(mut body, index, mut buf)| {
-        let want = chunk_len(&expected, index) as usize;
+        let want = layout.part_len(index) as usize;
         async move {
             if want == 0 {
                 return Ok(None);
@@ -518,7 +566,7 @@ fn whole_chunks(
             }
             if buf.len() < want {
                 return Err(Failure::Verification(format!(
-                    "the data object ended inside chunk {index}"
+                    "the data object ended inside part {index}"
                 )));
             }
             let chunk = buf.split_to(want).freeze();
@@ -540,5 +588,65 @@ fn io_failure(e: std::io::Error) -> Failure {
             key: String::new(),
             message: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(size: u64) -> CiphertextInfo {
+        let chunk_size = crate::crypto::chunks::CHUNK_SIZE;
+        CiphertextInfo {
+            object: "data".into(),
+            size,
+            sha256: String::new(),
+            crc32c: 0,
+            chunk_size,
+            chunks: vec!["00".repeat(32); size.div_ceil(chunk_size) as usize],
+        }
+    }
+
+    #[test]
+    fn parts_are_whole_chunks_and_never_more_than_ten_thousand() {
+        let mib = 1u64 << 20;
+        let small = Layout::of(&info(20 * mib + 5));
+        assert_eq!((small.chunks_per_part, small.parts), (1, 3));
+        assert_eq!(small.part_len(2), 4 * mib + 5);
+        assert_eq!(small.in_flight(), 4);
+        let at_limit = Layout::of(&info(10_000 * 8 * mib));
+        assert_eq!((at_limit.chunks_per_part, at_limit.parts), (1, 10_000));
+        let beyond = Layout::of(&info(10_001 * 8 * mib));
+        assert_eq!(beyond.chunks_per_part, 2);
+        assert!(beyond.parts as u64 <= MAX_PARTS);
+        let huge = Layout::of(&info(4 << 40));
+        assert!(huge.parts as u64 <= MAX_PARTS && huge.part_size <= 5 << 30);
+        assert_eq!(huge.in_flight(), 1);
+        assert!(resumable(&info(4 << 40)));
+    }
+
+    #[test]
+    fn a_gap_or_a_wrong_size_makes_an_upload_unusable() {
+        let layout = Layout::of(&info(20 << 20));
+        let part = |number, size| UploadedPart {
+            number,
+            size,
+            crc32c: Some(1),
+            etag: None,
+        };
+        let eight = 8 << 20;
+        assert_eq!(
+            usable_prefix(&[part(1, eight), part(2, eight)], &layout)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(usable_prefix(&[part(1, eight), part(3, eight)], &layout).is_none());
+        assert!(usable_prefix(&[part(1, eight - 1)], &layout).is_none());
+        let unknown_crc = UploadedPart {
+            crc32c: None,
+            ..part(1, eight)
+        };
+        assert!(usable_prefix(&[unknown_crc], &layout).is_none());
     }
 }
