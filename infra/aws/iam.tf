@@ -114,8 +114,16 @@ resource "aws_iam_role" "retention" {
 data "aws_iam_policy_document" "retention" {
   statement {
     sid       = "ListAndReadConfig"
-    actions   = ["s3:ListBucket", "s3:GetBucketVersioning", "s3:GetLifecycleConfiguration", "s3:GetBucketObjectLockConfiguration"]
+    actions   = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketVersioning", "s3:GetLifecycleConfiguration", "s3:GetBucketObjectLockConfiguration"]
     resources = [aws_s3_bucket.replica.arn]
+  }
+
+  # Abort the open upload of a copy whose backup is gone from the source
+  # or failed verification there (the audit reports copies in progress).
+  statement {
+    sid       = "AbortAbandonedUploads"
+    actions   = ["s3:AbortMultipartUpload"]
+    resources = ["${aws_s3_bucket.replica.arn}/*"]
   }
 
   # Read manifests (digests, signatures) for the audit; delete current

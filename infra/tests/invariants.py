@@ -525,7 +525,8 @@ AWS_ROLE_ACTIONS: dict[str, set[str]] = {
     # List and delete (current versions only: Object Lock keeps the
     # version), read manifests and the bucket's configuration for the audit.
     "retention": {"s3:ListBucket", "s3:GetObject", "s3:DeleteObject", "s3:GetBucketVersioning",
-                  "s3:GetLifecycleConfiguration", "s3:GetBucketObjectLockConfiguration"} | LAMBDA_LOGS,
+                  "s3:GetLifecycleConfiguration", "s3:GetBucketObjectLockConfiguration",
+                  "s3:ListBucketMultipartUploads", "s3:AbortMultipartUpload"} | LAMBDA_LOGS,
     # Read backups (fallback when GCS is unavailable). No delete.
     "restore": {"s3:GetObject", "s3:ListBucket"},
 }

@@ -306,3 +306,75 @@ async fn data_tampered_between_deliveries_is_rejected_at_the_changed_chunk() {
         "the upload of a rejected backup is aborted"
     );
 }
+
+#[tokio::test]
+async fn the_audit_reports_copies_in_progress_and_aborts_abandoned_uploads() {
+    use backstop_core::retention::{Inventory, PolicySet, Verification, check_open_uploads};
+    let keys = TestKeys::generate();
+    let namespace = unique_namespace("uploads");
+    let source = gcs().await;
+    let replica = s3().await;
+    // A verified backup whose copy is under way, and an upload for a backup
+    // the source does not have (deleted there).
+    let live = backup_id(&namespace, Utc::now());
+    let manifest = write_backup(&source, &live, &keys, 1 << 20).await;
+    let gone = backup_id(&namespace, Utc::now() - chrono::Duration::hours(1));
+    let opts = PutOptions::create();
+    replica.start_upload(&live.data_key(), &opts).await.unwrap();
+    replica.start_upload(&gone.data_key(), &opts).await.unwrap();
+
+    let prefix = format!("{namespace}/");
+    let listing = source.list_all(&prefix).await.unwrap();
+    let mut inventory = Inventory::from_listing(source.url(), listing);
+    inventory.backups.get_mut(&live).unwrap().verification = Verification::Verified {
+        manifest: Box::new(manifest),
+    };
+    let policies = PolicySet::from_json(r#"{"replica_grace": "1s"}"#).unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let now = Utc::now();
+
+    let dry = check_open_uploads(&replica, &prefix, &inventory, &policies, now, true).await;
+    let code_of = |findings: &[backstop_core::retention::Finding], key: &str| {
+        findings
+            .iter()
+            .find(|f| f.subject.as_deref() == Some(key))
+            .map(|f| f.code.clone())
+    };
+    assert_eq!(
+        code_of(&dry, &live.data_key()).as_deref(),
+        Some("replication_in_progress"),
+        "{dry:?}"
+    );
+    assert_eq!(
+        code_of(&dry, &gone.data_key()).as_deref(),
+        Some("abandoned_upload"),
+        "{dry:?}"
+    );
+    assert_eq!(
+        replica.open_uploads(&gone.data_key()).await.unwrap().len(),
+        1,
+        "a dry run aborts nothing"
+    );
+
+    let run = check_open_uploads(&replica, &prefix, &inventory, &policies, now, false).await;
+    assert_eq!(
+        code_of(&run, &gone.data_key()).as_deref(),
+        Some("abandoned_upload_aborted"),
+        "{run:?}"
+    );
+    assert!(
+        replica
+            .open_uploads(&gone.data_key())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        replica.open_uploads(&live.data_key()).await.unwrap().len(),
+        1,
+        "a copy in progress stays"
+    );
+    for u in replica.open_uploads(&live.data_key()).await.unwrap() {
+        replica.abort_upload(&u.key, &u.upload_id).await.unwrap();
+    }
+}

@@ -198,6 +198,20 @@ impl RetentionFunction {
                 extra_findings.extend(findings);
             }
         }
+        // Copies in progress, and uploads of backups the source no longer
+        // has as verified ones (judged only from a complete source listing).
+        if let (Some(store), Ok(source)) = (self.replica.as_deref(), &primary) {
+            let found = backstop_core::retention::check_open_uploads(
+                store,
+                "",
+                &source.inventory,
+                &self.policies,
+                now,
+                dry_run,
+            )
+            .await;
+            extra_findings.extend(found);
+        }
         drills.sort_by(|a, b| {
             (&a.backup_id, a.started_at, &a.target_database).cmp(&(
                 &b.backup_id,

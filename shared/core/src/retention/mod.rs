@@ -23,6 +23,7 @@ mod execute;
 mod inventory;
 mod plan;
 mod policy;
+mod uploads;
 mod verify;
 
 #[cfg(test)]
@@ -55,6 +56,7 @@ pub use policy::{
     DEFAULT_MAX_CLOCK_SKEW_SECS, MAX_CLOCK_SKEW_ENV, NamespacePattern, NamespaceRule, POLICY_ENV,
     PolicyError, PolicySet, RetentionPolicy, parse_duration,
 };
+pub use uploads::check_open_uploads;
 pub use verify::SignatureVerifier;
 
 use chrono::{DateTime, Utc};
