@@ -135,7 +135,7 @@ RCLONE_BYTES="$(rclone size --json "s3:$BACKSTOP_S3_BUCKET/rclone-bench/$BENCH_D
 # continues from the parts in S3.
 RES_S=0 RES_RUNS=0 RES_RSS_KB=0
 if [ "${BENCH_RESUME:-0}" = 1 ]; then
-    WINDOW="$(python3 -c "print(max(2, int($REP_S / 5)))")"
+    WINDOW="$(python3 -c "print(max(3, int($REP_S / 5)))")"
     log "resumable: deliveries of BACKSTOP_REPLICATE_DEADLINE=${WINDOW}s ..."
     rclone purge "s3:$BACKSTOP_S3_BUCKET/$NS" >/dev/null 2>&1 || true
     rclone purge "s3:$BACKSTOP_S3_BUCKET/_replication/$NS" >/dev/null 2>&1 || true

@@ -440,8 +440,10 @@ impl Replicator {
     ) -> (Vec<UploadedPart>, Option<Failure>) {
         let mut inspector = (first == 0).then(|| PacketInspector::new(self.recipients.clone()));
         // A new part starts only if it, and the parts in flight, can finish
-        // before the margin: the slowest part so far is the estimate.
-        let slowest = std::sync::Mutex::new(Duration::from_millis(500));
+        // before the margin: the slowest part so far is the estimate. The
+        // first part needs only the margin, so every delivery that starts
+        // with more than the margin left makes progress.
+        let slowest = std::sync::Mutex::new(Duration::ZERO);
         let in_flight = layout.in_flight();
         let estimate = || *slowest.lock().expect("part timing") * (in_flight as u32 / 2 + 1);
         let until_deadline = chunks.take_while(|_| {
