@@ -59,6 +59,21 @@ fn backstop(args: &[&str], env: &[(&str, String)]) -> (Output, Value) {
     (out, json)
 }
 
+/// `backstop dump` of database `source` into `namespace`; asserts success.
+fn dump_ok(source: &str, namespace: &str, env: &[(&str, String)]) -> (Output, Value) {
+    let url = database_url(source);
+    let (out, dumped) = backstop(
+        &["dump", "--database-url", &url, "--namespace", namespace],
+        env,
+    );
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, dumped)
+}
+
 #[test]
 fn dump_then_restore_a_branch_database_from_the_command_line() {
     let tag = format!("{:08x}", rand::random::<u32>());
@@ -87,21 +102,7 @@ fn dump_then_restore_a_branch_database_from_the_command_line() {
         ("BACKSTOP_BACKUP_KEY", key("backup.sec.asc")),
         ("BACKSTOP_PG_BINDIR", var("PG_BINDIR")),
     ];
-    let (out, dumped) = backstop(
-        &[
-            "dump",
-            "--database-url",
-            &database_url(&source),
-            "--namespace",
-            &namespace,
-        ],
-        &env,
-    );
-    assert!(
-        out.status.success(),
-        "dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, dumped) = dump_ok(&source, &namespace, &env);
     let backup_id = dumped["backup_id"]
         .as_str()
         .expect("backup_id in the dump result");
@@ -229,21 +230,7 @@ fn errors_name_what_was_typed_and_logs_have_no_colour_off_a_terminal() {
     assert!(err.contains("option --database-url"), "{err}");
     assert!(!err.contains("BACKSTOP_DATABASE_URL"), "{err}");
 
-    let (out, dumped) = backstop(
-        &[
-            "dump",
-            "--database-url",
-            &database_url(&source),
-            "--namespace",
-            &namespace,
-        ],
-        &env,
-    );
-    assert!(
-        out.status.success(),
-        "dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, dumped) = dump_ok(&source, &namespace, &env);
     assert_no_colour(&out, "dump");
     let backup_id = dumped["backup_id"].as_str().unwrap().to_string();
 
