@@ -109,6 +109,7 @@ pub fn synthetic_manifest(
         signer: keys.signing.fingerprint.clone(),
         tables: [("public.synthetic".to_string(), plaintext_size / 100)].into(),
         tool: "backstop-tests".into(),
+        base_backup: None,
         ..Manifest::of_backup(id)
     }
 }

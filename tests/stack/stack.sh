@@ -14,6 +14,11 @@
 # BACKSTOP_STACK_NOTIFICATIONS=0 starts fake-gcs-server without its Pub/Sub
 # notifications: a write then costs ~1 ms instead of ~75 ms, for benchmarks
 # that seed tens of thousands of objects (nothing then reaches the replicator).
+# BACKSTOP_GCS_BACKEND=filesystem keeps fake-gcs-server's objects in files
+# under the state directory instead of its memory backend, which finds an
+# object by scanning the whole bucket and holds every byte in RAM: for the
+# 10,000-backup retention run and multi-GiB objects (benchmarks only; the
+# tests use the default, memory, which keeps object generations).
 #
 # Environment given to CMD (and printed by `up`, also written to $BACKSTOP_STACK_DIR/env.sh):
 #   BACKSTOP_STACK=1  BACKSTOP_STACK_DIR=/tmp/tmp.XXXX
@@ -312,7 +317,7 @@ cleanup() {
         PG_RUNNING=0
     fi
     if [ -n "$STATE" ] && [ -d "$STATE" ] && [ "${BACKSTOP_STACK_KEEP:-0}" != 1 ]; then
-        rm -rf "$STATE/pg/data" 2>/dev/null || true
+        rm -rf "$STATE/pg/data" "$STATE/gcs-data" 2>/dev/null || true
     fi
     if [ -n "$LOGDIR" ]; then log "logs are in $LOGDIR"; fi
 }
@@ -431,8 +436,13 @@ start_gcs() {
         local events=(-event.pubsub-project-id "$PUBSUB_PROJECT" -event.pubsub-topic "$NOTIFY_TOPIC"
             -event.list finalize,delete)
         [ "${BACKSTOP_STACK_NOTIFICATIONS:-1}" != 0 ] || events=()
+        local backend=(-backend memory)
+        if [ "${BACKSTOP_GCS_BACKEND:-memory}" = filesystem ]; then
+            mkdir -p "$STATE/gcs-data"
+            backend=(-backend filesystem -filesystem-root "$STATE/gcs-data")
+        fi
         spawn gcs "$logf" env PUBSUB_EMULATOR_HOST="127.0.0.1:$PUBSUB_PORT" \
-            "$bin" -scheme http -backend memory -host "$addr" -port "$port" \
+            "$bin" -scheme http "${backend[@]}" -host "$addr" -port "$port" \
             -external-url "$url" -log-level info "${events[@]}"
         pid="$SPAWNED_PID"
         if wait_until fake-gcs-server "$pid" "$logf" curl -sf -o /dev/null "$url/storage/v1/b"; then

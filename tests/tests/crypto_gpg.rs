@@ -401,6 +401,7 @@ fn manifest_signed_by(signer: &str) -> Manifest {
         signer: signer.to_string(),
         tables: [("public.users".to_string(), 3u64)].into(),
         tool: "backstop test".into(),
+        base_backup: None,
     }
 }
 

@@ -454,6 +454,7 @@ async fn publish_bomb(fx: &Fixture, gcs: &GcsStore, plain: ByteStream, limit: u6
         signer: real.signer.clone(),
         tables: real.tables.clone(),
         tool: real.tool.clone(),
+        base_backup: None,
         ..Manifest::of_backup(&id)
     };
     let body = Bytes::from(ciphertext);

@@ -184,6 +184,7 @@ async fn audit_flags_what_was_planted() {
         signer: keys.signing.fingerprint.clone(),
         tables: Default::default(),
         tool: "test".into(),
+        base_backup: None,
     };
     let (bytes, sig) = sign_manifest(&manifest, &keys.signer()).unwrap();
     g.put_bytes(

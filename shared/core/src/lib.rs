@@ -9,6 +9,7 @@
 //!   in-memory store and the contract suite (feature `testing`).
 //! - [`retention`]: policy, plan, execution and audit.
 //! - [`drill`]: restore drill records.
+//! - [`wal`]: the WAL archive's names, positions and signed manifests.
 //! - [`replicate`]: verify-then-copy from the backups bucket to the replica.
 //! - [`error`]: the one retry classification every error maps to.
 //! - [`config`], [`trust`], [`events`], [`alerts`], [`telemetry`]: the
@@ -31,3 +32,4 @@ pub mod retention;
 pub mod store;
 pub mod telemetry;
 pub mod trust;
+pub mod wal;

@@ -15,6 +15,10 @@ use crate::naming::{BackupId, Namespace};
 /// restore reads (custom-format archives).
 pub const DUMP_FORMAT: &str = "custom";
 
+/// The format of a physical base backup's data object: `pg_basebackup
+/// -Ft` to stdout, one tar of the whole cluster (`base_backup` says which).
+pub const BASE_BACKUP_FORMAT: &str = "tar";
+
 /// The manifest's `kind`: tells a Backstop manifest from any other JSON.
 pub const MANIFEST_KIND: &str = "backstop.manifest";
 /// The newest manifest `version` this build writes and reads. Version 2
@@ -56,6 +60,36 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// What a physical base backup's manifest adds: where in the WAL it
+/// starts and stops, so that a restore knows which WAL it needs and the
+/// audit can tell whether that WAL was archived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseBackupInfo {
+    /// `pg_control_system().system_identifier`, decimal (a JSON number
+    /// would lose digits in many readers).
+    pub system_identifier: String,
+    /// `server_version_num`.
+    pub server_version_num: u32,
+    /// The timeline the backup started on.
+    pub timeline: u32,
+    /// The backup's start and stop positions, `X/Y` as PostgreSQL prints them.
+    pub start_lsn: String,
+    /// See `start_lsn`: recovery is consistent once it has replayed to here.
+    pub stop_lsn: String,
+    /// The first and last WAL files recovery needs from the archive.
+    pub start_wal: String,
+    /// See `start_wal`.
+    pub stop_wal: String,
+    /// WAL segment size in bytes (`wal_segment_size`).
+    pub wal_segment_size: u64,
+    /// SHA-256 (lower-case hex) of the server's `backup_manifest` inside
+    /// the tar, so `pg_verifybackup` can check a restore against a file
+    /// this signature covers.
+    pub backup_manifest_sha256: String,
+    /// Files in the tar (regular files only).
+    pub files: u64,
+}
+
 /// A backup's manifest (`manifest.json`), stored with its detached signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -89,6 +123,10 @@ pub struct Manifest {
     pub tables: BTreeMap<String, u64>,
     /// `backstop <version>`.
     pub tool: String,
+    /// Set on a physical base backup (`dump_format` [`BASE_BACKUP_FORMAT`],
+    /// filed under the cluster's series, `naming::cluster_database`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_backup: Option<BaseBackupInfo>,
 }
 
 /// A manifest that cannot be accepted. Permanent: the object will not change.
@@ -142,6 +180,7 @@ impl Manifest {
             signer: String::new(),
             tables: BTreeMap::new(),
             tool: String::new(),
+            base_backup: None,
         }
     }
 
@@ -202,6 +241,20 @@ impl Manifest {
                 id.database
             )));
         }
+        let cluster = id.system_identifier().map(|n| n.to_string());
+        let described = self
+            .base_backup
+            .as_ref()
+            .map(|b| b.system_identifier.clone());
+        if cluster != described || (described.is_some() != (self.dump_format == BASE_BACKUP_FORMAT))
+        {
+            return Err(ManifestError::Malformed(format!(
+                "backup_id {:?}, dump_format {:?} and base_backup ({}) disagree: a base backup is a {BASE_BACKUP_FORMAT:?} filed under its own cluster, a dump is neither",
+                self.backup_id,
+                self.dump_format,
+                described.as_deref().unwrap_or("none")
+            )));
+        }
         Ok(())
     }
 
@@ -255,6 +308,7 @@ pub(crate) mod tests {
             signer: "CD".repeat(20),
             tables: [("public.users".to_string(), 3u64)].into(),
             tool: format!("backstop {}", env!("CARGO_PKG_VERSION")),
+            base_backup: None,
         }
     }
 

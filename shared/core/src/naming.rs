@@ -5,6 +5,8 @@
 //! <namespace>/<database>/<stamp>/manifest.json.sig   detached signature
 //! <namespace>/<database>/<stamp>/manifest.json       commit marker, written last
 //! _drills/<namespace>/<database>/<stamp>/<run>.json  restore drill records, one per run
+//! <namespace>/.cluster-<system id>/<stamp>/...       a physical base backup (same three files)
+//! <namespace>/.wal/<system id>/<timeline>/...        archived WAL (`crate::wal`)
 //! ```
 //! `stamp` is `yyyymmddThhmmssZ-xxxxxx` (UTC, then 6 random hex digits), so
 //! names sort by time and two dumps in the same second never collide.
@@ -55,6 +57,36 @@ pub enum NameError {
         "{0:?} is not a backup object name (expected <namespace>/<database>/<yyyymmddThhmmssZ-xxxxxx>/<file>)"
     )]
     NotABackup(String),
+    /// Not a WAL file name or LSN (`crate::wal`); says what was expected.
+    #[error("{0}")]
+    NotAWalFile(String),
+}
+
+/// The key segment of a cluster's physical base backups,
+/// `.cluster-<system identifier>`: a database's segment never starts with
+/// `.` ([`database_segment`] escapes it), so no database shares it.
+pub const CLUSTER_SEGMENT_PREFIX: &str = ".cluster-";
+/// The `database` of a base backup's id (see [`cluster_database`]).
+const CLUSTER_NAME_PREFIX: &str = "\0cluster-";
+
+/// The `database` a base backup of the cluster `system_identifier` is
+/// filed under: a name PostgreSQL cannot have (it starts with NUL), so a
+/// cluster's series never mixes with a database's, and no logical restore
+/// ever picks it.
+pub fn cluster_database(system_identifier: u64) -> String {
+    format!("{CLUSTER_NAME_PREFIX}{system_identifier}")
+}
+
+/// The system identifier of a cluster series' `database`
+/// ([`cluster_database`]); `None` for a real database name.
+pub fn cluster_of(database: &str) -> Option<u64> {
+    canonical_u64(database.strip_prefix(CLUSTER_NAME_PREFIX)?)
+}
+
+/// A decimal `u64` written the one way `to_string` writes it.
+fn canonical_u64(digits: &str) -> Option<u64> {
+    let n: u64 = digits.parse().ok()?;
+    (n.to_string() == digits).then_some(n)
 }
 
 /// The longest name PostgreSQL keeps (NAMEDATALEN - 1 bytes; it truncates
@@ -76,6 +108,9 @@ fn valid_segment(s: &str, lower_only: bool) -> bool {
 /// character is fine, since keys carry it encoded ([`database_segment`]) and
 /// SQL always quotes it.
 fn check_database_name(name: &str) -> Result<(), NameError> {
+    if cluster_of(name).is_some() {
+        return Ok(());
+    }
     if name.is_empty() || name.len() > MAX_NAME_BYTES || name.contains('\0') {
         return Err(NameError::Database(name.to_string()));
     }
@@ -96,6 +131,9 @@ fn kept_in_segment(index: usize, b: u8) -> bool {
 /// written before encoding are still theirs.
 pub fn database_segment(name: &str) -> String {
     use std::fmt::Write;
+    if let Some(system_identifier) = cluster_of(name) {
+        return format!("{CLUSTER_SEGMENT_PREFIX}{system_identifier}");
+    }
     let mut out = String::with_capacity(name.len());
     for (i, &b) in name.as_bytes().iter().enumerate() {
         if kept_in_segment(i, b) {
@@ -114,6 +152,9 @@ pub fn database_segment(name: &str) -> String {
 /// would not keep are refused.
 pub fn parse_database_segment(seg: &str) -> Result<String, NameError> {
     let bad = || NameError::DatabaseSegment(seg.to_string());
+    if let Some(digits) = seg.strip_prefix(CLUSTER_SEGMENT_PREFIX) {
+        return canonical_u64(digits).map(cluster_database).ok_or_else(bad);
+    }
     let upper_hex = |b: u8| match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'A'..=b'F' => Some(b - b'A' + 10),
@@ -237,6 +278,31 @@ impl BackupId {
             taken_at,
             nonce: nonce.to_string(),
         })
+    }
+
+    /// A new id for a physical base backup of the cluster
+    /// `system_identifier` starting now: `<namespace>/.cluster-<id>/<stamp>`.
+    pub fn base_backup(
+        namespace: Namespace,
+        system_identifier: u64,
+        taken_at: DateTime<Utc>,
+    ) -> Self {
+        Self::new(namespace, &cluster_database(system_identifier), taken_at)
+            .expect("a cluster name is valid by construction")
+    }
+
+    /// The cluster's system identifier if this is a base backup's id.
+    pub fn system_identifier(&self) -> Option<u64> {
+        cluster_of(&self.database)
+    }
+
+    /// The database as people read it: its real name, or `cluster <id>`
+    /// for a base backup.
+    pub fn database_label(&self) -> String {
+        match self.system_identifier() {
+            Some(id) => format!("cluster {id}"),
+            None => self.database.clone(),
+        }
     }
 
     /// `yyyymmddThhmmssZ-<nonce>`: sorts by time.
@@ -469,6 +535,39 @@ mod tests {
             "_drills/production/app.json",
         ] {
             assert!(BackupId::parse_key(key).is_err(), "{key}");
+        }
+    }
+
+    #[test]
+    fn base_backups_have_a_series_no_database_can_share() {
+        let ns = Namespace::new("production").unwrap();
+        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let base = BackupId::base_backup(ns.clone(), 7_312_345_678_901_234_567, at);
+        assert_eq!(base.system_identifier(), Some(7_312_345_678_901_234_567));
+        let key = base.manifest_key();
+        assert!(
+            key.starts_with("production/.cluster-7312345678901234567/20231114T221320Z-"),
+            "{key}"
+        );
+        let (parsed, _) = BackupId::parse_key(&key).unwrap();
+        assert_eq!(parsed, base);
+        assert_eq!(parsed.database_label(), "cluster 7312345678901234567");
+        // A real database of the same spelling is another series.
+        let lookalike =
+            BackupId::with_nonce(ns, ".cluster-7312345678901234567", at, "000001").unwrap();
+        assert_eq!(lookalike.system_identifier(), None);
+        assert!(
+            lookalike.to_string().starts_with("production/%2Ecluster-"),
+            "{lookalike}"
+        );
+        assert_ne!(lookalike.database, base.database);
+        for bad in [
+            ".cluster-",
+            ".cluster-01",
+            ".cluster-x",
+            ".cluster-99999999999999999999",
+        ] {
+            assert!(parse_database_segment(bad).is_err(), "{bad}");
         }
     }
 

@@ -58,7 +58,7 @@ pub use keys::{
     generate_signing_key,
 };
 pub use pipeline::{reader_stream, stream_to_writer};
-pub use sign::{sign_bytes, verify_bytes};
+pub use sign::{seal, sign_bytes, unseal, verify_bytes};
 pub use sign::{sign_manifest, verify_manifest, verify_manifest_at};
 
 use crate::manifest::ManifestError;

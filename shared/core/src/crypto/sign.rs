@@ -35,6 +35,57 @@ pub fn sign_bytes(data: &[u8], key: &SigningKey) -> Result<String, CryptoError> 
     sig.to_armored_string(ArmorOptions::default()).map_err(err)
 }
 
+/// The `kind` of a sealed object: a payload and its signature in one.
+pub const SEALED_KIND: &str = "backstop.signed";
+
+/// A payload with its detached signature in one JSON object (`kind`,
+/// `payload` as base64 of the exact signed bytes, armored `signature`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Sealed {
+    kind: String,
+    payload: String,
+    signature: String,
+}
+
+/// Signs `payload` and seals both into one object's bytes.
+pub fn seal(payload: &[u8], key: &SigningKey) -> Result<Vec<u8>, CryptoError> {
+    use base64::Engine as _;
+    let sealed = Sealed {
+        kind: SEALED_KIND.into(),
+        payload: base64::engine::general_purpose::STANDARD.encode(payload),
+        signature: sign_bytes(payload, key)?,
+    };
+    let mut out = serde_json::to_vec_pretty(&sealed).expect("a sealed object serializes");
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Opens a sealed object: verifies the signature over the payload with one
+/// of `keys` before returning it (with the signer's fingerprint); nothing
+/// of the payload is looked at first.
+pub fn unseal(bytes: &[u8], keys: &[VerifyingKey]) -> Result<(Vec<u8>, String), CryptoError> {
+    use base64::Engine as _;
+    let malformed =
+        |why: String| CryptoError::Manifest(crate::manifest::ManifestError::Malformed(why));
+    if bytes.len() > crate::manifest::MAX_MANIFEST_BYTES {
+        return Err(CryptoError::Manifest(
+            crate::manifest::ManifestError::TooLarge,
+        ));
+    }
+    let sealed: Sealed = serde_json::from_slice(bytes)
+        .map_err(|e| malformed(format!("not a sealed object ({SEALED_KIND}): {e}")))?;
+    if sealed.kind != SEALED_KIND {
+        return Err(CryptoError::Manifest(
+            crate::manifest::ManifestError::WrongKind(sealed.kind),
+        ));
+    }
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(sealed.payload.as_bytes())
+        .map_err(|e| malformed(format!("payload is not base64: {e}")))?;
+    let signer = verify_bytes(&payload, sealed.signature.as_bytes(), keys)?;
+    Ok((payload, signer))
+}
+
 /// Serializes and signs a manifest. Returns `(manifest bytes, armored
 /// detached signature)`; store both unchanged. The manifest's `signer` must
 /// be this key's fingerprint.

@@ -131,6 +131,7 @@ pub fn manifest_for(id: &BackupId, plaintext: u64, rows: u64) -> Manifest {
         signer: "CD".repeat(20),
         tables: [("public.rows".to_string(), rows)].into(),
         tool: "backstop test".into(),
+        base_backup: None,
         ..Manifest::of_backup(id)
     }
 }
