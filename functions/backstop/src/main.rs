@@ -10,6 +10,7 @@ mod keys_cmd;
 mod restore_cmd;
 mod stack_cmd;
 mod typed;
+mod wal_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +40,8 @@ enum Command {
     Restore(Box<restore_cmd::RestoreArgs>),
     /// Dumps a database, encrypted and signed, into the GCS backups bucket.
     Dump(dump_cmd::DumpArgs),
+    /// Archives a WAL file: PostgreSQL's archive_command ('backstop wal-push %p').
+    WalPush(wal_cmd::WalPushArgs),
 }
 
 /// Whether a command loads an unwrapped secret key into memory: the backup
@@ -47,7 +50,7 @@ enum Command {
 fn holds_secret_keys(command: &Command) -> bool {
     matches!(
         command,
-        Command::Keys(_) | Command::Restore(_) | Command::Dump(_)
+        Command::Keys(_) | Command::Restore(_) | Command::Dump(_) | Command::WalPush(_)
     )
 }
 
@@ -96,6 +99,7 @@ async fn main() -> std::process::ExitCode {
         Command::Retention(args) => stack_cmd::retention(args).await,
         Command::Restore(args) => restore_cmd::run(*args).await,
         Command::Dump(args) => dump_cmd::run(args).await,
+        Command::WalPush(args) => wal_cmd::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

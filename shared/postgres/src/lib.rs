@@ -12,6 +12,7 @@ use backstop_core::config::ConfigError;
 pub mod dump;
 pub mod pg;
 pub mod restore;
+pub mod wal;
 mod server;
 
 /// A setting that is present but unusable, naming the variable or option.

@@ -176,28 +176,8 @@ impl DumpConfig {
         let namespace = Namespace::new(&ns_text)
             .map_err(|e| invalid(NAMESPACE_VAR, &ns_text, e.to_string()))?;
 
-        let recipients_text = settings.recipients.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-            missing(
-                RECIPIENTS_VAR,
-                "the backup public key(s) to encrypt to: file:/path/backup.pub.asc or armored key text, comma-separated",
-            )
-        })?;
-        let signing_text = settings.signing_key.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-            missing(
-                SIGNING_KEY_VAR,
-                "the manifest signing secret key: file:/path/signing.sec.asc or gcpkms:projects/P/locations/L/keyRings/R/cryptoKeys/K:/path/signing.sec.asc.kms",
-            )
-        })?;
-        let recipients = load_recipients(&recipients_text, kms).await?;
-        let bad = |e: CryptoError| {
-            invalid(
-                SIGNING_KEY_VAR,
-                &shown_key_setting(&signing_text),
-                e.to_string(),
-            )
-        };
-        let source: KeySource = signing_text.parse().map_err(bad)?;
-        let signing_key = SigningKey::load(&source, kms).await.map_err(bad)?;
+        let (recipients, signing_key) =
+            load_job_keys(settings.recipients, settings.signing_key, kms).await?;
 
         Ok(Self {
             database_url,
@@ -213,15 +193,58 @@ impl DumpConfig {
     }
 }
 
+/// The keys of a job that writes backups (dump, base backup, WAL push):
+/// `BACKSTOP_RECIPIENTS` (public keys to encrypt to, at least one) and
+/// `BACKSTOP_SIGNING_KEY` (the job's one secret). Errors name the variable.
+pub(crate) async fn load_job_keys(
+    recipients: Option<String>,
+    signing_key: Option<String>,
+    kms: &dyn KeyUnwrap,
+) -> Result<(Vec<RecipientKey>, SigningKey), ConfigError> {
+    let recipients_text = recipients.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            missing(
+                RECIPIENTS_VAR,
+                "the backup public key(s) to encrypt to: file:/path/backup.pub.asc or armored key text, comma-separated",
+            )
+        })?;
+    let signing_text = signing_key.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            missing(
+                SIGNING_KEY_VAR,
+                "the manifest signing secret key: file:/path/signing.sec.asc or gcpkms:projects/P/locations/L/keyRings/R/cryptoKeys/K:/path/signing.sec.asc.kms",
+            )
+        })?;
+    let recipients = load_recipients(&recipients_text, kms).await?;
+    let bad = |e: CryptoError| {
+        invalid(
+            SIGNING_KEY_VAR,
+            &shown_key_setting(&signing_text),
+            e.to_string(),
+        )
+    };
+    let source: KeySource = signing_text.parse().map_err(bad)?;
+    let signing_key = SigningKey::load(&source, kms).await.map_err(bad)?;
+
+    Ok((recipients, signing_key))
+}
+
 /// `BACKSTOP_COMPRESSION_LEVEL`: 0 (none) to 9, default
 /// [`Compression::DEFAULT_LEVEL`].
-fn compression_from(text: Option<&str>) -> Result<Compression, ConfigError> {
+pub(crate) fn compression_from(text: Option<&str>) -> Result<Compression, ConfigError> {
+    compression_setting(text, COMPRESSION_LEVEL_VAR, Compression::DEFAULT_LEVEL)
+}
+
+/// A deflate level setting `var`: 0 (none) to 9, `default` when unset.
+pub(crate) fn compression_setting(
+    text: Option<&str>,
+    var: &str,
+    default: u32,
+) -> Result<Compression, ConfigError> {
     let Some(t) = text.map(str::trim).filter(|t| !t.is_empty()) else {
-        return Ok(Compression::Zip(Compression::DEFAULT_LEVEL));
+        return Ok(Compression::level(default).expect("a valid default level"));
     };
     let bad = || {
         invalid(
-            COMPRESSION_LEVEL_VAR,
+            var,
             t,
             "give 0 (no compression) or a deflate level from 1 (fastest) to 9 (smallest)",
         )

@@ -1,0 +1,604 @@
+//! `backstop wal-push` as PostgreSQL's `archive_command`, on the local
+//! stack: real clusters (initdb, `archive_mode = on`) archive into
+//! fake-gcs-server through the production GCS client; what lands is read
+//! back and checked with the library's verification and decryption.
+//!
+//!   tests/stack/stack.sh run -- cargo test -p backstop-cli --test wal_push
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use backstop_core::crypto::{BackupSecretKey, decrypt_stream};
+use backstop_core::manifest::MAX_MANIFEST_BYTES;
+use backstop_core::naming::Namespace;
+use backstop_core::store::{ObjectStore, ObjectStoreExt};
+use backstop_core::wal::{WalKey, WalManifest, WalObject, namespace_prefix};
+use backstop_tests::backups::TestKeys;
+use backstop_tests::{drain_sha256, gcs};
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run inside the local stack (tests/run-all or tests/stack/stack.sh run -- cargo test)")
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command run as the `postgres` user when the tests run as root
+/// (initdb refuses root), as the stack does.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Keys and a namespace of one test, in a directory the `postgres` user
+/// can read (the archiver runs as it).
+struct World {
+    keys: TestKeys,
+    dir: PathBuf,
+    namespace: String,
+}
+
+impl World {
+    fn new(tag: &str) -> Self {
+        let keys = TestKeys::generate();
+        let dir =
+            std::env::temp_dir().join(format!("backstop-wal-{tag}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        for f in ["backup.pub.asc", "signing.sec.asc"] {
+            std::fs::copy(keys.path(f), dir.join("keys").join(f)).unwrap();
+        }
+        if is_root() {
+            run_ok(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir),
+                "chown",
+            );
+        }
+        run_ok(Command::new("chmod").args(["0755"]).arg(&dir), "chmod");
+        let namespace = format!("wal-{tag}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        World {
+            keys,
+            dir,
+            namespace,
+        }
+    }
+
+    /// The environment `wal-push` runs with.
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("BACKSTOP_NAMESPACE".into(), self.namespace.clone()),
+            (
+                "BACKSTOP_RECIPIENTS".into(),
+                format!("file:{}", self.dir.join("keys/backup.pub.asc").display()),
+            ),
+            (
+                "BACKSTOP_SIGNING_KEY".into(),
+                format!("file:{}", self.dir.join("keys/signing.sec.asc").display()),
+            ),
+            ("BACKSTOP_WAL_BACKLOG_WARN".into(), "3".into()),
+        ]
+    }
+
+    fn namespace(&self) -> Namespace {
+        Namespace::new(&self.namespace).unwrap()
+    }
+
+    fn secret(&self) -> BackupSecretKey {
+        BackupSecretKey::from_armored(&self.keys.backup.secret_armored).unwrap()
+    }
+
+    /// Every archived file of the namespace: manifests opened with the
+    /// signing key, data decrypted and checked against them.
+    async fn archived(&self) -> Vec<(WalKey, WalManifest)> {
+        let store = gcs().await;
+        let listing = store
+            .list_all(&namespace_prefix(&self.namespace()))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for meta in &listing {
+            let Some((key, WalObject::Manifest)) = WalKey::parse_key(&meta.key) else {
+                continue;
+            };
+            let sealed = store
+                .get_bytes(&meta.key, MAX_MANIFEST_BYTES)
+                .await
+                .unwrap();
+            let m = WalManifest::open(&sealed, &[self.keys.signer().verifying_key()], &key)
+                .unwrap_or_else(|e| panic!("{}: {e}", meta.key));
+            let data = store.read(&m.data_key(&key)).await.unwrap();
+            let (size, sha) = drain_sha256(decrypt_stream(data, &self.secret()))
+                .await
+                .unwrap();
+            assert_eq!(
+                (size, sha.as_str()),
+                (m.plaintext_size, m.plaintext_sha256.as_str()),
+                "{key}"
+            );
+            out.push((key, m));
+        }
+        out.sort_by(|a, b| a.0.file.name().cmp(b.0.file.name()));
+        out
+    }
+
+    async fn objects(&self) -> Vec<String> {
+        let listing = gcs()
+            .await
+            .list_all(&namespace_prefix(&self.namespace()))
+            .await
+            .unwrap();
+        listing.into_iter().map(|m| m.key).collect()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A throwaway cluster archiving with `backstop wal-push %p`.
+struct Cluster {
+    pgdata: PathBuf,
+    log: PathBuf,
+    port: u16,
+    bindir: PathBuf,
+}
+
+impl Cluster {
+    fn start(world: &World, env: &[(String, String)]) -> Self {
+        let bindir = PathBuf::from(var("PG_BINDIR"));
+        let pgdata = world.dir.join("data");
+        let log = world.dir.join("server.log");
+        run_ok(
+            as_postgres(&bindir.join("initdb"))
+                .args(["-D"])
+                .arg(&pgdata)
+                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]),
+            "initdb",
+        );
+        let port = free_port();
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\narchive_command = '{} wal-push %p'\nfsync = off\nmax_wal_size = '1GB'\n",
+            world.dir.display(),
+            env!("CARGO_BIN_EXE_backstop")
+        );
+        let conf_path = pgdata.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&conf);
+        std::fs::write(&conf_path, text).unwrap();
+        run_ok(
+            as_postgres(&bindir.join("pg_ctl"))
+                .args(["-D"])
+                .arg(&pgdata)
+                .args(["-l"])
+                .arg(&log)
+                .args(["-w", "start"])
+                .envs(env.iter().map(|(k, v)| (k, v))),
+            "pg_ctl start",
+        );
+        Cluster {
+            pgdata,
+            log,
+            port,
+            bindir,
+        }
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let out = run_ok(
+            Command::new(self.bindir.join("psql"))
+                .args([
+                    "-X",
+                    "-q",
+                    "-tA",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                ])
+                .args(["-p", &self.port.to_string(), "-c", sql]),
+            sql,
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Writes some WAL and switches segments: returns the segment closed.
+    fn fill_and_switch(&self) -> String {
+        self.psql("CREATE TABLE IF NOT EXISTS t (g int, h text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+        let seg = self.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        self.psql("SELECT pg_switch_wal()");
+        seg
+    }
+
+    fn archived_through(&self, seg: &str) -> bool {
+        self.pgdata
+            .join("pg_wal/archive_status")
+            .join(format!("{seg}.done"))
+            .exists()
+    }
+
+    fn wait_archived(&self, seg: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        while !self.archived_through(seg) {
+            assert!(
+                t0.elapsed() < timeout,
+                "{seg} not archived after {timeout:?}; pg_stat_archiver: {}; server log:\n{}",
+                self.psql(
+                    "SELECT archived_count, failed_count, last_failed_wal FROM pg_stat_archiver"
+                ),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn system_identifier(&self) -> u64 {
+        self.psql("SELECT system_identifier FROM pg_control_system()")
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bindir.join("pg_ctl"))
+            .args(["-D"])
+            .arg(&self.pgdata)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_cluster_archives_every_segment_encrypted_signed_and_in_order() {
+    let world = World::new("busy");
+    let cluster = Cluster::start(&world, &world.env());
+    let pgbench = PathBuf::from(var("PG_BINDIR")).join("pgbench");
+    run_ok(
+        Command::new(&pgbench)
+            .args(["-i", "-q", "-s", "3", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &cluster.port.to_string(), "postgres"]),
+        "pgbench -i",
+    );
+    let last = cluster.fill_and_switch();
+    cluster.wait_archived(&last, Duration::from_secs(120));
+    assert_eq!(
+        cluster.psql("SELECT failed_count FROM pg_stat_archiver"),
+        "0",
+        "{}",
+        cluster.log_text()
+    );
+
+    let archived = world.archived().await;
+    let segments: Vec<&str> = archived
+        .iter()
+        .filter(|(k, _)| k.file.is_segment())
+        .map(|(k, _)| k.file.name())
+        .collect();
+    assert!(
+        segments.len() >= 3,
+        "pgbench -i -s 3 writes several segments: {segments:?}"
+    );
+    assert!(segments.contains(&last.as_str()), "{last} in {segments:?}");
+    // No segment missing between the first and the last archived one.
+    let numbers: Vec<u64> = archived
+        .iter()
+        .filter_map(|(k, _)| {
+            k.file
+                .is_segment()
+                .then(|| k.file.segment_number(16 << 20).unwrap())
+        })
+        .collect();
+    assert_eq!(
+        numbers.last().unwrap() - numbers[0] + 1,
+        numbers.len() as u64,
+        "{segments:?}"
+    );
+    let sysid = cluster.system_identifier();
+    for (key, m) in &archived {
+        assert_eq!(key.system_identifier, sysid);
+        assert_eq!(m.signer, world.keys.signing.fingerprint);
+        assert!(
+            m.ciphertext.size < m.plaintext_size,
+            "{key}: WAL compresses"
+        );
+    }
+    // The look-ahead pushed some files before PostgreSQL asked for them.
+    let log = cluster.log_text();
+    eprintln!(
+        "{} files archived; {} calls answered from a look-ahead marker",
+        archived.len(),
+        log.matches("\"outcome\":\"pushed_ahead\"").count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repush_is_harmless_and_a_different_file_of_the_same_name_is_refused() {
+    let world = World::new("repush");
+    let pgdata = fake_pgdata(&world, 4242);
+    let name = "000000010000000000000007";
+    std::fs::write(pgdata.join("pg_wal").join(name), pseudo_random(1 << 20, 1)).unwrap();
+
+    let (out, report) = wal_push(&world, &pgdata, name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["outcome"], "stored", "{report}");
+    let store = gcs().await;
+    let key = WalKey::new(
+        world.namespace(),
+        4242,
+        backstop_core::wal::WalFile::parse(name).unwrap(),
+    );
+    let committed = store
+        .get_bytes(&key.manifest_key(), MAX_MANIFEST_BYTES)
+        .await
+        .unwrap();
+
+    let (out, report) = wal_push(&world, &pgdata, name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["outcome"], "already_archived", "{report}");
+
+    std::fs::write(pgdata.join("pg_wal").join(name), pseudo_random(1 << 20, 2)).unwrap();
+    let out = wal_push_raw(&world, &pgdata, name);
+    assert!(
+        !out.status.success(),
+        "a different file under an archived name must fail"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to archive") && err.contains("Nothing was overwritten"),
+        "{err}"
+    );
+    assert_eq!(
+        store
+            .get_bytes(&key.manifest_key(), MAX_MANIFEST_BYTES)
+            .await
+            .unwrap(),
+        committed
+    );
+    let archived = world.archived().await;
+    assert_eq!(archived.len(), 1);
+    assert_eq!(
+        archived[0].1.plaintext_sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(pseudo_random(
+            1 << 20,
+            1
+        )))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_killed_midway_leaves_nothing_visible_and_the_retry_succeeds() {
+    let world = World::new("killed");
+    let pgdata = fake_pgdata(&world, 4343);
+    let name = "000000010000000000000009";
+    let fifo = pgdata.join("pg_wal").join(name);
+    run_ok(Command::new("mkfifo").arg(&fifo), "mkfifo");
+    // The push reads the file through a pipe that delivers 4 MiB and then
+    // stalls: the upload is under way when the process is killed.
+    let mut child = wal_push_command(&world, &pgdata, name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    std::io::Write::write_all(&mut writer, &pseudo_random(4 << 20, 3)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(writer);
+    assert_eq!(
+        world.objects().await,
+        Vec::<String>::new(),
+        "nothing of a killed push is visible"
+    );
+
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::write(&fifo, pseudo_random(4 << 20, 3)).unwrap();
+    let (out, report) = wal_push(&world, &pgdata, name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["outcome"], "stored");
+    assert_eq!(world.archived().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_gcs_unreachable_postgres_keeps_the_wal_and_archives_it_once_gcs_is_back() {
+    let world = World::new("down");
+    let Some(proxy) = Proxy::bind() else {
+        eprintln!("SKIPPED: no free 127.0.0.x:80 address for the proxy (needs root)");
+        return;
+    };
+    let mut env = world.env();
+    env.push((
+        "STORAGE_EMULATOR_HOST".into(),
+        format!("http://{}:80", proxy.addr),
+    ));
+    env.push(("BACKSTOP_CONNECT_TIMEOUT".into(), "1s".into()));
+    let cluster = Cluster::start(&world, &env);
+    let mut closed = Vec::new();
+    for _ in 0..4 {
+        closed.push(cluster.fill_and_switch());
+    }
+    let t0 = Instant::now();
+    while cluster.psql("SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the archiver never failed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for seg in &closed {
+        assert!(
+            !cluster.archived_through(seg),
+            "{seg} archived while GCS was unreachable"
+        );
+        assert!(
+            cluster.pgdata.join("pg_wal").join(seg).exists(),
+            "PostgreSQL keeps {seg}"
+        );
+    }
+    assert!(world.objects().await.is_empty());
+    let log = cluster.log_text();
+    assert!(
+        log.contains("could not store") || log.contains("error"),
+        "{log}"
+    );
+
+    let _running = proxy.start();
+    // A new segment wakes the archiver instead of its 60 s retry timer.
+    closed.push(cluster.fill_and_switch());
+    cluster.wait_archived(closed.last().unwrap(), Duration::from_secs(120));
+    let archived = world.archived().await;
+    for seg in &closed {
+        assert!(
+            archived.iter().any(|(k, _)| k.file.name() == seg),
+            "{seg} archived after GCS came back"
+        );
+    }
+    let log = cluster.log_text();
+    assert!(
+        log.contains("wal_backlog"),
+        "the backlog of {} files is logged: {log}",
+        closed.len()
+    );
+}
+
+// ---- helpers -----------------------------------------------------------------
+
+/// A data directory with just what `wal-push` reads: `global/pg_control`
+/// (the system identifier first) and `pg_wal/archive_status`.
+fn fake_pgdata(world: &World, system_identifier: u64) -> PathBuf {
+    let pgdata = world.dir.join("fake");
+    std::fs::create_dir_all(pgdata.join("global")).unwrap();
+    std::fs::create_dir_all(pgdata.join("pg_wal/archive_status")).unwrap();
+    let mut control = system_identifier.to_ne_bytes().to_vec();
+    control.resize(8192, 0);
+    std::fs::write(pgdata.join("global/pg_control"), control).unwrap();
+    pgdata
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn wal_push_command(world: &World, pgdata: &Path, name: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_backstop"));
+    c.args(["wal-push", &format!("pg_wal/{name}")])
+        .current_dir(pgdata)
+        .envs(world.env());
+    c
+}
+
+fn wal_push_raw(world: &World, pgdata: &Path, name: &str) -> Output {
+    wal_push_command(world, pgdata, name).output().unwrap()
+}
+
+fn wal_push(world: &World, pgdata: &Path, name: &str) -> (Output, serde_json::Value) {
+    let out = wal_push_raw(world, pgdata, name);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out, report)
+}
+
+/// A TCP relay to the stack's GCS on a loopback address of its own, port
+/// 80 (the GCS client needs port 80, see tests/stack/stack.sh): closed
+/// until started, so GCS is unreachable for whoever is pointed at it.
+struct Proxy {
+    addr: String,
+}
+
+impl Proxy {
+    fn bind() -> Option<Self> {
+        if !is_root() {
+            return None;
+        }
+        (200..250)
+            .map(|x| format!("127.0.0.{x}"))
+            .find(|a| TcpListener::bind((a.as_str(), 80)).is_ok())
+            .map(|addr| Proxy { addr })
+    }
+
+    fn start(&self) -> std::thread::JoinHandle<()> {
+        let upstream = var("STORAGE_EMULATOR_HOST")
+            .trim_start_matches("http://")
+            .to_string();
+        let listener = TcpListener::bind((self.addr.as_str(), 80)).unwrap();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c, mut s) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c, &mut s);
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        })
+    }
+}
