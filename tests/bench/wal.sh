@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# WAL archiving and base backups, Backstop side by side with pgBackRest 2.45
+# (Debian package) in one run, on this machine:
+#
+#   BACKSTOP_STACK_NOTIFICATIONS=0 BACKSTOP_GCS_BACKEND=filesystem \
+#     tests/stack/stack.sh run -- tests/bench/wal.sh [WORKDIR]
+#
+# 1. pgBackRest: the reference harness ../shared/reference/pgbackrest-baseline.sh
+#    (PGBR_BASELINE to point elsewhere) with REPO_TYPE=gcs (fake-gcs-server
+#    over https, filesystem backend): pgbench load, a sync and an async
+#    phase, backlog drain with archiving paused then re-enabled, a full
+#    backup, pg_basebackup alone.
+# 2. Backstop, the same cluster settings and workload: archive_command =
+#    'backstop wal-push %p' into the stack's fake-gcs-server (filesystem
+#    backend, notifications off: in GCS a notification costs the writer
+#    nothing), the same phases measured by the same sampler and analysis
+#    (taken from the reference harness), then `backstop basebackup`.
+#
+# Targets (issue 18): backlog drain >= pgBackRest async; per-segment latency
+# p50 <= pgBackRest sync; wal-push peak RSS < 64 MiB; base backup <= 1.0x
+# `pgbackrest backup` and <= 1.5x pg_basebackup alone. BENCH_DATA=random
+# adds a phase on less compressible data (Backstop only).
+# Tunables: SCALE=100 DURATION=60 CLIENTS=4 JOBS=2 BACKLOG_SECONDS=30
+# BENCH_SKIP_PGBACKREST=1 (Backstop only).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+REPO=$(pwd)
+WORK=${1:-$(mktemp -d /tmp/backstop-walbench.XXXXXX)}
+SCALE=${SCALE:-100} DURATION=${DURATION:-60} CLIENTS=${CLIENTS:-4} JOBS=${JOBS:-2}
+BACKLOG_SECONDS=${BACKLOG_SECONDS:-30}
+BASELINE=${PGBR_BASELINE:-$REPO/../shared/reference/pgbackrest-baseline.sh}
+PGBIN=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+export PATH="$PGBIN:$PATH"
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+now() { date +%s.%N; }
+[ -n "${BACKSTOP_STACK:-}" ] || die "run inside the local stack: BACKSTOP_STACK_NOTIFICATIONS=0 BACKSTOP_GCS_BACKEND=filesystem tests/stack/stack.sh run -- $0"
+[ "$(id -u)" = 0 ] || die "run as root (the clusters run as the postgres user, as in the reference harness)"
+[ -f "$BASELINE" ] || die "reference harness not found at $BASELINE (set PGBR_BASELINE)"
+mkdir -p "$WORK"; chmod 755 "$WORK"
+
+log "building backstop (release)"
+cargo build --release -q -p backstop-cli --bin backstop
+BACKSTOP="$REPO/target/release/backstop"
+
+# ---- 1. pgBackRest ------------------------------------------------------------
+if [ "${BENCH_SKIP_PGBACKREST:-0}" != 1 ]; then
+    log "pgBackRest: $BASELINE (REPO_TYPE=gcs, scale $SCALE), about 6 minutes"
+    REPO_TYPE=gcs SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS JOBS=$JOBS BACKLOG_SECONDS=$BACKLOG_SECONDS \
+        PHASE_ORDER="async sync" bash "$BASELINE" "$WORK/pgbackrest" > "$WORK/pgbackrest.log" 2>&1 ||
+        { tail -n 30 "$WORK/pgbackrest.log" >&2; die "the pgBackRest baseline failed"; }
+fi
+
+# ---- 2. Backstop ----------------------------------------------------------------
+W=$WORK/backstop; R=$W/results; L=$W/log; B=$W/bin; RUN=$W/run
+mkdir -p "$R" "$L" "$B" "$RUN" "$W/keys"
+PGPORT=${BENCH_PGPORT:-56432}
+PGDATA=$W/pgdata
+asp() { runuser -u postgres -- "$@"; }
+PSQL=(psql -X -q -h "$RUN" -p "$PGPORT" -U postgres)
+# The reference harness's sampler and analysis, so both sides are measured alike.
+for f in sampler analyze; do
+    sed -n "/^cat > \"\$B\/$f.py\" <<'PYEOF'\$/,/^PYEOF\$/p" "$BASELINE" | sed '1d;$d' > "$B/$f.py"
+    [ -s "$B/$f.py" ] || die "could not take $f.py from $BASELINE"
+done
+rm -rf "$W/keys"; "$BACKSTOP" keygen --out "$W/keys" > "$W/keygen.json" 2>"$L/keygen.log" ||
+    { cat "$L/keygen.log" >&2; die "keygen failed"; }
+chown -R postgres:postgres "$W"; chmod 755 "$W"
+NS="walbench-$(date +%s)"
+export BACKSTOP_NAMESPACE=$NS
+export BACKSTOP_RECIPIENTS="file:$W/keys/backup.pub.asc"
+export BACKSTOP_SIGNING_KEY="file:$W/keys/signing.sec.asc"
+
+log "initdb + start on :$PGPORT"
+asp "$PGBIN/initdb" -D "$PGDATA" -U postgres -A trust > "$L/initdb.log"
+cat >> "$PGDATA/postgresql.conf" <<EOF
+port = $PGPORT
+listen_addresses = ''
+unix_socket_directories = '$RUN'
+shared_buffers = 512MB
+wal_level = replica
+max_wal_size = 256MB
+min_wal_size = 80MB
+max_wal_senders = 4
+archive_mode = on
+archive_command = '/usr/bin/time -a -o $L/archive-push-time.log -f "%M %e %x %C" $BACKSTOP wal-push %p'
+log_line_prefix = '%m [%p] '
+EOF
+asp "$PGBIN/pg_ctl" -D "$PGDATA" -l "$L/pg.log" -w start > /dev/null
+trap 'asp "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1 || true' EXIT
+"${PSQL[@]}" -d postgres -c 'create database bench'
+
+ready_count() { ls "$PGDATA/pg_wal/archive_status" 2>/dev/null | grep -c '\.ready$' || true; }
+wait_drain() {
+    local t0; t0=$(date +%s)
+    while [ "$(ready_count)" -gt 0 ]; do
+        [ $(($(date +%s) - t0)) -gt 900 ] && { log "drain timeout"; break; }
+        sleep 0.5
+    done
+    now
+}
+sampler_start() {
+    rm -f "$W/sampler.stop"
+    nohup python3 "$B/sampler.py" "$1/samples.csv" "$1/rss.json" "$W/sampler.stop" "$PGDATA" \
+        "$W/none" "$RUN" "$PGPORT" "--none--" > "$1/sampler.log" 2>&1 &
+    echo $! > "$W/sampler.pid"
+    sleep 1.5
+}
+sampler_stop() { touch "$W/sampler.stop"; wait "$(cat "$W/sampler.pid")" 2>/dev/null || true; }
+fg_lines() { [ -f "$L/archive-push-time.log" ] && wc -l < "$L/archive-push-time.log" || echo 0; }
+fg_slice() { tail -n +"$(($1 + 1))" "$L/archive-push-time.log" 2>/dev/null | grep -E '^[0-9]+ ' > "$2" || true; }
+phase_json() {
+    python3 - "$@" <<'EOF'
+import json, re, sys
+d, name, s, e, de, pgl = sys.argv[1:7]
+pb = {}
+try:
+    m = re.search(r'tps = ([\d.]+)', open(pgl).read())
+    if m: pb['tps'] = float(m.group(1))
+except OSError:
+    pass
+json.dump({'name': name, 'start': float(s), 'end': float(e), 'drain_end': float(de), 'pgbench': pb}, open(d + '/phase.json', 'w'))
+EOF
+}
+finish_phase() { # DIR NAME T0 T1 TD N0 PGBENCH_LOG
+    sampler_stop; fg_slice "$6" "$1/archive-push-time.log"
+    phase_json "$1" "$2" "$3" "$4" "$5" "$7"
+    python3 "$B/analyze.py" "$1" > /dev/null
+}
+
+D=$R/load; mkdir -p "$D"
+log "pgbench -i -s $SCALE (archiving on)"
+sampler_start "$D"; n0=$(fg_lines); t0=$(now)
+asp "$PGBIN/pgbench" -h "$RUN" -p "$PGPORT" -U postgres -i -s "$SCALE" -q bench > "$D/pgbench.log" 2>&1
+t1=$(now); td=$(wait_drain)
+finish_phase "$D" load "$t0" "$t1" "$td" "$n0" /dev/null
+
+run_phase() { # NAME [SQL FILE]
+    local D=$R/$1; mkdir -p "$D"
+    "${PSQL[@]}" -d postgres -c checkpoint > /dev/null; wait_drain > /dev/null; sleep 2
+    local extra=(); [ -n "${2:-}" ] && extra=(-n -f "$2")
+    log "phase $1: pgbench -c $CLIENTS -j $JOBS -T $DURATION ${2:-}"
+    sampler_start "$D"; local n0 t0 t1 td; n0=$(fg_lines); t0=$(now)
+    asp "$PGBIN/pgbench" -h "$RUN" -p "$PGPORT" -U postgres -c "$CLIENTS" -j "$JOBS" -T "$DURATION" -P 10 "${extra[@]}" bench > "$D/pgbench.log" 2>&1
+    t1=$(now); td=$(wait_drain)
+    finish_phase "$D" "$1" "$t0" "$t1" "$td" "$n0" "$D/pgbench.log"
+}
+run_backlog() { # NAME
+    local D=$R/$1; mkdir -p "$D"
+    "${PSQL[@]}" -d postgres -c checkpoint > /dev/null; wait_drain > /dev/null
+    "${PSQL[@]}" -d postgres -c "alter system set archive_command = ''" -c "select pg_reload_conf()" > /dev/null
+    sleep 1
+    log "backlog: archiving paused for a ${BACKLOG_SECONDS} s pgbench run, then re-enabled"
+    sampler_start "$D"; local n0 t0 t1 td nr; n0=$(fg_lines); t0=$(now)
+    asp "$PGBIN/pgbench" -h "$RUN" -p "$PGPORT" -U postgres -c "$CLIENTS" -j "$JOBS" -T "$BACKLOG_SECONDS" bench > "$D/pgbench.log" 2>&1
+    sleep 1; nr=$(ready_count); t1=$(now); echo "$nr" > "$D/queued"
+    "${PSQL[@]}" -d postgres -c "alter system reset archive_command" -c "select pg_reload_conf()" > /dev/null
+    td=$(wait_drain)
+    sleep 1
+    finish_phase "$D" "$1" "$t0" "$t1" "$td" "$n0" "$D/pgbench.log"
+    log "backlog: $nr segments drained in $(python3 -c "print(round($td - $t1, 1))") s"
+}
+run_phase sync
+run_backlog backlog
+if [ "${BENCH_DATA:-}" = random ]; then
+    "${PSQL[@]}" -d bench -c "create table if not exists noise (id bigserial, payload text)" > /dev/null
+    echo "insert into noise (payload) select string_agg(md5(random()::text), '') from generate_series(1, 64);" > "$W/noise.sql"
+    chmod 644 "$W/noise.sql"
+    run_phase random "$W/noise.sql"
+fi
+
+D=$R/basebackup; mkdir -p "$D"
+"${PSQL[@]}" -d postgres -c checkpoint > /dev/null
+log "backstop basebackup"
+t0=$(now)
+/usr/bin/time -v -o "$D/time-v.txt" "$BACKSTOP" basebackup --database-url "postgres://postgres@/postgres?host=$RUN&port=$PGPORT" \
+    > "$D/summary.json" 2> "$D/stderr.log" || { tail -n 20 "$D/stderr.log" >&2; die "backstop basebackup failed"; }
+t1=$(now)
+python3 -c "import json; print(json.dumps({'seconds': round($t1 - $t0, 2), 'max_rss_kb': int([l.split(': ')[1] for l in open('$D/time-v.txt') if 'Maximum resident' in l][0])}))" > "$D/metrics.json"
+t0=$(now); "$PGBIN/pg_basebackup" -h "$RUN" -p "$PGPORT" -U postgres -Ft -D - -X none -c fast | wc -c > "$D/plain-bytes"; t1=$(now)
+python3 -c "import json; print(round($t1 - $t0, 2))" > "$D/plain-seconds"
+
+# ---- 3. report -------------------------------------------------------------------
+python3 - "$WORK" <<'EOF'
+import json, os, sys
+work = sys.argv[1]
+def load(p):
+    try:
+        return json.load(open(p))
+    except OSError:
+        return None
+bs = {ph: load(f'{work}/backstop/results/{ph}/metrics.json') for ph in ('load', 'sync', 'backlog', 'random')}
+bb = load(f'{work}/backstop/results/basebackup/metrics.json')
+plain = float(open(f'{work}/backstop/results/basebackup/plain-seconds').read())
+pg = load(f'{work}/pgbackrest/results/summary.json') or {}
+def lat(m):
+    return m['segment_archive_latency_s']['p50'] if m else None
+def fg_rss(*ms):
+    return max((m['foreground_archive_push']['max_rss_kb'] or 0) for m in ms if m) / 1024
+print()
+print('WAL archiving and base backup, one run (pgbench scale %s)' % os.environ.get('SCALE', '100'))
+print('| measure | Backstop | pgBackRest sync | pgBackRest async | target |')
+print('|---|---|---|---|---|')
+drain = bs['backlog']['drain_rate_segments_per_s']
+print('| backlog drain, segments/s | %s (%s queued) | %s | %s | >= async |' % (
+    drain, bs['backlog']['queued_at_end_of_run'],
+    (pg.get('backlog_sync') or {}).get('drain_rate_segments_per_s'), (pg.get('backlog_async') or {}).get('drain_rate_segments_per_s')))
+print('| per-segment latency .ready->.done p50 / p95 s (under pgbench) | %s / %s | %s | %s | p50 <= sync |' % (
+    lat(bs['sync']), bs['sync']['segment_archive_latency_s']['p95'], lat(pg.get('sync')), lat(pg.get('async'))))
+print('| segments archived/s during the run | %s | %s | %s | |' % (
+    bs['sync']['segments_archived_per_s_during_run'], (pg.get('sync') or {}).get('segments_archived_per_s_during_run'),
+    (pg.get('async') or {}).get('segments_archived_per_s_during_run')))
+print('| push peak RSS MiB (largest process) | %.1f | %.1f (fg) | %.1f (fg) | < 64 |' % (
+    fg_rss(*bs.values()), fg_rss(pg.get('sync')) if pg.get('sync') else 0, fg_rss(pg.get('async')) if pg.get('async') else 0))
+print('| failed archive_command calls | %s | %s | %s | 0 |' % (
+    sum(m['failed_count_delta'] for m in bs.values() if m), (pg.get('sync') or {}).get('failed_count_delta'), (pg.get('async') or {}).get('failed_count_delta')))
+pgb = (pg.get('backup') or {}).get('seconds')
+print('| base backup s (peak RSS MiB) | %s (%.1f) | pgbackrest backup %s | pg_basebackup alone %s (this run), %s (harness) | <= 1.0x backup, <= 1.5x pg_basebackup |' % (
+    bb['seconds'], bb['max_rss_kb'] / 1024, pgb, plain, ((pg.get('basebackup') or {}).get('plain_tar') or {}).get('seconds')))
+if pgb:
+    print('  base backup ratios: %.2fx pgbackrest backup, %.2fx pg_basebackup alone' % (bb['seconds'] / pgb, bb['seconds'] / plain))
+if bs['random']:
+    m = bs['random']
+    print('| less compressible data (md5 text): archived/s, latency p50 | %s, %s | | | |' % (m['segments_archived_per_s_during_run'], lat(m)))
+EOF
+log "results in $WORK"
