@@ -9,9 +9,11 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::inventory::{InvalidKind, Inventory, ManifestVerifier, Verification};
-use super::plan::{DeleteOp, Plan, plan};
+use super::plan::{Plan, plan};
 use super::policy::PolicySet;
+use super::wal_inventory::ClusterKey;
 use crate::store::{ObjectStore, ObjectStoreExt, StoreError};
+use std::collections::HashSet;
 
 /// Backups verified at once unless configured (`BACKSTOP_RETENTION_CONCURRENCY`
 /// in the retention function). Each verification is three small reads sent
@@ -30,7 +32,7 @@ const DELETE_CONCURRENCY: usize = 8;
 /// failure, such as a manifest larger than any manifest can be, will fail on
 /// every run: the backup is reported invalid, and the run goes on.
 fn verdict_on_error(err: StoreError) -> Result<Verification, StoreError> {
-    if err.is_transient() || matches!(err, StoreError::NotFound { .. }) {
+    if aborts_collection(&err) {
         return Err(err);
     }
     Ok(Verification::Invalid {
@@ -39,7 +41,15 @@ fn verdict_on_error(err: StoreError) -> Result<Verification, StoreError> {
     })
 }
 
-/// Lists the whole bucket and verifies every complete backup.
+/// Whether a store error while verifying (a backup or a WAL file) fails
+/// the whole collection (see `verdict_on_error`).
+pub(super) fn aborts_collection(err: &StoreError) -> bool {
+    err.is_transient() || matches!(err, StoreError::NotFound { .. })
+}
+
+/// Lists the whole bucket and verifies every complete backup, then the
+/// WAL manifests (after the backups: which WAL is read depends on the
+/// verified base backups, see `super::wal_inventory`).
 ///
 /// Any failed list page, or any transient store error while verifying (see
 /// `verdict_on_error`), fails the whole collection: no inventory, so no
@@ -74,6 +84,7 @@ pub async fn collect(
     for (id, verdict) in verdicts {
         inventory.set_verification(&id, verdict);
     }
+    super::wal_inventory::verify_wal(store, verifier, &mut inventory, concurrency).await?;
     Ok(inventory)
 }
 
@@ -178,9 +189,11 @@ struct Outcome {
     failure: Option<DeleteFailure>,
 }
 
-async fn delete_backup(store: &dyn ObjectStore, op: &DeleteOp) -> Outcome {
+/// Deletes `keys` in order, stopping at the first failure; `label` names
+/// the backup (or WAL file) in the failure.
+async fn delete_in_order(store: &dyn ObjectStore, label: &str, keys: &[String]) -> Outcome {
     let mut out = Outcome::default();
-    for (i, key) in op.keys.iter().enumerate() {
+    for (i, key) in keys.iter().enumerate() {
         match store.delete(key).await {
             Ok(()) => out.deleted.push(key.clone()),
             Err(StoreError::NotFound { .. }) => out.already_gone.push(key.clone()),
@@ -189,11 +202,11 @@ async fn delete_backup(store: &dyn ObjectStore, op: &DeleteOp) -> Outcome {
                 // signature) remains would leave a backup that looks complete
                 // but cannot be restored.
                 out.failure = Some(DeleteFailure {
-                    backup: op.backup.to_string(),
+                    backup: label.to_string(),
                     key: key.clone(),
                     transient: e.is_transient(),
                     error: e.to_string(),
-                    not_attempted: op.keys[i + 1..].to_vec(),
+                    not_attempted: keys[i + 1..].to_vec(),
                 });
                 break;
             }
@@ -224,14 +237,51 @@ pub async fn apply(store: &dyn ObjectStore, plan: &Plan, dry_run: bool) -> Apply
     }
     if dry_run {
         report.would_delete = plan.deletes.iter().flat_map(|op| op.keys.clone()).collect();
+        let wal = plan.wal_deletes.iter().flat_map(|op| op.keys.clone());
+        report.would_delete.extend(wal);
         return report;
     }
-    // Owned items: a closure taking borrowed `&DeleteOp`s makes this future
-    // not provably `Send` for every lifetime, which `#[async_trait]` callers
+    let ops = plan
+        .deletes
+        .iter()
+        .map(|op| (op.backup.to_string(), op.keys.clone()));
+    delete_all(store, ops.collect(), &mut report).await;
+    // WAL after the base backups, and none of a cluster one of whose base
+    // backup deletes failed: that base backup is still complete, and the
+    // next run must find its WAL.
+    let failed: HashSet<ClusterKey> = plan
+        .deletes
+        .iter()
+        .filter(|op| {
+            report
+                .failures
+                .iter()
+                .any(|f| f.backup == op.backup.to_string())
+        })
+        .filter_map(|op| ClusterKey::of_backup(&op.backup))
+        .collect();
+    let wal = plan
+        .wal_deletes
+        .iter()
+        .filter(|op| !failed.contains(&op.cluster));
+    let wal = wal.map(|op| (op.file.clone(), op.keys.clone()));
+    delete_all(store, wal.collect(), &mut report).await;
+    report
+}
+
+/// Runs `ops` (label, keys in order), several at a time, into `report` in
+/// the order given.
+async fn delete_all(
+    store: &dyn ObjectStore,
+    ops: Vec<(String, Vec<String>)>,
+    report: &mut ApplyReport,
+) {
+    // Owned items: a closure taking borrowed ops makes this future not
+    // provably `Send` for every lifetime, which `#[async_trait]` callers
     // (the Lambda handler) require.
-    let ops: Vec<(usize, DeleteOp)> = plan.deletes.iter().cloned().enumerate().collect();
+    let ops: Vec<(usize, (String, Vec<String>))> = ops.into_iter().enumerate().collect();
     let mut outcomes: Vec<(usize, Outcome)> = futures::stream::iter(ops)
-        .map(|(i, op)| async move { (i, delete_backup(store, &op).await) })
+        .map(|(i, (label, keys))| async move { (i, delete_in_order(store, &label, &keys).await) })
         .buffer_unordered(DELETE_CONCURRENCY)
         .collect()
         .await;
@@ -242,7 +292,6 @@ pub async fn apply(store: &dyn ObjectStore, plan: &Plan, dry_run: bool) -> Apply
         report.already_gone.extend(o.already_gone);
         report.failures.extend(o.failure);
     }
-    report
 }
 
 /// Everything one pruning run produced.

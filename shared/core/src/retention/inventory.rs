@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::Manifest;
 use crate::naming::{BackupId, DATA_FILE, DRILLS_PREFIX, MANIFEST_FILE, Namespace, SIGNATURE_FILE};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::wal::WalKey;
+
+use super::wal_inventory::{ClusterKey, ClusterWal, WalEntry, WalVerification};
 
 /// The three objects that make up a backup; any may be missing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -163,6 +166,18 @@ pub trait ManifestVerifier: Send + Sync {
         id: &BackupId,
         objects: &BackupObjects,
     ) -> Result<Verification, StoreError>;
+
+    /// Checks one archived WAL file that has a manifest (open the sealed
+    /// manifest with the trusted keys, then [`WalEntry::check`]); `Err`
+    /// as for [`Self::verify`]. The default reads nothing: the file stays
+    /// [`WalVerification::NotChecked`] (kept, never counted as archived).
+    async fn verify_wal(
+        &self,
+        _store: &dyn ObjectStore,
+        _entry: &WalEntry,
+    ) -> Result<WalVerification, StoreError> {
+        Ok(WalVerification::NotChecked)
+    }
 }
 
 /// Verifies nothing: every backup stays [`Verification::NotChecked`], so a
@@ -251,6 +266,8 @@ pub struct Inventory {
     pub drills: Vec<ObjectMeta>,
     /// The replicator's copy leases (`_replication/...`, replica only).
     pub leases: Vec<ObjectMeta>,
+    /// Archived WAL (`<namespace>/.wal/...`), per namespace and cluster.
+    pub wal: BTreeMap<ClusterKey, ClusterWal>,
     /// Number of objects listed.
     pub object_count: usize,
 }
@@ -273,6 +290,10 @@ impl Inventory {
             }
             if meta.key.starts_with(crate::replicate::REPLICATION_PREFIX) {
                 inv.leases.push(meta);
+                continue;
+            }
+            if let Some((key, object)) = super::wal_inventory::parse_canonical(&meta.key) {
+                super::wal_inventory::add(&mut inv, key, object, meta);
                 continue;
             }
             let Ok((id, file)) = BackupId::parse_key(&meta.key) else {
@@ -316,6 +337,21 @@ impl Inventory {
     pub fn set_verification(&mut self, id: &BackupId, verification: Verification) {
         if let Some(entry) = self.backups.get_mut(id)
             && entry.is_complete()
+        {
+            entry.verification = verification;
+        }
+    }
+
+    /// Records a verifier's verdict on a WAL file that has a manifest.
+    pub fn set_wal_verification(&mut self, key: &WalKey, verification: WalVerification) {
+        let cluster = ClusterKey {
+            namespace: key.namespace.clone(),
+            system_identifier: key.system_identifier,
+        };
+        if let Some(entry) = self.wal.get_mut(&cluster).and_then(|c| {
+            c.files
+                .get_mut(&(key.file.timeline(), key.file.name().to_string()))
+        }) && entry.manifest.is_some()
         {
             entry.verification = verification;
         }

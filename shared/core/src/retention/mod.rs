@@ -25,6 +25,8 @@ mod plan;
 mod policy;
 mod uploads;
 mod verify;
+mod wal_inventory;
+mod wal_plan;
 
 #[cfg(test)]
 mod future_tests;
@@ -36,6 +38,8 @@ mod quiet_tests;
 mod snapshot_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
+#[cfg(test)]
+mod wal_tests;
 
 pub use audit::{
     AuditInput, BucketConfig, BucketConfigError, CloudInput, Finding, LifecycleRule, Report,
@@ -58,6 +62,10 @@ pub use policy::{
 };
 pub use uploads::check_open_uploads;
 pub use verify::SignatureVerifier;
+pub use wal_inventory::{
+    BaseNeed, ClusterKey, ClusterWal, WalEntry, WalInvalidKind, WalVerification,
+};
+pub use wal_plan::{WalDecision, WalDeleteOp, WalDeleteReason, WalFilePlan, WalPlan};
 
 use chrono::{DateTime, Utc};
 

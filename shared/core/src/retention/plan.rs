@@ -39,6 +39,10 @@
 //!    automatically, and reported. Being complete, it does keep its
 //!    namespace from being abandoned (rule 2), which only ever deletes less.
 //!
+//! 8. Archived WAL follows the base backups this plan keeps (the rules are
+//!    in [`super::wal_plan`]); recent WAL keeps a namespace from being
+//!    abandoned, as a recent backup does.
+//!
 //! "Nothing is deleted when a listing failed" is enforced by construction: a
 //! plan is made from an [`Inventory`], and [`super::collect`] returns none
 //! when any page of the listing failed.
@@ -50,7 +54,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use super::inventory::{BackupEntry, InvalidKind, Inventory, SeriesKey, Verification};
-use super::policy::{NamespaceRule, PolicySet, format_age};
+use super::policy::{NamespaceRule, PolicySet, RetentionPolicy, format_age};
+use super::wal_plan::{WalDeleteOp, WalPlan, plan_wal};
 use crate::manifest::Manifest;
 use crate::naming::{BackupId, Namespace};
 
@@ -231,6 +236,10 @@ pub struct Plan {
     pub series: Vec<SeriesPlan>,
     /// Oldest backup first.
     pub deletes: Vec<DeleteOp>,
+    /// Every cluster's archived WAL.
+    pub wal: Vec<WalPlan>,
+    /// The WAL deletes, by cluster and position (applied after `deletes`).
+    pub wal_deletes: Vec<WalDeleteOp>,
 }
 
 impl Plan {
@@ -270,7 +279,8 @@ pub fn plan(inventory: &Inventory, policies: &PolicySet, now: DateTime<Utc>) -> 
                 now,
             )
         });
-        let backups = plan_series(entries, rule, abandoned, policies, now);
+        let policy = rule.map(|r| r.policy_for(&key.database));
+        let backups = plan_series(entries, policy, abandoned, policies, now);
         for (b, entry) in backups.iter().zip(entries) {
             if let Decision::Delete { reason } = b.decision {
                 deletes.push(DeleteOp {
@@ -289,11 +299,14 @@ pub fn plan(inventory: &Inventory, policies: &PolicySet, now: DateTime<Utc>) -> 
         });
     }
     deletes.sort_by(|a, b| a.backup.cmp(&b.backup));
+    let (wal, wal_deletes) = plan_wal(inventory, &series_plans, policies, now);
     Plan {
         store: inventory.store.clone(),
         now,
         series: series_plans,
         deletes,
+        wal,
+        wal_deletes,
     }
 }
 
@@ -314,6 +327,13 @@ fn newest_live<'a>(
         if e.is_complete() || e.id.taken_at >= grace_cutoff {
             // Oldest first: a later entry of a namespace is never older.
             newest.insert(&e.id.namespace, e.id.taken_at);
+        }
+    }
+    for (cluster, wal) in &inv.wal {
+        let t = wal.files.values().filter_map(|f| f.time()).max();
+        if let Some(t) = t {
+            let slot = newest.entry(&cluster.namespace).or_insert(t);
+            *slot = (*slot).max(t);
         }
     }
     newest
@@ -478,13 +498,13 @@ fn decide(
 
 fn plan_series(
     entries: &[&BackupEntry],
-    rule: Option<&NamespaceRule>,
+    policy: Option<&RetentionPolicy>,
     abandoned: bool,
     policies: &PolicySet,
     now: DateTime<Utc>,
 ) -> Vec<BackupPlan> {
     let statuses = statuses(entries, policies, now);
-    let Some(rule) = rule else {
+    let Some(policy) = policy else {
         return entries
             .iter()
             .zip(statuses)
@@ -502,7 +522,7 @@ fn plan_series(
         .collect();
     let times: Vec<DateTime<Utc>> = counted.iter().map(|&i| entries[i].id.taken_at).collect();
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); entries.len()];
-    for (&i, r) in counted.iter().zip(rule.policy.apply(&times)) {
+    for (&i, r) in counted.iter().zip(policy.apply(&times)) {
         reasons[i] = r.iter().map(ToString::to_string).collect();
     }
     let newest_verified = statuses.iter().position(BackupStatus::is_verified);
@@ -582,6 +602,9 @@ impl fmt::Display for Plan {
                     b.status.label()
                 )?;
             }
+        }
+        for w in &self.wal {
+            write!(f, "{w}")?;
         }
         Ok(())
     }

@@ -17,6 +17,8 @@
 //!   "replica_grace": "6h",
 //!   "shrink_alert_ratio": 0.5,
 //!   "branch_namespaces": [],
+//!   "wal_stale_after": "1h",
+//!   "wal_orphan_grace": "1d",
 //!   "rules": [
 //!     { "match": "production", "protected": true, "replicated": true,
 //!       "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12,
@@ -53,6 +55,15 @@
 //! | `abandon_after` | none | branch namespaces only: remove the namespace entirely once its newest backup is older |
 //! | `stale_after` | none | audit: newest verified backup older than this is stale |
 //! | `drill_max_age` | none | audit: last successful restore drill older than this |
+//! | `base_backups` | none | keep counts (`keep_*` fields only) for the namespace's physical base backups (cluster series) instead of the rule's |
+//!
+//! Base backups are the series `<namespace>/.cluster-<system id>`: rules
+//! select them by namespace like any series, with the rule's keep counts
+//! unless `base_backups` gives their own. Their WAL is kept from the oldest
+//! kept base backup on (`super::wal_plan`); `wal_stale_after` (default `1h`)
+//! is how old a cluster's newest archived WAL may be, `wal_orphan_grace`
+//! (default `1d`) how long a WAL data object no manifest commits is left
+//! alone (a push may still be writing it).
 //!
 //! The allowed clock skew ([`PolicySet::max_clock_skew`], default `10min`) is
 //! not part of the JSON: it comes from `BACKSTOP_MAX_CLOCK_SKEW`, which
@@ -330,6 +341,20 @@ pub struct NamespaceRule {
     pub stale_after: Option<TimeDelta>,
     /// Audit: the last successful restore drill must be younger than this.
     pub drill_max_age: Option<TimeDelta>,
+    /// Keep counts for the namespace's base backups (cluster series);
+    /// `None`: the rule's own [`Self::policy`].
+    pub base_backups: Option<RetentionPolicy>,
+}
+
+impl NamespaceRule {
+    /// The keep counts for the series of `database` (a real database name,
+    /// or a cluster's, [`crate::naming::cluster_database`]).
+    pub fn policy_for(&self, database: &str) -> &RetentionPolicy {
+        match (&self.base_backups, crate::naming::cluster_of(database)) {
+            (Some(p), Some(_)) => p,
+            _ => &self.policy,
+        }
+    }
 }
 
 /// Ordered rules plus global thresholds.
@@ -354,6 +379,11 @@ pub struct PolicySet {
     /// Only a branch namespace is ever abandoned, and its staleness is a
     /// warning, not critical: quiet is what a finished branch does.
     pub branch_namespaces: Vec<NamespacePattern>,
+    /// Audit: a cluster's newest archived WAL must be younger than this.
+    pub wal_stale_after: TimeDelta,
+    /// A WAL data object that no manifest commits (a push killed or
+    /// retried) is deleted once older than this.
+    pub wal_orphan_grace: TimeDelta,
 }
 
 impl Default for PolicySet {
@@ -373,6 +403,7 @@ impl Default for PolicySet {
                     abandon_after: None,
                     stale_after: Some(TimeDelta::hours(26)),
                     drill_max_age: Some(TimeDelta::days(14)),
+                    base_backups: None,
                 },
                 NamespaceRule {
                     pattern: NamespacePattern("*".into()),
@@ -385,6 +416,7 @@ impl Default for PolicySet {
                     abandon_after: Some(TimeDelta::days(14)),
                     stale_after: Some(TimeDelta::days(8)),
                     drill_max_age: None,
+                    base_backups: None,
                 },
             ],
             incomplete_grace: TimeDelta::hours(6),
@@ -392,6 +424,8 @@ impl Default for PolicySet {
             shrink_alert_ratio: 0.5,
             max_clock_skew: TimeDelta::seconds(DEFAULT_MAX_CLOCK_SKEW_SECS),
             branch_namespaces: Vec::new(),
+            wal_stale_after: TimeDelta::hours(1),
+            wal_orphan_grace: TimeDelta::days(1),
         }
     }
 }
@@ -402,6 +436,8 @@ const TOP_FIELDS: &[&str] = &[
     "replica_grace",
     "shrink_alert_ratio",
     "branch_namespaces",
+    "wal_stale_after",
+    "wal_orphan_grace",
     "rules",
 ];
 const RULE_FIELDS: &[&str] = &[
@@ -418,6 +454,7 @@ const RULE_FIELDS: &[&str] = &[
     "abandon_after",
     "stale_after",
     "drill_max_age",
+    "base_backups",
 ];
 
 impl PolicySet {
@@ -436,7 +473,12 @@ impl PolicySet {
 
     /// The longest calendar horizon of any rule (see [`RetentionPolicy::horizon`]).
     pub fn max_horizon(&self) -> Option<TimeDelta> {
-        self.rules.iter().filter_map(|r| r.policy.horizon()).max()
+        self.rules
+            .iter()
+            .flat_map(|r| [Some(&r.policy), r.base_backups.as_ref()])
+            .flatten()
+            .filter_map(RetentionPolicy::horizon)
+            .max()
     }
 
     /// The policy from the environment variable's value: unset or blank means
@@ -500,6 +542,10 @@ impl PolicySet {
             shrink_alert_ratio,
             max_clock_skew: defaults.max_clock_skew,
             branch_namespaces: pattern_list(obj, "branch_namespaces")?,
+            wal_stale_after: opt_duration(obj, "", "wal_stale_after")?
+                .unwrap_or(defaults.wal_stale_after),
+            wal_orphan_grace: opt_duration(obj, "", "wal_orphan_grace")?
+                .unwrap_or(defaults.wal_orphan_grace),
         };
         set.validate()?;
         Ok(set)
@@ -559,6 +605,16 @@ impl PolicySet {
                     "keeps nothing: set at least one keep_* count above 0 or keep_within",
                 ));
             }
+            if rule
+                .base_backups
+                .as_ref()
+                .is_some_and(RetentionPolicy::is_empty)
+            {
+                return Err(field_err(
+                    format!("{at}.base_backups"),
+                    "keeps no base backup: set at least one keep_* count above 0 or keep_within",
+                ));
+            }
             if rule.protected && rule.abandon_after.is_some() {
                 return Err(field_err(
                     format!("{at}.abandon_after"),
@@ -594,21 +650,13 @@ impl PolicySet {
                 m.insert("match".into(), r.pattern.as_str().into());
                 m.insert("protected".into(), r.protected.into());
                 m.insert("replicated".into(), r.replicated.into());
-                let p = &r.policy;
-                for (k, v) in [
-                    ("keep_last", p.keep_last),
-                    ("keep_hourly", p.keep_hourly),
-                    ("keep_daily", p.keep_daily),
-                    ("keep_weekly", p.keep_weekly),
-                    ("keep_monthly", p.keep_monthly),
-                    ("keep_yearly", p.keep_yearly),
-                ] {
-                    if v > 0 {
-                        m.insert(k.into(), v.into());
-                    }
+                keep_json(&r.policy, &mut m);
+                if let Some(b) = &r.base_backups {
+                    let mut bm = Map::new();
+                    keep_json(b, &mut bm);
+                    m.insert("base_backups".into(), Value::Object(bm));
                 }
                 for (k, v) in [
-                    ("keep_within", p.keep_within),
                     ("abandon_after", r.abandon_after),
                     ("stale_after", r.stale_after),
                     ("drill_max_age", r.drill_max_age),
@@ -624,6 +672,8 @@ impl PolicySet {
             "replica_grace": format_duration(self.replica_grace),
             "shrink_alert_ratio": self.shrink_alert_ratio,
             "branch_namespaces": self.branch_namespaces.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            "wal_stale_after": format_duration(self.wal_stale_after),
+            "wal_orphan_grace": format_duration(self.wal_orphan_grace),
             "rules": rules,
         })
     }
@@ -716,7 +766,7 @@ crate::error::permanent!(PolicyError);
 
 #[path = "policy_json.rs"]
 mod json;
-use json::{check_fields, opt_duration, parse_rule, pattern_list};
+use json::{check_fields, keep_json, opt_duration, parse_rule, pattern_list};
 
 #[cfg(test)]
 #[path = "policy_tests.rs"]

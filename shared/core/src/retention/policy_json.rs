@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{
     NamespacePattern, NamespaceRule, PolicyError, RULE_FIELDS, RetentionPolicy, field_err,
-    parse_duration,
+    format_duration, parse_duration,
 };
 
 pub(super) fn check_fields(
@@ -115,21 +115,72 @@ pub(super) fn parse_rule(v: &Value, at: &str) -> Result<NamespaceRule, PolicyErr
             ));
         }
     };
+    let base_backups = match obj.get("base_backups") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(b)) => {
+            let at = path(at, "base_backups");
+            check_fields(b, &at, KEEP_FIELDS)?;
+            Some(keep_counts(b, &at)?)
+        }
+        Some(_) => {
+            return Err(field_err(
+                path(at, "base_backups"),
+                "expected an object of keep_* fields, e.g. {\"keep_last\": 2}",
+            ));
+        }
+    };
     Ok(NamespaceRule {
         pattern,
-        policy: RetentionPolicy {
-            keep_last: opt_count(obj, at, "keep_last")?,
-            keep_hourly: opt_count(obj, at, "keep_hourly")?,
-            keep_daily: opt_count(obj, at, "keep_daily")?,
-            keep_weekly: opt_count(obj, at, "keep_weekly")?,
-            keep_monthly: opt_count(obj, at, "keep_monthly")?,
-            keep_yearly: opt_count(obj, at, "keep_yearly")?,
-            keep_within: opt_duration(obj, at, "keep_within")?,
-        },
+        policy: keep_counts(obj, at)?,
         protected: opt_bool(obj, at, "protected")?,
         replicated: opt_bool(obj, at, "replicated")?,
         abandon_after: opt_duration(obj, at, "abandon_after")?,
         stale_after: opt_duration(obj, at, "stale_after")?,
         drill_max_age: opt_duration(obj, at, "drill_max_age")?,
+        base_backups,
     })
+}
+
+/// The fields of a `base_backups` object.
+const KEEP_FIELDS: &[&str] = &[
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "keep_within",
+];
+
+fn keep_counts(obj: &Map<String, Value>, at: &str) -> Result<RetentionPolicy, PolicyError> {
+    Ok(RetentionPolicy {
+        keep_last: opt_count(obj, at, "keep_last")?,
+        keep_hourly: opt_count(obj, at, "keep_hourly")?,
+        keep_daily: opt_count(obj, at, "keep_daily")?,
+        keep_weekly: opt_count(obj, at, "keep_weekly")?,
+        keep_monthly: opt_count(obj, at, "keep_monthly")?,
+        keep_yearly: opt_count(obj, at, "keep_yearly")?,
+        keep_within: opt_duration(obj, at, "keep_within")?,
+    })
+}
+
+/// The keep counts of `p` as policy JSON fields (counts above 0, and
+/// `keep_within` when set).
+pub(super) fn keep_json(p: &RetentionPolicy, m: &mut Map<String, Value>) {
+    for (k, v) in [
+        ("keep_last", p.keep_last),
+        ("keep_hourly", p.keep_hourly),
+        ("keep_daily", p.keep_daily),
+        ("keep_weekly", p.keep_weekly),
+        ("keep_monthly", p.keep_monthly),
+        ("keep_yearly", p.keep_yearly),
+    ] {
+        if v > 0 {
+            m.insert(k.into(), v.into());
+        }
+    }
+    m.insert(
+        "keep_within".into(),
+        p.keep_within.map(format_duration).into(),
+    );
 }

@@ -211,3 +211,42 @@ fn iso_weeks_cross_years_and_within_is_relative_to_newest() {
     assert_eq!(r[1], vec![KeepReason::Weekly("2026-W53".into())]);
     assert!(r[2].is_empty() && r[3].is_empty());
 }
+
+#[test]
+fn base_backups_and_wal_settings_parse_round_trip_and_name_their_fields() {
+    let set = PolicySet::from_json(
+        r#"{"wal_stale_after": "30min", "wal_orphan_grace": "2d", "rules": [
+            {"match": "production", "protected": true, "keep_daily": 7,
+             "base_backups": {"keep_last": 2, "keep_within": "3d"}},
+            {"match": "*", "keep_last": 2}]}"#,
+    )
+    .unwrap();
+    assert_eq!(set.wal_stale_after, TimeDelta::minutes(30));
+    assert_eq!(set.wal_orphan_grace, TimeDelta::days(2));
+    let rule = set.rule_for("production").unwrap();
+    let cluster = crate::naming::cluster_database(42);
+    assert_eq!(rule.policy_for(&cluster).keep_last, 2);
+    assert_eq!(rule.policy_for("app").keep_daily, 7);
+    assert_eq!(set.rule_for("x").unwrap().policy_for(&cluster).keep_last, 2);
+    assert_eq!(PolicySet::from_value(&set.to_json()).unwrap(), set);
+    for (json, field) in [
+        (
+            r#"{"rules":[{"match":"*","keep_last":1,"base_backups":{"keep_dialy":1}}]}"#,
+            "rules[0].base_backups.keep_dialy",
+        ),
+        (
+            r#"{"rules":[{"match":"*","keep_last":1,"base_backups":{}}]}"#,
+            "rules[0].base_backups",
+        ),
+        (
+            r#"{"rules":[{"match":"*","keep_last":1,"base_backups":2}]}"#,
+            "rules[0].base_backups",
+        ),
+        (r#"{"wal_stale_after":"1m"}"#, "wal_stale_after"),
+    ] {
+        match PolicySet::from_json(json) {
+            Err(PolicyError::Field { field: f, .. }) => assert_eq!(f, field, "{json}"),
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+}

@@ -90,6 +90,7 @@ fn rule(pattern: &str, policy: RetentionPolicy) -> NamespaceRule {
         abandon_after: None,
         stale_after: None,
         drill_max_age: None,
+        base_backups: None,
     }
 }
 
@@ -142,6 +143,7 @@ fn arb_policies() -> impl Strategy<Value = PolicySet> {
                     shrink_alert_ratio: ratio,
                     max_clock_skew: TimeDelta::minutes(10),
                     branch_namespaces: vec![NamespacePattern::new("feat-*").unwrap()],
+                    ..PolicySet::default()
                 };
                 set.validate().expect("generated policies are valid");
                 set

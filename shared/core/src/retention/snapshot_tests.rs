@@ -182,6 +182,7 @@ fn month_boundary_leap_day_and_new_year() {
             abandon_after: None,
             stale_after: Some(TimeDelta::hours(26)),
             drill_max_age: None,
+            base_backups: None,
         }],
         ..PolicySet::default()
     };

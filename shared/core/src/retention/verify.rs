@@ -4,11 +4,13 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::inventory::{BackupObjects, InvalidKind, ManifestVerifier, Verification};
+use super::wal_inventory::{WalEntry, WalInvalidKind, WalVerification};
 use crate::crypto::{CryptoError, PacketInspector, verify_manifest_at};
 use crate::manifest::MAX_MANIFEST_BYTES;
 use crate::naming::BackupId;
 use crate::store::{ObjectStore, ObjectStoreExt, StoreError};
 use crate::trust::TrustedKeys;
+use crate::wal::WalManifest;
 
 /// Verifies each complete backup with public keys only: the manifest's
 /// signature, that it describes this backup, that the data object's size
@@ -123,5 +125,27 @@ impl ManifestVerifier for SignatureVerifier {
         Ok(Verification::Verified {
             manifest: Box::new(manifest),
         })
+    }
+
+    /// One read: the sealed manifest, opened with the trusted signing keys
+    /// (the signature first), then checked against the listing (the data
+    /// object's size and the store's CRC32C). The data object is not read.
+    async fn verify_wal(
+        &self,
+        store: &dyn ObjectStore,
+        entry: &WalEntry,
+    ) -> Result<WalVerification, StoreError> {
+        let bytes = store
+            .get_bytes(&entry.key.manifest_key(), MAX_MANIFEST_BYTES)
+            .await?;
+        Ok(
+            match WalManifest::open(&bytes, &self.keys.signing, &entry.key) {
+                Ok(m) => entry.check(m),
+                Err(e) => WalVerification::Invalid {
+                    kind: WalInvalidKind::Invalid,
+                    reason: format!("the sealed manifest does not verify: {e}"),
+                },
+            },
+        )
     }
 }

@@ -24,7 +24,7 @@ use crate::retention::plan::{
 };
 use crate::retention::policy::{NamespaceRule, PolicySet, format_age, format_duration};
 
-enum Removal {
+pub(super) enum Removal {
     Removed,
     DryRun,
     NotApplied,
@@ -32,6 +32,12 @@ enum Removal {
 }
 
 fn removal(applied: Option<&ApplyReport>, id: &BackupId) -> Removal {
+    removal_of(applied, &id.to_string())
+}
+
+/// What became of the deletes labelled `key` (a backup id, or a WAL file
+/// as `WalKey` prints it) in `applied`.
+pub(super) fn removal_of(applied: Option<&ApplyReport>, key: &str) -> Removal {
     let Some(a) = applied else {
         return Removal::NotApplied;
     };
@@ -41,7 +47,6 @@ fn removal(applied: Option<&ApplyReport>, id: &BackupId) -> Removal {
     if let Some(why) = &a.refused {
         return Removal::Failed(why.clone());
     }
-    let key = id.to_string();
     match a.failures.iter().find(|f| f.backup == key) {
         Some(f) => Removal::Failed(format!("deleting {} failed: {}", f.key, f.error)),
         None => Removal::Removed,
@@ -77,7 +82,7 @@ fn protected_severity(rule: Option<&NamespaceRule>) -> Severity {
 /// How bad a namespace without a fresh backup is: critical unless it is a
 /// branch namespace (quiet is what a finished branch does). A protected
 /// namespace is critical even if a branch pattern matches it.
-fn quiet_severity(policies: &PolicySet, rule: &NamespaceRule, ns: &str) -> Severity {
+pub(super) fn quiet_severity(policies: &PolicySet, rule: &NamespaceRule, ns: &str) -> Severity {
     if rule.protected || !policies.is_branch(ns) {
         Severity::Critical
     } else {
@@ -85,7 +90,7 @@ fn quiet_severity(policies: &PolicySet, rule: &NamespaceRule, ns: &str) -> Sever
     }
 }
 
-fn ts(t: DateTime<Utc>) -> String {
+pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -168,6 +173,7 @@ impl Audit<'_> {
         let seen_ns = self.series_checks(cloud, inv, input.applied, &plan, is_replica);
         self.no_backups(cloud, is_replica, &seen_ns);
         self.foreign_objects(cloud, inv);
+        self.wal(cloud, inv, &plan, input.applied, is_replica);
         Some((plan, inv))
     }
 
@@ -586,27 +592,43 @@ impl Audit<'_> {
     /// A backup not (completely) in the replica: critical once the replica
     /// grace period is over, pending before.
     fn missing_replica(&self, id: &BackupId, pc: &str, rc: &str) -> Finding {
-        let age = self.now - id.taken_at;
+        let codes = ("missing_replica", "replica_pending", "taken");
+        self.replica_lag(&id.to_string(), id.taken_at, codes, (pc, rc))
+            .ns(id.namespace.as_str())
+    }
+
+    /// `what` (written at `at`) is not (completely) in the replica:
+    /// critical once the replica grace is over (`codes.0`), pending before
+    /// (`codes.1`); `codes.2` says how it was written ("taken").
+    pub(super) fn replica_lag(
+        &self,
+        what: &str,
+        at: DateTime<Utc>,
+        codes: (&str, &str, &str),
+        (pc, rc): (&str, &str),
+    ) -> Finding {
+        let (missing, pending, written) = codes;
+        let age = self.now - at;
         let (sev, code, msg) = if age > self.policies.replica_grace {
             (
                 Severity::Critical,
-                "missing_replica",
+                missing,
                 format!(
-                    "{id} exists in {pc} but not (completely) in {rc}, {} after it was taken: replication failed; re-run the replicator for it",
+                    "{what} exists in {pc} but not (completely) in {rc}, {} after it was {written}: replication failed; re-run the replicator for it",
                     format_age(age)
                 ),
             )
         } else {
             (
                 Severity::Info,
-                "replica_pending",
-                format!("{id} is not in {rc} yet (taken {} ago)", format_age(age)),
+                pending,
+                format!(
+                    "{what} is not in {rc} yet ({written} {} ago)",
+                    format_age(age)
+                ),
             )
         };
-        Finding::new(sev, code, msg)
-            .ns(id.namespace.as_str())
-            .cloud(rc)
-            .subject(id)
+        Finding::new(sev, code, msg).cloud(rc).subject(what)
     }
 
     /// Complete replica backups the replica's plan keeps but the primary

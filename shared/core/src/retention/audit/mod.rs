@@ -26,6 +26,7 @@ use crate::retention::policy::{PolicySet, format_age};
 
 mod checks;
 mod lifecycle;
+mod wal;
 
 pub use lifecycle::{BucketConfig, BucketConfigError, LifecycleRule, lifecycle_findings};
 
@@ -354,6 +355,11 @@ pub fn audit(input: &AuditInput<'_>) -> Report {
             &input.primary,
             input.replica.as_ref().expect("replica"),
         );
+        let clouds = (
+            input.primary.cloud,
+            input.replica.as_ref().expect("replica").cloud,
+        );
+        a.wal_parity(primary, replica, clouds);
     }
     if let Ok(inv) = input.primary.inventory {
         a.drills(inv, input.drills);
