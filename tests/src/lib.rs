@@ -36,3 +36,4 @@ pub mod lambda_api;
 pub mod oidc;
 pub mod pubsub;
 pub mod restore_fixture;
+pub mod wal;

@@ -14,6 +14,7 @@
 //! manifest, or for another generation of a manifest already copied, is a
 //! tamper signal: a critical alert (`rewritten_after_commit`), nothing copied.
 
+use std::fmt::Display;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,7 +28,7 @@ use crate::crypto::{
 };
 use crate::events::{ObjectRef, StorageEvent};
 use crate::manifest::{CiphertextInfo, MAX_MANIFEST_BYTES, Manifest};
-use crate::naming::{BackupId, MANIFEST_FILE, pattern_matches};
+use crate::naming::{BackupId, MANIFEST_FILE, Namespace, pattern_matches};
 use crate::store::{
     ByteStream, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions, StoreError, byte_stream,
 };
@@ -36,6 +37,11 @@ use sha2::{Digest, Sha256};
 #[path = "replicate_resume.rs"]
 mod resume;
 pub use resume::{Deadline, MAX_LEASE, REPLICATION_PREFIX};
+#[path = "replicate_wal.rs"]
+mod wal;
+
+const NOT_CONFIGURED: &str =
+    "namespace is not configured for replication (BACKSTOP_REPLICATE_NAMESPACES)";
 
 /// User metadata written on replicated data objects, for people reading the
 /// bucket. Never trusted: anyone who may create objects can set it, so a
@@ -219,22 +225,26 @@ impl Replicator {
                 reason: reason.to_string(),
             })
         };
+        if let Some((key, what)) = crate::wal::WalKey::parse_key(&object.name) {
+            return self.wal_finalized(object, &key, what).await;
+        }
         let Ok((id, file)) = BackupId::parse_key(&object.name) else {
             return ignored("not a backup object");
         };
-        if !self
-            .namespaces
-            .iter()
-            .any(|p| pattern_matches(p, id.namespace.as_str()))
-        {
-            return ignored(
-                "namespace is not configured for replication (BACKSTOP_REPLICATE_NAMESPACES)",
-            );
+        if !self.replicates(&id.namespace) {
+            return ignored(NOT_CONFIGURED);
         }
         if file != MANIFEST_FILE {
             return self.part_finalized(&id, object).await;
         }
         self.replicate_by(&id, deadline).await
+    }
+
+    /// Whether `namespace` matches one of the configured patterns.
+    fn replicates(&self, namespace: &Namespace) -> bool {
+        self.namespaces
+            .iter()
+            .any(|p| pattern_matches(p, namespace.as_str()))
     }
 
     /// A data or signature object was written. The dump writes both before
@@ -256,7 +266,9 @@ impl Replicator {
             }
             Err(e) => return Err(retry(&id.to_string(), e)),
         };
-        if let Some(reason) = self.rewritten_after_commit(id, &manifest).await? {
+        let (backup_id, parts) = (id.to_string(), [id.data_key(), id.signature_key()]);
+        let rewritten = self.rewritten_after_commit(&backup_id, &manifest, &parts);
+        if let Some(reason) = rewritten.await? {
             return self.reject(id, "rewritten_after_commit", reason).await;
         }
         Ok(Outcome::Ignored {
@@ -265,26 +277,24 @@ impl Replicator {
         })
     }
 
-    /// Whether the source's data or signature object is a generation written
+    /// Whether one of the source's `parts` (keys: a backup's data and
+    /// signature objects, a WAL file's data object) is a generation written
     /// after the manifest (`manifest` from its head or read): `Some(why)`.
     async fn rewritten_after_commit(
         &self,
-        id: &BackupId,
+        backup_id: &str,
         manifest: &ObjectMeta,
+        parts: &[String],
     ) -> Result<Option<String>, ReplicateError> {
         let Some(committed) = manifest.updated else {
             return Ok(None);
         };
-        let (data_key, signature_key) = (id.data_key(), id.signature_key());
-        let (data, signature) = tokio::join!(
-            self.source.head(&data_key),
-            self.source.head(&signature_key)
-        );
-        for part in [data, signature] {
+        let heads = futures::future::join_all(parts.iter().map(|k| self.source.head(k))).await;
+        for part in heads {
             let part = match part {
                 Ok(p) => p,
                 Err(StoreError::NotFound { .. }) => continue,
-                Err(e) => return Err(retry(&id.to_string(), e)),
+                Err(e) => return Err(retry(backup_id, e)),
             };
             if let Some(written) = part.updated.filter(|t| *t > committed) {
                 return Ok(Some(format!(
@@ -324,13 +334,7 @@ impl Replicator {
         );
         let (manifest_meta, manifest_bytes) = match source_manifest {
             Ok(got) => got,
-            Err(StoreError::NotFound { .. }) => {
-                return Ok(Outcome::Ignored {
-                    object: id.manifest_key(),
-                    reason: "manifest no longer exists (deleted after the notification was sent)"
-                        .into(),
-                });
-            }
+            Err(StoreError::NotFound { .. }) => return Ok(gone(manifest_key)),
             Err(e) => return Err(retry(&backup_id, e)),
         };
         let signature = match source_signature {
@@ -351,13 +355,16 @@ impl Replicator {
             Ok(m) => m,
             Err(e) => return self.reject(id, "manifest_invalid", e.to_string()).await,
         };
+        let parts = [id.data_key(), id.signature_key()];
+        let rewritten = self.committed_rewritten(&backup_id, &manifest_key, &manifest_meta, &parts);
         if let Some(done) = self
             .check_target(
                 id,
-                &manifest_meta,
+                &parts[0],
                 &manifest_bytes,
                 &manifest.ciphertext,
                 target_manifest,
+                rewritten,
             )
             .await?
         {
@@ -384,28 +391,27 @@ impl Replicator {
     /// source's has verified. `Some`: nothing more to do, either because the
     /// target holds this exact manifest over the data it describes (a
     /// redelivery) or because it holds something else (rejected). A copied
-    /// manifest proves nothing about the data beside it.
+    /// manifest proves nothing about the data (at `data_key`) beside it.
+    /// `rewritten`: [`Self::committed_rewritten`], awaited only then.
     async fn check_target(
         &self,
-        id: &BackupId,
-        source_meta: &ObjectMeta,
+        id: &impl Display,
+        data_key: &str,
         manifest_bytes: &Bytes,
         expected: &CiphertextInfo,
         target_manifest: Result<Bytes, StoreError>,
+        rewritten: impl Future<Output = Result<Option<String>, ReplicateError>>,
     ) -> Result<Option<Outcome>, ReplicateError> {
         let backup_id = id.to_string();
         match target_manifest {
             Ok(existing) if existing == *manifest_bytes => {
-                if let Some(reason) = self.committed_backup_rewritten(id, source_meta).await? {
+                if let Some(reason) = rewritten.await? {
                     return self
                         .reject(id, "rewritten_after_commit", reason)
                         .await
                         .map(Some);
                 }
-                let reason = match self
-                    .existing_data(&backup_id, &id.data_key(), expected)
-                    .await?
-                {
+                let reason = match self.existing_data(&backup_id, data_key, expected).await? {
                     Some(Ok(_)) => return Ok(Some(Outcome::AlreadyReplicated { backup_id })),
                     Some(Err(reason)) => reason,
                     None => format!(
@@ -431,19 +437,21 @@ impl Replicator {
         }
     }
 
-    /// For a backup the target holds already: whether the source's manifest
-    /// is another generation than the one copied (recorded on the copy), or
-    /// its data or signature was written after it. `Some(why)` if so.
-    async fn committed_backup_rewritten(
+    /// For a backup or WAL file the target holds already: whether the
+    /// source's manifest is another generation than the one copied
+    /// (recorded on the copy), or one of its `parts` was written after it.
+    async fn committed_rewritten(
         &self,
-        id: &BackupId,
+        backup_id: &str,
+        manifest_key: &str,
         source_meta: &ObjectMeta,
+        parts: &[String],
     ) -> Result<Option<String>, ReplicateError> {
         let copied = self
             .target
-            .head(&id.manifest_key())
+            .head(manifest_key)
             .await
-            .map_err(|e| retry(&id.to_string(), e))?;
+            .map_err(|e| retry(backup_id, e))?;
         if let (Some(copied), Some(now)) = (
             copied.metadata.get(META_SOURCE_GENERATION),
             source_meta.version.as_ref(),
@@ -452,15 +460,16 @@ impl Replicator {
             return Ok(Some(format!(
                 "{}/{} is generation {now}, but generation {copied} is the one replicated to {}: nothing legitimate rewrites a committed manifest, so treat it as tampering",
                 self.source.url(),
-                id.manifest_key(),
+                manifest_key,
                 self.target.url()
             )));
         }
-        self.rewritten_after_commit(id, source_meta).await
+        self.rewritten_after_commit(backup_id, source_meta, parts)
+            .await
     }
 
     /// Logs a finished replication and makes its outcome.
-    fn replicated(&self, id: &BackupId, digests: Digests, started: Instant) -> Outcome {
+    fn replicated(&self, id: &impl Display, digests: Digests, started: Instant) -> Outcome {
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             backup_id = %id,
@@ -499,11 +508,26 @@ impl Replicator {
         {
             return self.copy_resumable(id, manifest, parts_api, deadline).await;
         }
-        let verifier = match BackupVerifier::new(manifest, self.recipients.clone()) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let source = match self.source.read(&key).await {
+        self.copy_streamed(&backup_id, &key, expected, &manifest.recipients)
+            .await
+    }
+
+    /// [`Self::copy_data`] in one create-only put, never held whole: the
+    /// object at `key` as `expected` describes it, its signed description
+    /// listing `listed` as recipients.
+    async fn copy_streamed(
+        &self,
+        backup_id: &str,
+        key: &str,
+        expected: &CiphertextInfo,
+        listed: &[String],
+    ) -> Result<Result<Digests, String>, ReplicateError> {
+        let verifier =
+            match BackupVerifier::for_ciphertext(expected, listed, self.recipients.clone()) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+        let source = match self.source.read(key).await {
             Ok(body) => body,
             Err(StoreError::NotFound { .. }) => {
                 return Ok(Err(format!(
@@ -511,7 +535,7 @@ impl Replicator {
                     self.source.url()
                 )));
             }
-            Err(e) => return Err(retry(&backup_id, e)),
+            Err(e) => return Err(retry(backup_id, e)),
         };
         // Each chunk is authenticated before any byte of it reaches the
         // upload, so a bad chunk never becomes a part; the whole-object
@@ -529,7 +553,7 @@ impl Replicator {
         };
         let verified = Arc::new(Mutex::new(None));
         let body = verify_while_streaming(source, verifier, verified.clone());
-        if let Err(reason) = self.upload_data(&backup_id, &key, body, expected).await? {
+        if let Err(reason) = self.upload_data(backup_id, key, body, expected).await? {
             return Ok(Err(reason));
         }
         let digests = verified
@@ -653,7 +677,7 @@ impl Replicator {
     /// `generation`: the source generation copied, recorded on the copy.
     async fn put_once(
         &self,
-        id: &BackupId,
+        id: &impl Display,
         key: &str,
         data: Bytes,
         generation: Option<String>,
@@ -686,7 +710,7 @@ impl Replicator {
 
     async fn reject(
         &self,
-        id: &BackupId,
+        id: &impl Display,
         code: &str,
         reason: String,
     ) -> Result<Outcome, ReplicateError> {
@@ -709,6 +733,14 @@ impl Replicator {
             backup_id: id.to_string(),
             reason,
         })
+    }
+}
+
+/// A manifest deleted after the notification was sent: nothing to copy.
+fn gone(manifest_key: String) -> Outcome {
+    Outcome::Ignored {
+        object: manifest_key,
+        reason: "manifest no longer exists (deleted after the notification was sent)".into(),
     }
 }
 

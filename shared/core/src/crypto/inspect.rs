@@ -633,7 +633,19 @@ impl BackupVerifier {
     /// `recipients`: the backup public keys the data may be encrypted to.
     /// Every recipient the manifest lists must be one of them.
     pub fn new(manifest: &Manifest, recipients: RecipientSet) -> Result<Self, CryptoError> {
-        for fpr in &manifest.recipients {
+        Self::for_ciphertext(&manifest.ciphertext, &manifest.recipients, recipients)
+    }
+
+    /// The verifier of the object `ciphertext` describes, whose signed
+    /// description lists `listed` (fingerprints) as its recipients: what
+    /// [`Self::new`] takes from a dump's manifest, here from any signed
+    /// description (an archived WAL file's manifest).
+    pub fn for_ciphertext(
+        ciphertext: &CiphertextInfo,
+        listed: &[String],
+        recipients: RecipientSet,
+    ) -> Result<Self, CryptoError> {
+        for fpr in listed {
             if !recipients.contains_fingerprint(fpr) {
                 return Err(CryptoError::UnknownRecipient {
                     key_id: fpr.clone(),
@@ -641,16 +653,16 @@ impl BackupVerifier {
                 });
             }
         }
-        let chunks = if manifest.ciphertext.chunks.is_empty() {
+        let chunks = if ciphertext.chunks.is_empty() {
             None
         } else {
-            Some(super::chunks::ChunkChecker::new(&manifest.ciphertext)?)
+            Some(super::chunks::ChunkChecker::new(ciphertext)?)
         };
         Ok(BackupVerifier {
             inspector: PacketInspector::new(recipients),
-            digests: DigestChecker::new(&manifest.ciphertext),
+            digests: DigestChecker::new(ciphertext),
             chunks,
-            manifest_recipients: manifest.recipients.clone(),
+            manifest_recipients: listed.to_vec(),
         })
     }
 
