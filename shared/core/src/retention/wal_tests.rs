@@ -4,7 +4,7 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 use super::execute::{DEFAULT_VERIFY_CONCURRENCY, apply, collect};
 use super::inventory::{InvalidKind, Inventory};
-use super::plan::{Plan, plan};
+use super::plan::{Decision, Plan, plan};
 use super::policy::PolicySet;
 use super::testutil::{
     Kind, MarkerVerifier, MemStore, SEG, WalSpec, WalState, base_id, base_info, bid,
@@ -618,4 +618,57 @@ async fn the_signature_verifier_opens_sealed_wal_manifests() {
     };
     let v = wrong.verify_wal(&store, entry).await.unwrap();
     assert!(matches!(v, WalVerification::Invalid { .. }), "{v:?}");
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::retention::wal_inventory::BaseNeed;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Over random base backups (some invalid) and WAL on three
+        /// timelines: nothing at or above a kept base backup's start is
+        /// deleted, `.history` never is, and without a kept base backup
+        /// nothing is.
+        #[test]
+        fn never_deletes_wal_a_kept_base_backup_needs(
+            bases in prop::collection::vec((0u32..64, 0i64..720, any::<bool>()), 0..6),
+            files in prop::collection::vec((1u32..4, 0u64..80), 0..60),
+            keep in 1u32..4,
+        ) {
+            let items: Vec<_> = bases
+                .iter()
+                .map(|(start, hours, ok)| {
+                    let kind = if *ok { Kind::ok() } else { Kind::Invalid(InvalidKind::BadSignature) };
+                    (base_id("production", now() - TimeDelta::hours(*hours), *start), kind)
+                })
+                .collect();
+            let mut names: Vec<String> = files.iter().map(|(t, n)| seg(*t, *n)).collect();
+            names.extend(["00000002.history".to_string(), "00000003.history".to_string()]);
+            let wal: Vec<WalSpec> = names
+                .iter()
+                .map(|n| ("production", n.as_str(), now() - TimeDelta::days(40), WalState::Committed))
+                .collect();
+            let inv = inventory_with_wal("gs://p", &items, &wal);
+            let mut set = policies();
+            set.rules[0].base_backups = Some(crate::retention::RetentionPolicy { keep_last: keep, ..Default::default() });
+            let p = plan(&inv, &set, now());
+            let kept: Vec<BaseNeed> = items
+                .iter()
+                .filter(|(id, _)| matches!(p.decision(id).map(|b| &b.decision), Some(Decision::Keep { .. })))
+                .filter_map(|(id, _)| BaseNeed::of(id, inv.get(id)?.manifest()?))
+                .collect();
+            let lowest = kept.iter().map(|n| n.start).min();
+            for op in &p.wal_deletes {
+                let name = op.file.rsplit('/').next().unwrap();
+                let file = WalFile::parse(name).unwrap();
+                prop_assert!(file.kind() != crate::wal::WalFileKind::TimelineHistory, "{name}");
+                let low = lowest.expect("WAL deleted without a kept base backup");
+                prop_assert!(file.segment_number(SEG).unwrap() < low, "{name} needed from {low:#x}");
+            }
+        }
+    }
 }
