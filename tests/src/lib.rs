@@ -31,6 +31,7 @@ pub async fn s3() -> S3Store {
 pub use backstop_core::store::contract::{drain_sha256, pseudo_random_stream, unique_prefix};
 
 pub mod backups;
+pub mod cluster;
 pub mod counting;
 pub mod lambda_api;
 pub mod oidc;

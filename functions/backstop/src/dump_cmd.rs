@@ -47,6 +47,16 @@ pub struct DumpArgs {
 }
 
 pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
+    let (config, store) = load(args).await?;
+    let summary = run_dump(&config, &store).await?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+/// The job's configuration and the bucket it writes to, from the options
+/// (or their variables): shared by every job that writes backups (`dump`,
+/// `basebackup`). Errors name what the user typed.
+pub(crate) async fn load(args: DumpArgs) -> anyhow::Result<(DumpConfig, GcsStore)> {
     let env = Env::from_process();
     // Checked in the order an operator sets them up, before any key is read,
     // so a misconfigured job fails fast and names the variable.
@@ -110,9 +120,7 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
         .await
         .map_err(typed_err)?;
     let store = GcsStore::builder().env(&env).bucket(bucket).build().await?;
-    let summary = run_dump(&config, &store).await?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    Ok(())
+    Ok((config, store))
 }
 
 /// `--namespace`, or the branch namespace of `--branch`, or `production`.

@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod basebackup_cmd;
 mod dump_cmd;
 mod keys_cmd;
 mod restore_cmd;
@@ -40,17 +41,24 @@ enum Command {
     Restore(Box<restore_cmd::RestoreArgs>),
     /// Dumps a database, encrypted and signed, into the GCS backups bucket.
     Dump(dump_cmd::DumpArgs),
+    /// Takes a physical base backup of the cluster, encrypted and signed, into the GCS backups bucket.
+    #[command(name = "basebackup")]
+    BaseBackup(basebackup_cmd::BaseBackupArgs),
     /// Archives a WAL file: PostgreSQL's archive_command ('backstop wal-push %p').
     WalPush(wal_cmd::WalPushArgs),
 }
 
 /// Whether a command loads an unwrapped secret key into memory: the backup
-/// secret key (`restore`, `decrypt`), the signing key (`dump`), or a key it
+/// secret key (`restore`, `decrypt`), the signing key (`dump`, `basebackup`), or a key it
 /// generates or wraps (the other key commands).
 fn holds_secret_keys(command: &Command) -> bool {
     matches!(
         command,
-        Command::Keys(_) | Command::Restore(_) | Command::Dump(_) | Command::WalPush(_)
+        Command::Keys(_)
+            | Command::Restore(_)
+            | Command::Dump(_)
+            | Command::BaseBackup(_)
+            | Command::WalPush(_)
     )
 }
 
@@ -99,6 +107,7 @@ async fn main() -> std::process::ExitCode {
         Command::Retention(args) => stack_cmd::retention(args).await,
         Command::Restore(args) => restore_cmd::run(*args).await,
         Command::Dump(args) => dump_cmd::run(args).await,
+        Command::BaseBackup(args) => basebackup_cmd::run(args).await,
         Command::WalPush(args) => wal_cmd::run(args).await,
     };
     match result {
@@ -126,6 +135,7 @@ mod tests {
             &["restore"][..],
             &["decrypt", "--key", "file:/k.asc", "in.pgp", "out"],
             &["dump"],
+            &["basebackup", "--allow-no-archive"],
         ] {
             assert!(holds_secret_keys(&command(args)), "{args:?}");
         }

@@ -294,6 +294,9 @@ impl Drop for Cluster {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_cluster_archives_every_segment_encrypted_signed_and_in_order() {
     let world = World::new("busy");
+    // GCS's finalize notifications reach the replicator through a Pub/Sub
+    // push subscription, as in production; it copies every file to S3.
+    let subscription = ReplicatorFront::start(&world).await;
     let cluster = Cluster::start(&world, &world.env());
     let pgbench = PathBuf::from(var("PG_BINDIR")).join("pgbench");
     run_ok(
@@ -325,11 +328,8 @@ async fn a_busy_cluster_archives_every_segment_encrypted_signed_and_in_order() {
     // No segment missing between the first and the last archived one.
     let numbers: Vec<u64> = archived
         .iter()
-        .filter_map(|(k, _)| {
-            k.file
-                .is_segment()
-                .then(|| k.file.segment_number(16 << 20).unwrap())
-        })
+        .filter(|(k, _)| k.file.is_segment())
+        .map(|(k, _)| k.file.segment_number(16 << 20).unwrap())
         .collect();
     assert_eq!(
         numbers.last().unwrap() - numbers[0] + 1,
@@ -345,6 +345,27 @@ async fn a_busy_cluster_archives_every_segment_encrypted_signed_and_in_order() {
             "{key}: WAL compresses"
         );
     }
+    // Every archived file reached S3 through the push, byte for byte.
+    let (source, target) = (gcs().await, backstop_tests::s3().await);
+    for (key, m) in &archived {
+        let manifest = wait_for(&target, &key.manifest_key()).await;
+        assert_eq!(
+            manifest,
+            source
+                .get_bytes(&key.manifest_key(), MAX_MANIFEST_BYTES)
+                .await
+                .unwrap()
+        );
+        let (size, sha) = drain_sha256(target.read(&m.data_key(key)).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (size, sha.as_str()),
+            (m.ciphertext.size, m.ciphertext.sha256.as_str()),
+            "{key} in S3"
+        );
+    }
+    subscription.stop().await;
     // The look-ahead pushed some files before PostgreSQL asked for them.
     let log = cluster.log_text();
     eprintln!(
@@ -509,6 +530,12 @@ async fn with_gcs_unreachable_postgres_keeps_the_wal_and_archives_it_once_gcs_is
         );
     }
     let log = cluster.log_text();
+    // The first call after the outage pushed the waiting files alongside
+    // its own, and PostgreSQL's next calls found them done.
+    assert!(
+        log.contains("\"outcome\":\"pushed_ahead\""),
+        "the backlog is pushed ahead: {log}"
+    );
     assert!(
         log.contains("wal_backlog"),
         "the backlog of {} files is logged: {log}",
@@ -517,6 +544,62 @@ async fn with_gcs_unreachable_postgres_keeps_the_wal_and_archives_it_once_gcs_is
 }
 
 // ---- helpers -----------------------------------------------------------------
+
+/// The replicator served locally behind a push subscription of the stack's
+/// notification topic.
+struct ReplicatorFront {
+    subscription: String,
+}
+
+impl ReplicatorFront {
+    async fn start(world: &World) -> Self {
+        let replicator = backstop_tests::wal::replicator(
+            &world.keys,
+            &world.namespace,
+            std::sync::Arc::new(backstop_core::alerts::LogAlerts),
+        )
+        .await;
+        let function = std::sync::Arc::new(backstop_functions::replicator::ReplicatorFunction {
+            replicator,
+            oidc: backstop_cloud::oidc::OidcVerifier::new(&backstop_cloud::oidc::OidcConfig {
+                audience: "unused-for-direct-invocations".into(),
+                service_account: "push@example.invalid".into(),
+                jwks_url: None,
+            }),
+            deadline_window: None,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(backstop_functions::lambda::serve_local(function, listener));
+        let subscription = format!("push-{}", world.namespace);
+        backstop_tests::pubsub::create_push_subscription(
+            "gcs-notifications",
+            &subscription,
+            &endpoint,
+        )
+        .await;
+        ReplicatorFront { subscription }
+    }
+
+    async fn stop(self) {
+        backstop_tests::pubsub::delete_subscription(&self.subscription).await;
+    }
+}
+
+async fn wait_for(store: &dyn ObjectStore, key: &str) -> bytes::Bytes {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(b) = store.get_bytes(key, MAX_MANIFEST_BYTES).await {
+            return b;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "{key} did not reach {} within 90 s",
+            store.url()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
 
 /// A data directory with just what `wal-push` reads: `global/pg_control`
 /// (the system identifier first) and `pg_wal/archive_status`.

@@ -1,5 +1,6 @@
 //! Backstop's PostgreSQL side: the client tools ([`pg`]), the dump job
-//! ([`dump`]) and restore into a branch database ([`restore`]).
+//! ([`dump`]), the physical base backup ([`basebackup`]) and restore into a
+//! branch database ([`restore`]).
 //!
 //! Every SQL statement Backstop sends lives in one private module,
 //! `server`, so that what the jobs may do to a server can be reviewed in one
@@ -9,11 +10,12 @@
 
 use backstop_core::config::ConfigError;
 
+pub mod basebackup;
 pub mod dump;
 pub mod pg;
 pub mod restore;
-pub mod wal;
 mod server;
+pub mod wal;
 
 /// A setting that is present but unusable, naming the variable or option.
 pub(crate) fn invalid(name: &str, value: &str, reason: impl Into<String>) -> ConfigError {

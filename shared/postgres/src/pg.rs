@@ -1,7 +1,7 @@
 //! The PostgreSQL client side that is not SQL: connection URLs (names,
 //! passwords kept out of logs), where the client programs live, and running
-//! `pg_dump` as a streaming child process whose failure cannot pass for a
-//! clean end.
+//! `pg_dump` or `pg_basebackup` as a streaming child process whose failure
+//! cannot pass for a clean end.
 //!
 //! The statements themselves live in the crate's `server` module; the
 //! parts of it other crates use are re-exported here, so that `pg::connect`
@@ -211,10 +211,8 @@ pub(crate) fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
     })
 }
 
-/// Runs `pg_dump -Fc -Z0` in `snapshot` and returns its output as a stream.
-/// The stream ends with an error (instead of a clean end) when `pg_dump`
-/// exits non-zero, so an upload fed by it is abandoned and no truncated dump
-/// can ever be committed.
+/// Runs `pg_dump -Fc -Z0` in `snapshot` and returns its output as a stream
+/// ([`program_stream`]: a failure cannot pass for a clean end).
 ///
 /// Uncompressed: `pg_dump` compresses on one core, which then sets the pace
 /// of the whole dump; the encryption compresses instead, on every core
@@ -224,20 +222,38 @@ pub(crate) fn pg_dump_stream(
     url: &str,
     snapshot: Option<&str>,
 ) -> Result<ByteStream, PgError> {
-    let program = tools.program("pg_dump");
+    let mut args = vec![
+        "--format=custom".to_string(),
+        "--compress=0".to_string(),
+        "--no-password".to_string(),
+    ];
+    if let Some(s) = snapshot {
+        args.push(format!("--snapshot={s}"));
+    }
+    program_stream(tools, "pg_dump", url, &args)
+}
+
+/// Runs the client program `name` with `args` and `--dbname=<url>` (the
+/// password, if any, goes to `PGPASSWORD`, never on the command line) and
+/// returns its stdout as a stream. The stream ends with an error (instead
+/// of a clean end) when the program exits non-zero, so an upload fed by it
+/// is abandoned and no truncated output can ever be committed; the error
+/// quotes the end of its stderr.
+pub(crate) fn program_stream(
+    tools: &PgTools,
+    name: &str,
+    url: &str,
+    args: &[String],
+) -> Result<ByteStream, PgError> {
+    let program = tools.program(name);
     let (url, password) = split_password(url);
     let mut cmd = Command::new(&program);
     if let Some(password) = password {
         // The child's environment is readable by its own user only.
         cmd.env("PGPASSWORD", password);
     }
-    cmd.arg("--format=custom")
-        .arg("--compress=0")
-        .arg("--no-password");
-    if let Some(s) = snapshot {
-        cmd.arg(format!("--snapshot={s}"));
-    }
-    cmd.arg(format!("--dbname={url}"))
+    cmd.args(args)
+        .arg(format!("--dbname={url}"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -254,6 +270,7 @@ pub(crate) fn pg_dump_stream(
         (tail, status)
     });
     let body = tokio_util::io::ReaderStream::with_capacity(stdout, 256 * 1024);
+    let name = name.to_string();
     let finish = futures::stream::once(async move {
         let (stderr, status) = stderr_task.await.map_err(std::io::Error::other)?;
         let status = status?;
@@ -261,7 +278,7 @@ pub(crate) fn pg_dump_stream(
             Ok(None)
         } else {
             Err(std::io::Error::other(PgError::Exited {
-                program: "pg_dump".into(),
+                program: name,
                 status: status.to_string(),
                 stderr,
             }))

@@ -1,6 +1,6 @@
 //! Backstop's whole conversation with a PostgreSQL server: connecting, the
-//! dump's exported snapshot, counting tables and rows, and the restore's
-//! database DDL (create, drop, rename).
+//! dump's exported snapshot, counting tables and rows, the restore's
+//! database DDL (create, drop, rename) and what a base backup checks first.
 //!
 //! It is one module so that every statement either job sends can be read
 //! in one place, and so that every failed statement is reported the same
@@ -269,6 +269,49 @@ pub(crate) async fn identity(client: &Client) -> Result<Identity, PgError> {
     Ok(Identity {
         system_identifier,
         database: row.get(0),
+    })
+}
+
+/// What a base backup checks and records before `pg_basebackup` starts
+/// (`crate::basebackup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterFacts {
+    /// `pg_control_system().system_identifier`: PostgreSQL's unsigned
+    /// 64-bit number, which SQL shows as a (possibly negative) bigint.
+    pub system_identifier: u64,
+    pub server_version: String,
+    pub server_version_num: u32,
+    /// Bytes.
+    pub wal_segment_size: u64,
+    /// `off`, `on` or `always`.
+    pub archive_mode: String,
+    pub role: String,
+    /// The role has REPLICATION (or is a superuser).
+    pub may_replicate: bool,
+}
+
+const CLUSTER_FACTS: &str = "SELECT (SELECT system_identifier FROM pg_control_system()),
+       current_setting('server_version'),
+       current_setting('server_version_num')::int,
+       pg_size_bytes(current_setting('wal_segment_size')),
+       current_setting('archive_mode'),
+       current_user::text,
+       (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)";
+
+/// The [`ClusterFacts`] of `client`'s server, in one statement.
+pub(crate) async fn cluster_facts(client: &Client) -> Result<ClusterFacts, PgError> {
+    let row = client
+        .query_one(CLUSTER_FACTS, &[])
+        .await
+        .map_err(query_err("read the cluster's identity and settings"))?;
+    Ok(ClusterFacts {
+        system_identifier: row.get::<_, i64>(0) as u64,
+        server_version: row.get(1),
+        server_version_num: row.get::<_, i32>(2).max(0) as u32,
+        wal_segment_size: row.get::<_, i64>(3).max(0) as u64,
+        archive_mode: row.get(4),
+        role: row.get(5),
+        may_replicate: row.get::<_, Option<bool>>(6).unwrap_or(false),
     })
 }
 

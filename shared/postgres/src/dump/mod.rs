@@ -40,3 +40,4 @@ pub use config::{DATABASE_URL_VAR, DEFAULT_NAMESPACE, DumpConfig, DumpSettings, 
 pub(crate) use config::{NAMESPACE_VAR, compression_setting, load_job_keys};
 pub use error::DumpError;
 pub use run::{DumpSummary, run_dump};
+pub(crate) use upload::{Publisher, pace};

@@ -1,16 +1,221 @@
-//! The dump's two kinds of upload: the data object, streamed from a
-//! running `pg_dump` and so never replayable (its stream is watched, so a
-//! failure is blamed on the right party), and the small signature and
-//! manifest objects, which are retried with backoff.
+//! The uploads of a job that writes a backup (the dump, the base backup):
+//! the data object, streamed from a running `pg_dump` or `pg_basebackup`
+//! and so never replayable (its stream is watched, so a failure is blamed on
+//! the right party), and the small signature and manifest objects, which
+//! are retried with backoff. [`Publisher`] holds the steps both jobs share.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 
+use backstop_core::crypto::{
+    CryptoError, EncryptSummary, SummaryHandle, encrypt_stream_with, sign_manifest,
+};
 use backstop_core::error::Classify;
-use backstop_core::store::{ByteStream, ObjectStore, PutOptions, StoreError, byte_stream};
+use backstop_core::manifest::Manifest;
+use backstop_core::naming::{BackupId, DATA_FILE};
+use backstop_core::store::{
+    ByteStream, ObjectMeta, ObjectStore, PutOptions, StoreError, StoreResult, byte_stream,
+};
 
-use super::config::RetryPolicy;
+use super::config::{DumpConfig, RetryPolicy};
+use super::error::DumpError;
+
+/// Where one backup goes and what encrypts and signs it: the steps from a
+/// data stream to a committed backup that the dump and the base backup
+/// share. Their failures are [`DumpError`]s (encrypt, upload, sign, commit).
+pub(crate) struct Publisher<'a> {
+    pub config: &'a DumpConfig,
+    pub store: &'a dyn ObjectStore,
+    pub id: BackupId,
+    pub data_key: String,
+}
+
+/// A data upload under way: what [`Publisher::stored`] checks once the
+/// put has returned.
+pub(crate) struct Watched {
+    summary: SummaryHandle,
+    source: Arc<Mutex<SourceState>>,
+}
+
+impl<'a> Publisher<'a> {
+    pub fn new(config: &'a DumpConfig, store: &'a dyn ObjectStore, id: BackupId) -> Self {
+        let data_key = id.data_key();
+        Self {
+            config,
+            store,
+            id,
+            data_key,
+        }
+    }
+
+    /// Encrypts `source` (watched) to the recipients and starts its
+    /// create-only upload into the data object; await the put, then hand its
+    /// result to [`Self::stored`].
+    pub fn upload(
+        &self,
+        source: ByteStream,
+    ) -> Result<(BoxFuture<'_, StoreResult<ObjectMeta>>, Watched), DumpError> {
+        let (source, state) = watch(source);
+        let encrypted =
+            encrypt_stream_with(source, &self.config.recipients, self.config.compression)
+                .map_err(|error| self.encrypt_failed(error))?;
+        let put = self.store.put(
+            &self.data_key,
+            encrypted.stream,
+            PutOptions::create().with_content_type("application/octet-stream"),
+        );
+        let watched = Watched {
+            summary: encrypted.summary,
+            source: state,
+        };
+        Ok((put, watched))
+    }
+
+    /// What the upload came to, blamed on the right party: the source
+    /// (`program`, its failure named by `source_failed`) first, then the
+    /// store or the encryption; then [`Self::check_upload`].
+    pub fn stored<E: From<DumpError>>(
+        &self,
+        program: &str,
+        watched: Watched,
+        put: StoreResult<ObjectMeta>,
+        source_failed: impl FnOnce(String) -> E,
+    ) -> Result<EncryptSummary, E> {
+        let state = watched.source.lock().expect("source state").clone();
+        if let SourceState::Failed(message) = state {
+            return Err(source_failed(message));
+        }
+        let meta = put.map_err(|e| self.upload_failed(e))?;
+        Ok(self.check_upload(program, &state, &watched.summary, &meta)?)
+    }
+
+    /// The upload is only as good as the output behind it: `program` must
+    /// have ended cleanly, and the store must hold exactly the encrypted bytes.
+    fn check_upload(
+        &self,
+        program: &str,
+        state: &SourceState,
+        summary: &SummaryHandle,
+        meta: &ObjectMeta,
+    ) -> Result<EncryptSummary, DumpError> {
+        let inconsistent = |reason: String| DumpError::Inconsistent {
+            key: self.data_key.clone(),
+            reason,
+        };
+        if !matches!(state, SourceState::Ended) {
+            return Err(inconsistent(format!(
+                "the upload finished before {program}'s output ended"
+            )));
+        }
+        let summary = summary
+            .get()
+            .ok_or_else(|| inconsistent("the encryption did not report its digests".into()))?;
+        if meta.size != summary.ciphertext.size {
+            return Err(inconsistent(format!(
+                "the store holds {} bytes, {} were encrypted",
+                meta.size, summary.ciphertext.size
+            )));
+        }
+        if let Some(crc) = meta.crc32c.filter(|&c| c != summary.ciphertext.crc32c) {
+            return Err(inconsistent(format!(
+                "the store reports CRC32C {crc:#010x}, the encrypted bytes have {:#010x}",
+                summary.ciphertext.crc32c
+            )));
+        }
+        Ok(summary)
+    }
+
+    /// The manifest of the stored data: what every backup records; the job
+    /// adds its own fields.
+    pub fn manifest(
+        &self,
+        started_at: DateTime<Utc>,
+        summary: &EncryptSummary,
+        server_version: String,
+    ) -> Manifest {
+        Manifest {
+            server_version,
+            started_at,
+            finished_at: Utc::now(),
+            plaintext_size: summary.plaintext_size,
+            ciphertext: summary.ciphertext_info(DATA_FILE),
+            recipients: summary.recipients.clone(),
+            signer: self.config.signing_key.fingerprint(),
+            tool: format!("backstop {}", env!("CARGO_PKG_VERSION")),
+            ..Manifest::of_backup(&self.id)
+        }
+    }
+
+    /// Signs the manifest and writes the signature, then the manifest (the
+    /// commit marker). Returns their keys.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<(String, String), DumpError> {
+        let (manifest_bytes, signature) = sign_manifest(manifest, &self.config.signing_key)
+            .map_err(|error| DumpError::Sign {
+                backup_id: self.id.to_string(),
+                error,
+            })?;
+        let signature_key = self.id.signature_key();
+        let manifest_key = self.id.manifest_key();
+        let signature = signature.as_bytes();
+        self.put_commit(&signature_key, signature, "application/pgp-signature")
+            .await?;
+        self.put_commit(&manifest_key, &manifest_bytes, "application/json")
+            .await?;
+        Ok((signature_key, manifest_key))
+    }
+
+    async fn put_commit(
+        &self,
+        key: &str,
+        body: &[u8],
+        content_type: &str,
+    ) -> Result<(), DumpError> {
+        put_small(self.store, key, body, content_type, self.config.retry)
+            .await
+            .map_err(|error| DumpError::Commit {
+                key: key.to_string(),
+                error,
+            })
+    }
+
+    fn encrypt_failed(&self, error: CryptoError) -> DumpError {
+        DumpError::Encrypt {
+            backup_id: self.id.to_string(),
+            error,
+        }
+    }
+
+    /// A failed data upload: the encryption's failure when the stream broke
+    /// on its side, the store's otherwise.
+    fn upload_failed(&self, e: StoreError) -> DumpError {
+        match e {
+            StoreError::Source { source, .. } => self.encrypt_failed(CryptoError::from_io(source)),
+            error => DumpError::Upload {
+                key: self.data_key.clone(),
+                error,
+            },
+        }
+    }
+}
+
+/// The job's duration in seconds (to the millisecond) and its ciphertext
+/// megabytes (10^6 bytes) per second (to the hundredth), since `clock`.
+pub(crate) fn pace(clock: Instant, ciphertext_bytes: u64) -> (f64, f64) {
+    let duration = clock.elapsed().as_secs_f64();
+    let throughput = if duration > 0.0 {
+        ciphertext_bytes as f64 / 1e6 / duration
+    } else {
+        0.0
+    };
+    (
+        (duration * 1000.0).round() / 1000.0,
+        (throughput * 100.0).round() / 100.0,
+    )
+}
 
 /// What became of the `pg_dump` output stream, seen from inside it.
 #[derive(Debug, Clone, Default)]
@@ -24,7 +229,7 @@ pub(super) enum SourceState {
 /// Passes `input` through, recording whether it ended cleanly or failed, so
 /// that a failed upload can be blamed on the right party and no upload is
 /// ever committed unless the dump itself ended cleanly.
-pub(super) fn watch(input: ByteStream) -> (ByteStream, Arc<Mutex<SourceState>>) {
+fn watch(input: ByteStream) -> (ByteStream, Arc<Mutex<SourceState>>) {
     let state = Arc::new(Mutex::new(SourceState::Running));
     let on_item = state.clone();
     let on_end = state.clone();

@@ -1,0 +1,39 @@
+//! `backstop basebackup`: one encrypted, signed physical base backup of a
+//! whole cluster into the GCS backups bucket. Takes the options of
+//! `backstop dump` (parsed by the same code) and `--allow-no-archive`.
+//! Prints the result as JSON on stdout; logs go to stderr.
+
+use backstop_postgres::basebackup::{BaseBackupConfig, run_base_backup};
+
+use crate::dump_cmd::{self, DumpArgs};
+
+/// Takes a physical base backup of the cluster with `pg_basebackup` (one
+/// tar, WAL left to the archive), encrypts it to the backup public key(s)
+/// and uploads it to the GCS bucket, then writes the signed manifest. The
+/// role needs REPLICATION, and the server archive_mode (or
+/// --allow-no-archive). The job only creates objects.
+#[derive(clap::Args, Debug)]
+pub struct BaseBackupArgs {
+    #[command(flatten)]
+    pub job: DumpArgs,
+    /// Take the backup although the server's archive_mode is off: it then
+    /// restores only with WAL kept by other means, to no other point in time.
+    #[arg(
+        long,
+        env = "BACKSTOP_ALLOW_NO_ARCHIVE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_no_archive: bool,
+}
+
+pub async fn run(args: BaseBackupArgs) -> anyhow::Result<()> {
+    let (job, store) = dump_cmd::load(args.job).await?;
+    let config = BaseBackupConfig {
+        job,
+        allow_no_archive: args.allow_no_archive,
+    };
+    let summary = run_base_backup(&config, &store).await?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
