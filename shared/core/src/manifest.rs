@@ -201,22 +201,7 @@ impl Manifest {
     /// Parses and checks kind and version, without trusting anything yet (the
     /// signature is checked separately, over the same bytes).
     pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
-        if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::TooLarge);
-        }
-        #[derive(Deserialize)]
-        struct Header {
-            kind: String,
-            version: u32,
-        }
-        let header: Header =
-            serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
-        if header.kind != MANIFEST_KIND {
-            return Err(ManifestError::WrongKind(header.kind));
-        }
-        if header.version > MANIFEST_VERSION || header.version == 0 {
-            return Err(ManifestError::UnsupportedVersion(header.version));
-        }
+        check_header(bytes, MANIFEST_KIND, MANIFEST_VERSION)?;
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
         m.check_names(&m.id()?)?;
@@ -268,6 +253,32 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// The checks every signed description makes before it is parsed whole:
+/// its size, its `kind` and a `version` from 1 to `max_version`.
+pub(crate) fn check_header(
+    bytes: &[u8],
+    kind: &str,
+    max_version: u32,
+) -> Result<(), ManifestError> {
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::TooLarge);
+    }
+    #[derive(Deserialize)]
+    struct Header {
+        kind: String,
+        version: u32,
+    }
+    let header: Header =
+        serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+    if header.kind != kind {
+        return Err(ManifestError::WrongKind(header.kind));
+    }
+    if header.version > max_version || header.version == 0 {
+        return Err(ManifestError::UnsupportedVersion(header.version));
+    }
+    Ok(())
 }
 
 crate::error::permanent!(ManifestError);

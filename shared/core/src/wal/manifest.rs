@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{WalFile, WalFileKind, WalKey};
 use crate::crypto::{CryptoError, SigningKey, VerifyingKey, seal, unseal};
-use crate::manifest::{CiphertextInfo, MAX_MANIFEST_BYTES, ManifestError};
+use crate::manifest::{CiphertextInfo, ManifestError};
 use crate::naming::Namespace;
 
 /// The WAL manifest's `kind`.
@@ -96,22 +96,8 @@ impl WalManifest {
     /// Parses and checks kind, version, names and the chunk list, trusting
     /// nothing yet (the seal is checked by [`Self::open`]).
     pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
-        if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::TooLarge);
-        }
-        #[derive(Deserialize)]
-        struct Header {
-            kind: String,
-            version: u32,
-        }
+        crate::manifest::check_header(bytes, WAL_MANIFEST_KIND, WAL_MANIFEST_VERSION)?;
         let malformed = |e: serde_json::Error| ManifestError::Malformed(e.to_string());
-        let header: Header = serde_json::from_slice(bytes).map_err(malformed)?;
-        if header.kind != WAL_MANIFEST_KIND {
-            return Err(ManifestError::WrongKind(header.kind));
-        }
-        if header.version == 0 || header.version > WAL_MANIFEST_VERSION {
-            return Err(ManifestError::UnsupportedVersion(header.version));
-        }
         let m: WalManifest = serde_json::from_slice(bytes).map_err(malformed)?;
         m.key()?;
         crate::crypto::chunks::check_chunk_list(&m.ciphertext)
