@@ -12,6 +12,7 @@ mod restore_cmd;
 mod stack_cmd;
 mod typed;
 mod wal_cmd;
+mod wal_fetch_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,8 @@ enum Command {
     BaseBackup(basebackup_cmd::BaseBackupArgs),
     /// Archives a WAL file: PostgreSQL's archive_command ('backstop wal-push %p').
     WalPush(wal_cmd::WalPushArgs),
+    /// Fetches an archived WAL file, verified: PostgreSQL's restore_command ('backstop wal-fetch %f %p').
+    WalFetch(wal_fetch_cmd::WalFetchArgs),
 }
 
 /// Whether a command loads an unwrapped secret key into memory: the backup
@@ -59,7 +62,58 @@ fn holds_secret_keys(command: &Command) -> bool {
             | Command::Dump(_)
             | Command::BaseBackup(_)
             | Command::WalPush(_)
+            | Command::WalFetch(_)
     )
+}
+
+/// A failure with an exit status of its own (every other error exits 1):
+/// for callers that read the status, such as PostgreSQL running
+/// `wal-fetch` as its restore_command. A command wraps its error with
+/// [`Exit::new`] (the error type says which status, e.g.
+/// `WalFetchError::exit_code`); `main` finds it by downcasting.
+#[derive(Debug)]
+pub struct Exit {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Exit {
+    /// `error`, to end the process with status `code`.
+    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code,
+            error: error.into(),
+        }
+    }
+
+    /// The status for `error`: an [`Exit`]'s own, else 1.
+    fn code_of(error: &anyhow::Error) -> u8 {
+        error.downcast_ref::<Exit>().map_or(1, |e| e.code)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The status of a command line that does not parse: clap's (2), except
+/// for `wal-fetch`, where PostgreSQL would read 2 as "not archived" and end
+/// recovery early; a mistyped restore_command stops it instead.
+fn usage_exit_code(error: &clap::Error, args: &[String]) -> i32 {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    );
+    if !informational && args.get(1).is_some_and(|a| a == "wal-fetch") {
+        backstop_postgres::wal::EXIT_STOP_RECOVERY.into()
+    } else {
+        error.exit_code()
+    }
 }
 
 /// Keeps secret keys out of core files: no core file size (inherited by
@@ -90,7 +144,14 @@ fn disable_core_dumps() -> std::io::Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     backstop_core::telemetry::init(backstop_core::telemetry::LogFormat::detect());
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(usage_exit_code(&e, &args) as u8);
+        }
+    };
     if holds_secret_keys(&cli.command)
         && let Err(e) = disable_core_dumps()
     {
@@ -109,12 +170,13 @@ async fn main() -> std::process::ExitCode {
         Command::Dump(args) => dump_cmd::run(args).await,
         Command::BaseBackup(args) => basebackup_cmd::run(args).await,
         Command::WalPush(args) => wal_cmd::run(args).await,
+        Command::WalFetch(args) => wal_fetch_cmd::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(Exit::code_of(&e))
         }
     }
 }
@@ -136,10 +198,39 @@ mod tests {
             &["decrypt", "--key", "file:/k.asc", "in.pgp", "out"],
             &["dump"],
             &["basebackup", "--allow-no-archive"],
+            &[
+                "wal-fetch",
+                "000000010000000000000001",
+                "pg_wal/RECOVERYXLOG",
+            ],
         ] {
             assert!(holds_secret_keys(&command(args)), "{args:?}");
         }
         assert!(!holds_secret_keys(&command(&["ping"])));
+    }
+
+    #[test]
+    fn an_exit_error_sets_the_status_and_a_mistyped_wal_fetch_stops_recovery() {
+        let plain = anyhow::anyhow!("failed");
+        assert_eq!(Exit::code_of(&plain), 1);
+        let exit: anyhow::Error = Exit::new(126, anyhow::anyhow!("outer")).into();
+        assert_eq!(
+            (Exit::code_of(&exit), exit.to_string()),
+            (126, "outer".into())
+        );
+        let args = |a: &[&str]| -> Vec<String> {
+            std::iter::once("backstop")
+                .chain(a.iter().copied())
+                .map(String::from)
+                .collect()
+        };
+        let usage = |a: &[&str]| {
+            let a = args(a);
+            usage_exit_code(&Cli::try_parse_from(&a).err().unwrap(), &a)
+        };
+        assert_eq!(usage(&["wal-fetch", "000000010000000000000001"]), 126);
+        assert_eq!(usage(&["wal-fetch", "--help"]), 0);
+        assert_eq!(usage(&["dump", "--no-such-option"]), 2);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - [`archive`]: one call of the command: the file PostgreSQL asks for,
 //!   plus the next `.ready` files pushed alongside (look-ahead), markers
 //!   for those so the next calls return at once, and the backlog.
+//! - [`fetch`]: `backstop wal-fetch %f %p`, the `restore_command`: one file
+//!   verified (GCS, then S3) into place, the exit status PostgreSQL acts
+//!   on, and (`prefetch`) the next segments fetched alongside.
 //!
 //! The cluster's system identifier comes from `global/pg_control` in the
 //! data directory (the command's working directory), so the command needs
@@ -18,10 +21,17 @@ use backstop_core::store::StoreError;
 
 pub mod archive;
 mod config;
+pub mod fetch;
+mod prefetch;
 pub mod push;
 
 pub use archive::{ArchiveReport, archive_call};
 pub use config::{WalPushConfig, WalPushSettings};
+pub use fetch::{
+    EXIT_NOT_ARCHIVED, EXIT_STOP_RECOVERY, FetchReport, WalFetchConfig, WalFetchError,
+    WalFetchSettings, fetch_call,
+};
+pub use prefetch::{AheadResult, PREFETCH_DIR};
 pub use push::{PushSettings, Pushed, push_file};
 
 /// A push that did not store the file. PostgreSQL keeps the file and calls
