@@ -27,8 +27,18 @@ pub struct BaseBackupArgs {
     pub allow_no_archive: bool,
 }
 
+/// The deflate level of a base backup unless `--compression-level` /
+/// `BACKSTOP_COMPRESSION_LEVEL` says otherwise: 1, not the dump's 3. A base
+/// backup reads the whole cluster at disk speed, and on the database host's
+/// cores level 3 tripled the time of `pg_basebackup` alone (README,
+/// "Benchmarks"); WAL is pushed at level 1 too.
+const BASE_BACKUP_COMPRESSION_LEVEL: &str = "1";
+
 pub async fn run(args: BaseBackupArgs) -> anyhow::Result<()> {
-    let (job, store) = dump_cmd::load(args.job).await?;
+    let mut job = args.job;
+    job.compression_level
+        .get_or_insert_with(|| BASE_BACKUP_COMPRESSION_LEVEL.to_string());
+    let (job, store) = dump_cmd::load(job).await?;
     let config = BaseBackupConfig {
         job,
         allow_no_archive: args.allow_no_archive,

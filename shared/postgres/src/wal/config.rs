@@ -26,7 +26,11 @@ pub const WAL_BACKLOG_WARN_VAR: &str = "BACKSTOP_WAL_BACKLOG_WARN";
 /// the database's; level 1 keeps most of the saving of 3 on WAL's
 /// repetitive records at about half the CPU (README, "WAL archiving").
 const DEFAULT_LEVEL: u32 = 1;
-const DEFAULT_PARALLEL: usize = 4;
+/// Two: each push holds its encryption pipeline's buffers (~15 MiB), and
+/// two at once already drain a backlog several times faster than
+/// PostgreSQL hands one file at a time to a single push (README, "WAL
+/// archiving"); raise it on a host with memory and cores to spare.
+const DEFAULT_PARALLEL: usize = 2;
 const MAX_PARALLEL: usize = 32;
 const DEFAULT_BACKLOG_WARN: usize = 32;
 

@@ -22,6 +22,10 @@ use backstop_core::wal::{WAL_MANIFEST_KIND, WAL_MANIFEST_VERSION, WalKey, WalMan
 use super::WalPushError;
 use crate::dump::RetryPolicy;
 
+/// Pieces the file is read in: small, because several pushes run at once
+/// and each holds a few pieces in its pipeline (a segment is 16 MiB).
+const READ_CHUNK: usize = 256 << 10;
+
 /// What every push of one call shares.
 #[derive(Clone)]
 pub struct PushSettings {
@@ -70,7 +74,7 @@ pub async fn push_file(
     let data_key = format!("{}{data_name}", key.dir());
 
     let hasher = Arc::new(Mutex::new((Sha256::new(), 0u64)));
-    let plaintext = hashed(reader_stream(file, 1 << 20), hasher.clone());
+    let plaintext = hashed(reader_stream(file, READ_CHUNK), hasher.clone());
     let encrypted = encrypt_stream_with(plaintext, &settings.recipients, settings.compression)
         .map_err(|e| WalPushError::Encrypt {
             key: key.to_string(),
