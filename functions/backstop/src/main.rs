@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod basebackup_cmd;
 mod dump_cmd;
 mod keys_cmd;
+mod restore_cluster_cmd;
 mod restore_cmd;
 mod stack_cmd;
 mod typed;
@@ -40,6 +41,8 @@ enum Command {
     Retention(stack_cmd::RetentionArgs),
     /// Restores the newest verified backup into a new database and records a drill.
     Restore(Box<restore_cmd::RestoreArgs>),
+    /// Point-in-time recovery: a verified base backup and the WAL archive into a new data directory.
+    RestoreCluster(Box<restore_cluster_cmd::RestoreClusterArgs>),
     /// Dumps a database, encrypted and signed, into the GCS backups bucket.
     Dump(dump_cmd::DumpArgs),
     /// Takes a physical base backup of the cluster, encrypted and signed, into the GCS backups bucket.
@@ -59,6 +62,7 @@ fn holds_secret_keys(command: &Command) -> bool {
         command,
         Command::Keys(_)
             | Command::Restore(_)
+            | Command::RestoreCluster(_)
             | Command::Dump(_)
             | Command::BaseBackup(_)
             | Command::WalPush(_)
@@ -167,6 +171,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => stack_cmd::serve(args).await,
         Command::Retention(args) => stack_cmd::retention(args).await,
         Command::Restore(args) => restore_cmd::run(*args).await,
+        Command::RestoreCluster(args) => restore_cluster_cmd::run(*args).await,
         Command::Dump(args) => dump_cmd::run(args).await,
         Command::BaseBackup(args) => basebackup_cmd::run(args).await,
         Command::WalPush(args) => wal_cmd::run(args).await,

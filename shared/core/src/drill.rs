@@ -110,6 +110,49 @@ impl DrillRecord {
     }
 }
 
+/// What a point-in-time recovery drill (`backstop restore-cluster
+/// --start`) checked: the target, and where the recovered server stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PitrDrill {
+    /// `time <RFC 3339>`, `lsn X/Y`, `xid N` or `latest`.
+    pub target: String,
+    /// The timeline recovery followed.
+    pub timeline: u32,
+    /// The server's `recovery stopping ...` (or `redo done at ...`) line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// `pg_last_xact_replay_timestamp()` after recovery (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replayed_commit: Option<String>,
+    /// `pg_last_wal_replay_lsn()` after recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replayed_lsn: Option<String>,
+    /// WAL segments `restore_command` fetched (the server log's count).
+    #[serde(default)]
+    pub wal_segments_fetched: u64,
+}
+
+/// The drill record of a point-in-time recovery: a [`DrillRecord`] (of a
+/// base backup) with a `pitr` field. Stored at the same key; readers of
+/// plain [`DrillRecord`]s (older audits) read it and ignore `pitr`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PitrDrillRecord {
+    /// The record every drill has (`tables_checked` 0 for a base backup).
+    #[serde(flatten)]
+    pub drill: DrillRecord,
+    /// What the recovery reached.
+    pub pitr: PitrDrill,
+}
+
+impl PitrDrillRecord {
+    /// Pretty-printed JSON with a final newline, as stored.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("drill record serializes");
+        out.push(b'\n');
+        out
+    }
+}
+
 /// A new run id: when the drill ran (UTC, whole seconds) and 6 random hex
 /// digits, the layout of a backup stamp, so records sort by time.
 pub fn new_run_id(at: DateTime<Utc>) -> String {
@@ -168,6 +211,39 @@ mod tests {
             "_drills/production/app/20261127T030000Z-00000a/20261127T040500Z-0000fe.json";
         assert!(r.misplaced(other_run).unwrap().contains("run"));
         assert!(r.misplaced("_drills/production/x.json").is_some());
+    }
+
+    #[test]
+    fn pitr_records_read_as_drill_records() {
+        let drill = DrillRecord {
+            backup_id: "production/.cluster-7312345678901234567/20261127T030000Z-00000a".into(),
+            run_id: "20261127T040500Z-0000ff".into(),
+            namespace: Namespace::new("production").unwrap(),
+            target_database: "/srv/pitr".into(),
+            started_at: Utc.with_ymd_and_hms(2026, 11, 27, 4, 0, 0).unwrap(),
+            finished_at: Utc.with_ymd_and_hms(2026, 11, 27, 4, 5, 0).unwrap(),
+            success: true,
+            tables_checked: 0,
+            mismatches: Vec::new(),
+            error: None,
+            restored_from: Some("gcs".into()),
+        };
+        let pitr = PitrDrillRecord {
+            drill: drill.clone(),
+            pitr: PitrDrill {
+                target: "lsn 0/3000060".into(),
+                timeline: 1,
+                stopped: Some("recovery stopping after WAL location (LSN) \"0/3000060\"".into()),
+                last_replayed_commit: None,
+                last_replayed_lsn: Some("0/3000060".into()),
+                wal_segments_fetched: 3,
+            },
+        };
+        let bytes = pitr.to_bytes();
+        assert_eq!(DrillRecord::parse(&bytes).unwrap(), drill);
+        let back: PitrDrillRecord = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, pitr);
+        assert_eq!(drill.misplaced(&drill.key().unwrap()), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use backstop_core::config::ConfigError;
 pub mod basebackup;
 pub mod dump;
 pub mod pg;
+pub mod pitr;
 pub mod restore;
 mod server;
 pub mod wal;

@@ -24,6 +24,40 @@ use crate::retention::plan::{
 };
 use crate::retention::policy::{NamespaceRule, PolicySet, format_age, format_duration};
 
+/// The finding codes of one kind of drill.
+struct DrillCodes {
+    /// Drills of base backups (point-in-time recovery).
+    pitr: bool,
+    none: &'static str,
+    stale: &'static str,
+    failed: &'static str,
+    what: &'static str,
+}
+
+const DUMP_DRILLS: DrillCodes = DrillCodes {
+    pitr: false,
+    none: "no_restore_drill",
+    stale: "restore_drill_stale",
+    failed: "restore_drill_failed",
+    what: "restore drill",
+};
+
+/// A cluster series never drilled is as stale as one drilled long ago.
+const PITR_DRILLS: DrillCodes = DrillCodes {
+    pitr: true,
+    none: "pitr_drill_stale",
+    stale: "pitr_drill_stale",
+    failed: "pitr_drill_failed",
+    what: "point-in-time recovery drill",
+};
+
+/// Whether a drill record is of a base backup (`restore-cluster`).
+fn is_pitr(d: &DrillRecord) -> bool {
+    d.backup_id
+        .parse::<BackupId>()
+        .is_ok_and(|id| id.system_identifier().is_some())
+}
+
 pub(super) enum Removal {
     Removed,
     DryRun,
@@ -665,72 +699,90 @@ impl Audit<'_> {
         found
     }
 
-    /// Restore drills: recent, successful, and the latest one not failed.
+    /// Restore drills: recent, successful, and the latest one not failed;
+    /// dumps' drills (`restore`) and base backups' (`restore-cluster`: the
+    /// `pitr_drill_*` codes) apart, each for the namespaces with such
+    /// backups.
     pub(super) fn drills(&mut self, inv: &Inventory, drills: &[DrillRecord]) {
-        let mut namespaces: BTreeSet<String> = inv
-            .backups
-            .keys()
-            .map(|id| id.namespace.to_string())
-            .collect();
-        for rule in &self.policies.rules {
-            if rule.pattern.is_literal() {
-                namespaces.insert(rule.pattern.to_string());
+        for codes in [&DUMP_DRILLS, &PITR_DRILLS] {
+            let mut namespaces: BTreeSet<String> = inv
+                .backups
+                .keys()
+                .filter(|id| id.system_identifier().is_some() == codes.pitr)
+                .map(|id| id.namespace.to_string())
+                .collect();
+            for rule in self.policies.rules.iter().filter(|_| !codes.pitr) {
+                if rule.pattern.is_literal() {
+                    namespaces.insert(rule.pattern.to_string());
+                }
+            }
+            for ns in namespaces {
+                let mine: Vec<&DrillRecord> = drills
+                    .iter()
+                    .filter(|d| d.namespace.as_str() == ns && is_pitr(d) == codes.pitr)
+                    .collect();
+                self.drill_findings(&ns, codes, &mine);
             }
         }
-        for ns in namespaces {
-            let Some(rule) = self.policies.rule_for(&ns) else {
-                continue;
+    }
+
+    /// The drill findings of one namespace from its records of one kind.
+    fn drill_findings(&mut self, ns: &str, codes: &DrillCodes, mine: &[&DrillRecord]) {
+        let Some(rule) = self.policies.rule_for(ns) else {
+            return;
+        };
+        let Some(max_age) = rule.drill_max_age else {
+            return;
+        };
+        let sev = protected_severity(Some(rule));
+        let what = codes.what;
+        let last_ok = mine
+            .iter()
+            .filter(|d| d.success)
+            .max_by_key(|d| d.finished_at);
+        let latest = mine.iter().max_by_key(|d| d.finished_at);
+        match last_ok {
+            None => self.push(
+                Finding::new(
+                    sev,
+                    codes.none,
+                    format!("no successful {what} of {ns:?} backups was ever recorded: an untested backup is not a backup"),
+                )
+                .ns(ns),
+            ),
+            Some(ok) if self.now - ok.finished_at > max_age => self.push(
+                Finding::new(
+                    sev,
+                    codes.stale,
+                    format!(
+                        "the last successful {what} of {ns:?} was {} ago ({}), more than the {} allowed",
+                        format_age(self.now - ok.finished_at),
+                        ok.backup_id,
+                        format_duration(max_age)
+                    ),
+                )
+                .ns(ns)
+                .subject(&ok.backup_id),
+            ),
+            Some(_) => {}
+        }
+        if let Some(last) = latest.filter(|l| !l.success) {
+            let why = match (&last.error, last.mismatches.len()) {
+                (Some(e), _) => e.clone(),
+                (None, n) => format!("{n} tables had row counts different from the manifest"),
             };
-            let Some(max_age) = rule.drill_max_age else {
-                continue;
-            };
-            let sev = protected_severity(Some(rule));
-            let mine = || drills.iter().filter(|d| d.namespace.as_str() == ns);
-            let last_ok = mine().filter(|d| d.success).max_by_key(|d| d.finished_at);
-            let latest = mine().max_by_key(|d| d.finished_at);
-            match last_ok {
-                None => self.push(
-                    Finding::new(
-                        sev,
-                        "no_restore_drill",
-                        format!("no successful restore drill of {ns:?} backups was ever recorded: an untested backup is not a backup"),
-                    )
-                    .ns(&ns),
-                ),
-                Some(ok) if self.now - ok.finished_at > max_age => self.push(
-                    Finding::new(
-                        sev,
-                        "restore_drill_stale",
-                        format!(
-                            "the last successful restore drill of {ns:?} was {} ago ({}), more than the {} allowed",
-                            format_age(self.now - ok.finished_at),
-                            ok.backup_id,
-                            format_duration(max_age)
-                        ),
-                    )
-                    .ns(&ns)
-                    .subject(&ok.backup_id),
-                ),
-                Some(_) => {}
-            }
-            if let Some(last) = latest.filter(|l| !l.success) {
-                let why = match (&last.error, last.mismatches.len()) {
-                    (Some(e), _) => e.clone(),
-                    (None, n) => format!("{n} tables had row counts different from the manifest"),
-                };
-                self.push(
-                    Finding::new(
-                        Severity::Warning,
-                        "restore_drill_failed",
-                        format!(
-                            "the latest restore drill of {ns:?} ({}, into {}) failed: {why}",
-                            last.backup_id, last.target_database
-                        ),
-                    )
-                    .ns(&ns)
-                    .subject(&last.backup_id),
-                );
-            }
+            self.push(
+                Finding::new(
+                    Severity::Warning,
+                    codes.failed,
+                    format!(
+                        "the latest {what} of {ns:?} ({}, into {}) failed: {why}",
+                        last.backup_id, last.target_database
+                    ),
+                )
+                .ns(ns)
+                .subject(&last.backup_id),
+            );
         }
     }
 }
