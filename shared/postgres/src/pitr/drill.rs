@@ -15,6 +15,7 @@ use backstop_core::wal::Lsn;
 use super::config::{PitrConfig, RecoveryTarget};
 use super::recovery::{LogFacts, url};
 use super::select::{BaseCandidate, ordered};
+use super::timeline::Plan;
 use crate::restore::Clouds;
 
 const DRILL_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,14 +70,34 @@ fn judge(
     }
 }
 
+/// `--latest` must have replayed into the newest archived segment: a
+/// recovery that ended early (a segment it could not fetch) also says
+/// `redo done`.
+fn replayed_through(target: &RecoveryTarget, lsn: Option<Lsn>, plan: &Plan) -> Result<(), String> {
+    match (target, lsn) {
+        (RecoveryTarget::Latest, Some(l)) if l >= plan.last_needed_start => Ok(()),
+        (RecoveryTarget::Latest, l) => Err(format!(
+            "replay ended at {}, before the newest archived segment {}: recovery stopped early (a WAL file it could not fetch); the restored cluster is missing data",
+            l.map_or("an unknown position".into(), |l| l.to_string()),
+            plan.last_needed
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs the checks: the drill's result and the PITR part of its record.
 pub(super) async fn check(
     cfg: &PitrConfig,
-    timeline: u32,
+    plan: &Plan,
     facts: &LogFacts,
 ) -> (PitrDrill, Result<(), String>) {
+    let timeline = plan.timeline;
     let (at, lsn, verdict) = match last_replayed(cfg).await {
-        Ok((at, lsn)) => (at, lsn, judge(&cfg.target, facts, at, lsn)),
+        Ok((at, lsn)) => {
+            let verdict = judge(&cfg.target, facts, at, lsn)
+                .and_then(|()| replayed_through(&cfg.target, lsn, plan));
+            (at, lsn, verdict)
+        }
         Err(e) => (None, None, Err(e)),
     };
     let pitr = PitrDrill {

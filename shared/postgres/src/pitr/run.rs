@@ -284,7 +284,7 @@ async fn drill_and_record(
     facts: &LogFacts,
     report: &mut PitrReport,
 ) {
-    let (pitr, verdict) = drill::check(cfg, plan.timeline, facts).await;
+    let (pitr, verdict) = drill::check(cfg, plan, facts).await;
     report.started = true;
     report.wal_segments_fetched = Some(facts.restored);
     report.target_reached = facts.stopping.clone().or_else(|| facts.redo_done.clone());

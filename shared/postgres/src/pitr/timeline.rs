@@ -228,6 +228,8 @@ pub(super) struct Plan {
     pub segments: u64,
     /// The last segment the target needs (its name).
     pub last_needed: String,
+    /// Where that segment begins: `--latest` must replay at least to it.
+    pub last_needed_start: Lsn,
 }
 
 /// The segment file recovery reads for segment number `segno`: the newest
@@ -431,6 +433,7 @@ pub(super) async fn plan(
     Ok(Plan {
         timeline: tli,
         last_needed: file_for(&chain, last, size).name().to_string(),
+        last_needed_start: Lsn(last * size),
         segments: last - start + 1,
     })
 }
