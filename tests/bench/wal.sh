@@ -40,14 +40,19 @@ now() { date +%s.%N; }
 [ -f "$BASELINE" ] || die "reference harness not found at $BASELINE (set PGBR_BASELINE)"
 mkdir -p "$WORK"; chmod 755 "$WORK"
 
-log "building backstop (release)"
-cargo build --release -q -p backstop-cli --bin backstop
-BACKSTOP="$REPO/target/release/backstop"
+# BACKSTOP_BIN: a release binary built beforehand (it must be readable by
+# the postgres user); else built now.
+BACKSTOP=${BACKSTOP_BIN:-}
+if [ -z "$BACKSTOP" ]; then
+    log "building backstop (release)"
+    cargo build --release -q -p backstop-cli --bin backstop
+    BACKSTOP="$REPO/target/release/backstop"
+fi
 
 # ---- 1. pgBackRest ------------------------------------------------------------
 if [ "${BENCH_SKIP_PGBACKREST:-0}" != 1 ]; then
     log "pgBackRest: $BASELINE (REPO_TYPE=gcs, scale $SCALE), about 6 minutes"
-    REPO_TYPE=gcs SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS JOBS=$JOBS BACKLOG_SECONDS=$BACKLOG_SECONDS \
+    env -u PGUSER -u PGHOST -u PGDATABASE -u PGPASSWORD PGPORT=${BENCH_PGBR_PORT:-55432} RESTORE_PORT=${BENCH_PGBR_RESTORE_PORT:-55433} REPO_TYPE=gcs SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS JOBS=$JOBS BACKLOG_SECONDS=$BACKLOG_SECONDS \
         PHASE_ORDER="async sync" bash "$BASELINE" "$WORK/pgbackrest" > "$WORK/pgbackrest.log" 2>&1 ||
         { tail -n 30 "$WORK/pgbackrest.log" >&2; die "the pgBackRest baseline failed"; }
 fi
@@ -76,7 +81,7 @@ log "initdb + start on :$PGPORT"
 asp "$PGBIN/initdb" -D "$PGDATA" -U postgres -A trust > "$L/initdb.log"
 cat >> "$PGDATA/postgresql.conf" <<EOF
 port = $PGPORT
-listen_addresses = ''
+listen_addresses = '127.0.0.1'
 unix_socket_directories = '$RUN'
 shared_buffers = 512MB
 wal_level = replica
@@ -136,6 +141,31 @@ asp "$PGBIN/pgbench" -h "$RUN" -p "$PGPORT" -U postgres -i -s "$SCALE" -q bench 
 t1=$(now); td=$(wait_drain)
 finish_phase "$D" load "$t0" "$t1" "$td" "$n0" /dev/null
 
+D=$R/basebackup; mkdir -p "$D"
+"${PSQL[@]}" -d postgres -c checkpoint > /dev/null
+log "backstop basebackup"
+t0=$(now)
+/usr/bin/time -v -o "$D/time-v.txt" "$BACKSTOP" basebackup --database-url "postgres://postgres@/postgres?host=$RUN&port=$PGPORT" \
+    > "$D/summary.json" 2> "$D/stderr.log" || { tail -n 20 "$D/stderr.log" >&2; die "backstop basebackup failed"; }
+t1=$(now)
+python3 -c "import json; print(json.dumps({'seconds': round($t1 - $t0, 2), 'max_rss_kb': int([l.split(': ')[1] for l in open('$D/time-v.txt') if 'Maximum resident' in l][0])}))" > "$D/metrics.json"
+t0=$(now); "$PGBIN/pg_basebackup" -h "$RUN" -p "$PGPORT" -U postgres -Ft -D - -X none -c fast | wc -c > "$D/plain-bytes"; t1=$(now)
+python3 -c "import json; print(round($t1 - $t0, 2))" > "$D/plain-seconds"
+
+# Markers, one committed per second through the workload phases: the
+# restore target lies between two of them (as in the reference harness).
+"${PSQL[@]}" -d bench -c 'create table marker (id bigserial primary key, ts timestamptz not null default clock_timestamp(), phase text)' > /dev/null
+cat > "$B/marker.sh" <<EOF
+#!/bin/bash
+while [ ! -e "$W/marker.stop" ]; do
+  psql -X -q -h "$RUN" -p "$PGPORT" -U postgres -d bench -c "insert into marker (phase) values ('run')" > /dev/null 2>&1
+  sleep 1
+done
+EOF
+chmod 755 "$B/marker.sh"
+nohup "$B/marker.sh" > /dev/null 2>&1 &
+MARKER_PID=$!
+
 run_phase() { # NAME [SQL FILE]
     local D=$R/$1; mkdir -p "$D"
     "${PSQL[@]}" -d postgres -c checkpoint > /dev/null; wait_drain > /dev/null; sleep 2
@@ -170,16 +200,61 @@ if [ "${BENCH_DATA:-}" = random ]; then
     run_phase random "$W/noise.sql"
 fi
 
-D=$R/basebackup; mkdir -p "$D"
-"${PSQL[@]}" -d postgres -c checkpoint > /dev/null
-log "backstop basebackup"
+# ---- PITR: the base backup and all the WAL since, restored to a time
+# between two markers near the end, timed until promoted.
+touch "$W/marker.stop"; wait "$MARKER_PID" 2>/dev/null || true
+"${PSQL[@]}" -d postgres -c "select pg_switch_wal()" > /dev/null; sleep 1; wait_drain > /dev/null
+D=$R/restore; mkdir -p "$D"
+IFS='|' read -r MK_ID TARGET < <("${PSQL[@]}" -d bench -At -F'|' -c "
+  select id, to_char((ts + interval '0.5 s') at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+  from marker where id = (select max(id) - 3 from marker)")
+RPORT=${BENCH_RESTORE_PORT:-56433}
+log "restore-cluster --to-time $TARGET (marker $MK_ID present, $((MK_ID + 1)) absent)"
+rm -f "$W/rss.stop"
+cat > "$B/rss.py" <<'EOF'
+import os, re, sys, time
+stop, out = sys.argv[1:3]
+peak, seen = 0, set()
+while not os.path.exists(stop):
+    for d in os.listdir('/proc'):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open(f'/proc/{d}/cmdline', 'rb').read()
+            if b'wal-fetch' not in cmd:
+                continue
+            m = re.search(r'VmHWM:\s+(\d+)', open(f'/proc/{d}/status').read())
+        except OSError:
+            continue
+        if m:
+            peak = max(peak, int(m.group(1))); seen.add(d)
+    time.sleep(0.05)
+open(out, 'w').write(f'{peak} {len(seen)}\n')
+EOF
+python3 "$B/rss.py" "$W/rss.stop" "$D/wal-fetch-rss.txt" &
+SAMPLER=$!
 t0=$(now)
-/usr/bin/time -v -o "$D/time-v.txt" "$BACKSTOP" basebackup --database-url "postgres://postgres@/postgres?host=$RUN&port=$PGPORT" \
-    > "$D/summary.json" 2> "$D/stderr.log" || { tail -n 20 "$D/stderr.log" >&2; die "backstop basebackup failed"; }
+BACKSTOP_BACKUP_KEY="file:$W/keys/backup.sec.asc" BACKSTOP_SIGNING_PUBLIC_KEY="file:$W/keys/signing.pub.asc" \
+    /usr/bin/time -v -o "$D/time-v.txt" "$BACKSTOP" restore-cluster --namespace "$NS" --to-time "$TARGET" \
+    --pgdata "$W/restore" --start --port "$RPORT" --user postgres > "$D/report.json" 2> "$D/stderr.log" ||
+    { tail -n 20 "$D/stderr.log" >&2; die "restore-cluster failed"; }
 t1=$(now)
-python3 -c "import json; print(json.dumps({'seconds': round($t1 - $t0, 2), 'max_rss_kb': int([l.split(': ')[1] for l in open('$D/time-v.txt') if 'Maximum resident' in l][0])}))" > "$D/metrics.json"
-t0=$(now); "$PGBIN/pg_basebackup" -h "$RUN" -p "$PGPORT" -U postgres -Ft -D - -X none -c fast | wc -c > "$D/plain-bytes"; t1=$(now)
-python3 -c "import json; print(round($t1 - $t0, 2))" > "$D/plain-seconds"
+touch "$W/rss.stop"; wait "$SAMPLER" 2>/dev/null || true
+HAS_K=$(psql -X -At -h 127.0.0.1 -p "$RPORT" -U postgres -d bench -c "select count(*) from marker where id = $MK_ID")
+HAS_N=$(psql -X -At -h 127.0.0.1 -p "$RPORT" -U postgres -d bench -c "select count(*) from marker where id = $((MK_ID + 1))")
+asp "$PGBIN/pg_ctl" -D "$W/restore" -m immediate -w stop > /dev/null 2>&1 || true
+python3 - "$D" "$t0" "$t1" "$HAS_K" "$HAS_N" <<'EOF'
+import json, sys
+d, t0, t1, k, n = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+r = json.load(open(d + '/report.json'))
+rss = int([l.split(': ')[1] for l in open(d + '/time-v.txt') if 'Maximum resident' in l][0])
+wf_peak, wf_n = map(int, open(d + '/wal-fetch-rss.txt').read().split())
+m = {'total_wall_s': round(t1 - t0, 2), 'segments': r.get('wal_segments_fetched'), 'timings': r['timings'],
+     'target_reached': r.get('target_reached'), 'marker_before_present': k == '1', 'marker_after_present': n == '1',
+     'restore_cluster_max_rss_kb': rss, 'wal_fetch_max_rss_kb_sampled': wf_peak, 'wal_fetch_processes_seen': wf_n,
+     'bytes': r.get('bytes')}
+json.dump(m, open(d + '/metrics.json', 'w'), indent=1)
+EOF
 
 # ---- 3. report -------------------------------------------------------------------
 python3 - "$WORK" <<'EOF'
@@ -220,6 +295,19 @@ print('| base backup s (peak RSS MiB) | %s (%.1f) | pgbackrest backup %s | pg_ba
     bb['seconds'], bb['max_rss_kb'] / 1024, pgb, plain, ((pg.get('basebackup') or {}).get('plain_tar') or {}).get('seconds')))
 if pgb:
     print('  base backup ratios: %.2fx pgbackrest backup, %.2fx pg_basebackup alone' % (bb['seconds'] / pgb, bb['seconds'] / plain))
+rs = load(f'{work}/backstop/results/restore/metrics.json')
+pr = pg.get('restore')
+if rs:
+    segs = rs['segments'] or 0
+    print('| PITR restore to a time, until promoted: wall s (WAL segments, segments/s) | %s (%s, %.1f/s) | %s (%s, %.1f/s) | | Backstop <= pgBackRest |' % (
+        rs['total_wall_s'], segs, segs / rs['total_wall_s'],
+        pr['total_wall_s'] if pr else None, pr['wal_segments_restored_by_postgres'] if pr else None,
+        (pr['wal_segments_restored_by_postgres'] / pr['total_wall_s']) if pr else 0))
+    print('  Backstop restore: %s; %s; marker before the target present %s, after it present %s; peak RSS restore-cluster %.1f MiB, wal-fetch %.1f MiB (sampled, %s processes)' % (
+        rs['timings'], rs['target_reached'], rs['marker_before_present'], rs['marker_after_present'],
+        rs['restore_cluster_max_rss_kb'] / 1024, rs['wal_fetch_max_rss_kb_sampled'] / 1024, rs['wal_fetch_processes_seen']))
+    if pr:
+        print('  pgBackRest restore: %.1f s restore + %.1f s to promoted, peak RSS %.1f MiB' % (pr['restore_cmd_s'], pr['start_to_promoted_s'], pr['restore_max_rss_kb_tree'] / 1024))
 if bs['random']:
     m = bs['random']
     print('| less compressible data (md5 text): archived/s, latency p50 | %s, %s | | | |' % (m['segments_archived_per_s_during_run'], lat(m)))
