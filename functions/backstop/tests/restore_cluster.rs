@@ -8,116 +8,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
-
 use backstop_core::naming::BackupId;
 use backstop_core::store::ObjectStore;
 use backstop_core::wal::{WalFile, WalKey};
 use backstop_tests::gcs;
-use common::{Cluster, World, free_port, var};
-
-const BACKSTOP: &str = env!("CARGO_BIN_EXE_backstop");
-
-/// The keys `restore-cluster` (and the `wal-fetch` it configures) reads.
-fn restore_env(world: &World) -> Vec<(String, String)> {
-    let key = |f: &str| format!("file:{}", world.dir.join("keys").join(f).display());
-    vec![
-        ("BACKSTOP_BACKUP_KEY".into(), key("backup.sec.asc")),
-        ("BACKSTOP_SIGNING_PUBLIC_KEY".into(), key("signing.pub.asc")),
-    ]
-}
-
-fn backstop(world: &World, args: &[&str]) -> (Output, serde_json::Value) {
-    let out = Command::new(BACKSTOP)
-        .args(args)
-        .envs(world.env())
-        .envs(restore_env(world))
-        .output()
-        .unwrap();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out, json)
-}
-
-fn ok(what: &str, (out, json): (Output, serde_json::Value)) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json
-}
-
-/// A base backup of `cluster` through the CLI; returns its id.
-fn base_backup(world: &World, cluster: &Cluster) -> String {
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
-    let args = [
-        "basebackup",
-        "--database-url",
-        &url,
-        "--namespace",
-        &world.namespace,
-    ];
-    let json = ok("basebackup", backstop(world, &args));
-    json["backup_id"].as_str().unwrap().to_string()
-}
-
-/// One row per transaction; returns (id, commit time, xid) as the server
-/// recorded them.
-fn write_row(cluster: &Cluster, id: u32) -> (String, String) {
-    let out = cluster.psql(&format!(
-        "INSERT INTO t (id) VALUES ({id}) RETURNING at::text || '|' || txid_current()"
-    ));
-    std::thread::sleep(Duration::from_millis(400));
-    let (at, xid) = out.split_once('|').unwrap();
-    (at.to_string(), xid.to_string())
-}
-
-/// Closes the current segment and waits until it is archived.
-fn switch_and_archive(cluster: &Cluster) {
-    let seg = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    cluster.psql("SELECT pg_switch_wal()");
-    cluster.wait_archived(&seg, Duration::from_secs(120));
-}
-
-/// Restores with `target` into a new directory, started; returns the
-/// restored server and the JSON result.
-fn restore(world: &World, name: &str, target: &[&str]) -> (Cluster, serde_json::Value) {
-    let pgdata = world.dir.join(name);
-    let port = free_port();
-    let mut args = vec!["restore-cluster", "--namespace", &world.namespace];
-    let (dir, port_text) = (pgdata.display().to_string(), port.to_string());
-    args.extend(target);
-    args.extend(["--pgdata", &dir, "--start", "--port", &port_text]);
-    let restored = restored_cluster(&pgdata, port);
-    let json = ok(
-        &format!("restore-cluster {target:?}"),
-        backstop(world, &args),
-    );
-    (restored, json)
-}
-
-fn restored_cluster(pgdata: &Path, port: u16) -> Cluster {
-    Cluster {
-        pgdata: pgdata.to_path_buf(),
-        log: pgdata.join("backstop-recovery.log"),
-        port,
-        bindir: PathBuf::from(var("PG_BINDIR")),
-    }
-}
-
-fn ids(cluster: &Cluster) -> String {
-    cluster.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t")
-}
-
-/// The midpoint of two of the server's timestamps, as RFC 3339 (UTC).
-fn between(cluster: &Cluster, a: &str, b: &str) -> String {
-    cluster.psql(&format!(
-        "SELECT to_char(('{a}'::timestamptz + ('{b}'::timestamptz - '{a}'::timestamptz) / 2) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-    ))
-}
+use common::{
+    Cluster, World, backstop, base_backup, between, free_port, ids, restore, switch_and_archive,
+    write_row,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restores_to_a_time_an_lsn_an_xid_and_the_latest_exactly() {

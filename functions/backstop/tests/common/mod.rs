@@ -295,3 +295,170 @@ impl Drop for Cluster {
             .status();
     }
 }
+
+// ---- point-in-time restores (restore_cluster*.rs) ---------------------------
+
+/// The keys `restore-cluster` (and the `wal-fetch` it configures) reads.
+pub fn restore_env(world: &World) -> Vec<(String, String)> {
+    let key = |f: &str| format!("file:{}", world.dir.join("keys").join(f).display());
+    vec![
+        ("BACKSTOP_BACKUP_KEY".into(), key("backup.sec.asc")),
+        ("BACKSTOP_SIGNING_PUBLIC_KEY".into(), key("signing.pub.asc")),
+    ]
+}
+
+/// Runs the real `backstop` with the world's settings and `extra` on top;
+/// returns its output and its stdout as JSON (`Null` if it is none).
+pub fn backstop_with(
+    world: &World,
+    args: &[&str],
+    extra: &[(String, String)],
+) -> (Output, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(args)
+        .envs(world.env())
+        .envs(restore_env(world))
+        .envs(extra.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out, json)
+}
+
+pub fn backstop(world: &World, args: &[&str]) -> (Output, serde_json::Value) {
+    backstop_with(world, args, &[])
+}
+
+pub fn ok(what: &str, (out, json): (Output, serde_json::Value)) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json
+}
+
+/// A base backup of `cluster` through the CLI; returns its id.
+pub fn base_backup(world: &World, cluster: &Cluster) -> String {
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+    let args = [
+        "basebackup",
+        "--database-url",
+        &url,
+        "--namespace",
+        &world.namespace,
+    ];
+    let json = ok("basebackup", backstop(world, &args));
+    json["backup_id"].as_str().unwrap().to_string()
+}
+
+/// One row per transaction; returns (commit time, xid) as the server
+/// recorded them.
+pub fn write_row(cluster: &Cluster, id: u32) -> (String, String) {
+    let out = cluster.psql(&format!(
+        "INSERT INTO t (id) VALUES ({id}) RETURNING at::text || '|' || txid_current()"
+    ));
+    std::thread::sleep(Duration::from_millis(400));
+    let (at, xid) = out.split_once('|').unwrap();
+    (at.to_string(), xid.to_string())
+}
+
+/// Closes the current segment and waits until it is archived; returns it.
+pub fn switch_and_archive(cluster: &Cluster) -> String {
+    let seg = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    cluster.psql("SELECT pg_switch_wal()");
+    cluster.wait_archived(&seg, Duration::from_secs(120));
+    seg
+}
+
+/// The arguments of `restore-cluster ... --pgdata <world>/<name> --start
+/// --port P` and the cluster it will start.
+fn restore_args(world: &World, name: &str) -> (Cluster, String, String) {
+    let pgdata = world.dir.join(name);
+    let port = free_port();
+    let restored = restored_cluster(&pgdata, port);
+    (restored, pgdata.display().to_string(), port.to_string())
+}
+
+/// Restores with `target` (and `extra` variables) into a new directory,
+/// started; returns the restored server and the JSON result.
+pub fn restore_with(
+    world: &World,
+    name: &str,
+    target: &[&str],
+    extra: &[(String, String)],
+) -> (Cluster, serde_json::Value) {
+    let (restored, result) = try_restore(world, name, target, extra);
+    let json = ok(&format!("restore-cluster {target:?}"), result);
+    (restored, json)
+}
+
+pub fn restore(world: &World, name: &str, target: &[&str]) -> (Cluster, serde_json::Value) {
+    restore_with(world, name, target, &[])
+}
+
+/// [`restore_with`] that may fail: the cluster (maybe never started) and
+/// the command's output.
+pub fn try_restore(
+    world: &World,
+    name: &str,
+    target: &[&str],
+    extra: &[(String, String)],
+) -> (Cluster, (Output, serde_json::Value)) {
+    let (restored, dir, port) = restore_args(world, name);
+    let mut args = vec!["restore-cluster", "--namespace", &world.namespace];
+    args.extend(target);
+    args.extend(["--pgdata", &dir, "--start", "--port", &port]);
+    let result = backstop_with(world, &args, extra);
+    (restored, result)
+}
+
+pub fn restored_cluster(pgdata: &Path, port: u16) -> Cluster {
+    Cluster {
+        pgdata: pgdata.to_path_buf(),
+        log: pgdata.join("backstop-recovery.log"),
+        port,
+        bindir: PathBuf::from(var("PG_BINDIR")),
+    }
+}
+
+pub fn ids(cluster: &Cluster) -> String {
+    cluster.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t")
+}
+
+/// The midpoint of two of the server's timestamps, as RFC 3339 (UTC).
+pub fn between(cluster: &Cluster, a: &str, b: &str) -> String {
+    cluster.psql(&format!(
+        "SELECT to_char(('{a}'::timestamptz + ('{b}'::timestamptz - '{a}'::timestamptz) / 2) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    ))
+}
+
+impl Cluster {
+    /// `pg_ctl stop -m fast`: the server is down when it returns.
+    pub fn stop(&self) {
+        run_ok(
+            as_postgres(&self.bindir.join("pg_ctl"))
+                .args(["-D"])
+                .arg(&self.pgdata)
+                .args(["-m", "fast", "-w", "stop"]),
+            "pg_ctl stop",
+        );
+    }
+
+    /// `Database cluster state` as `pg_controldata` prints it.
+    pub fn control_state(&self) -> String {
+        let out = run_ok(
+            Command::new(self.bindir.join("pg_controldata"))
+                .arg("-D")
+                .arg(&self.pgdata),
+            "pg_controldata",
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Database cluster state:"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+}
