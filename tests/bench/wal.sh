@@ -200,17 +200,12 @@ if [ "${BENCH_DATA:-}" = random ]; then
     run_phase random "$W/noise.sql"
 fi
 
-# ---- PITR: the base backup and all the WAL since, restored to a time
-# between two markers near the end, timed until promoted.
+# ---- PITR: the base backup and the WAL since, restored to a time between
+# two markers, timed until promoted: "mid", in the middle of the first phase
+# after the base backup (where the reference harness puts its target), and
+# "end", near the end (all the phases' WAL).
 touch "$W/marker.stop"; wait "$MARKER_PID" 2>/dev/null || true
 "${PSQL[@]}" -d postgres -c "select pg_switch_wal()" > /dev/null; sleep 1; wait_drain > /dev/null
-D=$R/restore; mkdir -p "$D"
-IFS='|' read -r MK_ID TARGET < <("${PSQL[@]}" -d bench -At -F'|' -c "
-  select id, to_char((ts + interval '0.5 s') at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
-  from marker where id = (select max(id) - 3 from marker)")
-RPORT=${BENCH_RESTORE_PORT:-56433}
-log "restore-cluster --to-time $TARGET (marker $MK_ID present, $((MK_ID + 1)) absent)"
-rm -f "$W/rss.stop"
 cat > "$B/rss.py" <<'EOF'
 import os, re, sys, time
 stop, out = sys.argv[1:3]
@@ -231,19 +226,28 @@ while not os.path.exists(stop):
     time.sleep(0.05)
 open(out, 'w').write(f'{peak} {len(seen)}\n')
 EOF
-python3 "$B/rss.py" "$W/rss.stop" "$D/wal-fetch-rss.txt" &
-SAMPLER=$!
-t0=$(now)
-BACKSTOP_BACKUP_KEY="file:$W/keys/backup.sec.asc" BACKSTOP_SIGNING_PUBLIC_KEY="file:$W/keys/signing.pub.asc" \
-    /usr/bin/time -v -o "$D/time-v.txt" "$BACKSTOP" restore-cluster --namespace "$NS" --to-time "$TARGET" \
-    --pgdata "$W/restore" --start --port "$RPORT" --user postgres > "$D/report.json" 2> "$D/stderr.log" ||
-    { tail -n 20 "$D/stderr.log" >&2; die "restore-cluster failed"; }
-t1=$(now)
-touch "$W/rss.stop"; wait "$SAMPLER" 2>/dev/null || true
-HAS_K=$(psql -X -At -h 127.0.0.1 -p "$RPORT" -U postgres -d bench -c "select count(*) from marker where id = $MK_ID")
-HAS_N=$(psql -X -At -h 127.0.0.1 -p "$RPORT" -U postgres -d bench -c "select count(*) from marker where id = $((MK_ID + 1))")
-asp "$PGBIN/pg_ctl" -D "$W/restore" -m immediate -w stop > /dev/null 2>&1 || true
-python3 - "$D" "$t0" "$t1" "$HAS_K" "$HAS_N" <<'EOF'
+pitr_restore() { # NAME MARKER_ID_SQL PORT
+    local D=$R/$1 MK_ID TARGET; mkdir -p "$D"
+    IFS='|' read -r MK_ID TARGET < <("${PSQL[@]}" -d bench -At -F'|' -c "
+      select id, to_char((ts + interval '0.5 s') at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+      from marker where id = ($2)")
+    log "restore-cluster ($1) --to-time $TARGET (marker $MK_ID present, $((MK_ID + 1)) absent)"
+    rm -f "$W/rss.stop"
+    python3 "$B/rss.py" "$W/rss.stop" "$D/wal-fetch-rss.txt" &
+    local sampler=$! t0 t1
+    t0=$(now)
+    BACKSTOP_BACKUP_KEY="file:$W/keys/backup.sec.asc" BACKSTOP_SIGNING_PUBLIC_KEY="file:$W/keys/signing.pub.asc" \
+        /usr/bin/time -v -o "$D/time-v.txt" "$BACKSTOP" restore-cluster --namespace "$NS" --to-time "$TARGET" \
+        --pgdata "$W/$1-data" --start --port "$3" --user postgres > "$D/report.json" 2> "$D/stderr.log" ||
+        { tail -n 20 "$D/stderr.log" >&2; die "restore-cluster failed"; }
+    t1=$(now)
+    touch "$W/rss.stop"; wait "$sampler" 2>/dev/null || true
+    local has_k has_n
+    has_k=$(psql -X -At -h 127.0.0.1 -p "$3" -U postgres -d bench -c "select count(*) from marker where id = $MK_ID")
+    has_n=$(psql -X -At -h 127.0.0.1 -p "$3" -U postgres -d bench -c "select count(*) from marker where id = $((MK_ID + 1))")
+    asp "$PGBIN/pg_ctl" -D "$W/$1-data" -m immediate -w stop > /dev/null 2>&1 || true
+    rm -rf "$W/$1-data"
+    python3 - "$D" "$t0" "$t1" "$has_k" "$has_n" <<'EOF'
 import json, sys
 d, t0, t1, k, n = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 r = json.load(open(d + '/report.json'))
@@ -255,6 +259,10 @@ m = {'total_wall_s': round(t1 - t0, 2), 'segments': r.get('wal_segments_fetched'
      'bytes': r.get('bytes')}
 json.dump(m, open(d + '/metrics.json', 'w'), indent=1)
 EOF
+}
+MID=$(python3 -c "import json; p = json.load(open('$R/sync/phase.json')); print((p['start'] + p['end']) / 2)")
+pitr_restore restore_mid "select max(id) from marker where ts <= to_timestamp($MID)" "${BENCH_RESTORE_PORT:-56433}"
+pitr_restore restore "select max(id) - 3 from marker" "${BENCH_RESTORE_PORT:-56433}"
 
 # ---- 3. report -------------------------------------------------------------------
 python3 - "$WORK" <<'EOF'
@@ -295,9 +303,12 @@ print('| base backup s (peak RSS MiB) | %s (%.1f) | pgbackrest backup %s | pg_ba
     bb['seconds'], bb['max_rss_kb'] / 1024, pgb, plain, ((pg.get('basebackup') or {}).get('plain_tar') or {}).get('seconds')))
 if pgb:
     print('  base backup ratios: %.2fx pgbackrest backup, %.2fx pg_basebackup alone' % (bb['seconds'] / pgb, bb['seconds'] / plain))
-rs = load(f'{work}/backstop/results/restore/metrics.json')
 pr = pg.get('restore')
-if rs:
+for name in ('restore_mid', 'restore'):
+    rs = load(f'{work}/backstop/results/{name}/metrics.json')
+    if not rs:
+        continue
+    print('  %s:' % name)
     segs = rs['segments'] or 0
     print('| PITR restore to a time, until promoted: wall s (WAL segments, segments/s) | %s (%s, %.1f/s) | %s (%s, %.1f/s) | | Backstop <= pgBackRest |' % (
         rs['total_wall_s'], segs, segs / rs['total_wall_s'],
