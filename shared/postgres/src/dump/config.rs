@@ -167,14 +167,7 @@ impl DumpConfig {
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| missing(DATABASE_URL_VAR, hint::DATABASE_URL))?;
         check_database_url(&database_url)?;
-        let ns = settings.namespace.filter(|s| !s.trim().is_empty());
-        let ns_text = ns
-            .as_deref()
-            .unwrap_or(DEFAULT_NAMESPACE)
-            .trim()
-            .to_string();
-        let namespace = Namespace::new(&ns_text)
-            .map_err(|e| invalid(NAMESPACE_VAR, &ns_text, e.to_string()))?;
+        let namespace = namespace_setting(settings.namespace)?;
 
         let (recipients, signing_key) =
             load_job_keys(settings.recipients, settings.signing_key, kms).await?;
@@ -191,6 +184,15 @@ impl DumpConfig {
             compression: compression_from(settings.compression_level.as_deref())?,
         })
     }
+}
+
+/// `BACKSTOP_NAMESPACE` of a job: the namespace given, or
+/// [`DEFAULT_NAMESPACE`]; errors name the variable.
+pub(crate) fn namespace_setting(text: Option<String>) -> Result<Namespace, ConfigError> {
+    let text = text
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    Namespace::new(text.trim()).map_err(|e| invalid(NAMESPACE_VAR, &text, e.to_string()))
 }
 
 /// The keys of a job that writes backups (dump, base backup, WAL push):

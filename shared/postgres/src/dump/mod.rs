@@ -37,7 +37,7 @@ mod run;
 mod upload;
 
 pub use config::{DATABASE_URL_VAR, DEFAULT_NAMESPACE, DumpConfig, DumpSettings, RetryPolicy};
-pub(crate) use config::{NAMESPACE_VAR, compression_setting, load_job_keys};
+pub(crate) use config::{NAMESPACE_VAR, compression_setting, load_job_keys, namespace_setting};
 pub use error::DumpError;
 pub use run::{DumpSummary, run_dump};
 pub(crate) use upload::{Publisher, pace};

@@ -8,7 +8,7 @@ use backstop_core::naming::Namespace;
 
 use super::push::PushSettings;
 use crate::dump::{
-    DEFAULT_NAMESPACE, NAMESPACE_VAR, RetryPolicy, compression_setting, load_job_keys,
+    NAMESPACE_VAR, RetryPolicy, compression_setting, load_job_keys, namespace_setting,
 };
 use crate::invalid;
 
@@ -86,12 +86,7 @@ pub struct WalPushConfig {
 impl WalPushConfig {
     /// Checks the settings and loads the keys; errors name the variable.
     pub async fn load(settings: WalPushSettings, kms: &dyn KeyUnwrap) -> Result<Self, ConfigError> {
-        let ns_text = settings
-            .namespace
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        let namespace = Namespace::new(ns_text.trim())
-            .map_err(|e| invalid(NAMESPACE_VAR, &ns_text, e.to_string()))?;
+        let namespace = namespace_setting(settings.namespace)?;
         let (recipients, signing_key) =
             load_job_keys(settings.recipients, settings.signing_key, kms).await?;
         let compression = compression_setting(
@@ -111,18 +106,7 @@ impl WalPushConfig {
             DEFAULT_BACKLOG_WARN,
             usize::MAX,
         )?;
-        let pgdata = match settings.pgdata.filter(|p| !p.as_os_str().is_empty()) {
-            Some(p) => p,
-            None => std::env::current_dir().map_err(|e| {
-                invalid(
-                    PGDATA_VAR,
-                    "",
-                    format!(
-                        "the working directory cannot be read ({e}); set it to the data directory"
-                    ),
-                )
-            })?,
-        };
+        let pgdata = pgdata_setting(settings.pgdata)?;
         Ok(Self {
             namespace,
             push: PushSettings {
@@ -135,6 +119,21 @@ impl WalPushConfig {
             pgdata,
             backlog_warn,
         })
+    }
+}
+
+/// `BACKSTOP_PGDATA`: the data directory given, or the working directory
+/// (where PostgreSQL runs `archive_command` and `restore_command`).
+pub(crate) fn pgdata_setting(given: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    match given.filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => Ok(p),
+        None => std::env::current_dir().map_err(|e| {
+            invalid(
+                PGDATA_VAR,
+                "",
+                format!("the working directory cannot be read ({e}); set it to the data directory"),
+            )
+        }),
     }
 }
 

@@ -41,7 +41,7 @@ use backstop_core::wal::{WalFile, WalKey, WalManifest};
 
 use super::prefetch::{self, AheadResult, TempFile};
 use super::{WalPushError, system_identifier};
-use crate::dump::{DEFAULT_NAMESPACE, NAMESPACE_VAR};
+use crate::dump::NAMESPACE_VAR;
 use crate::restore::Clouds;
 use crate::{invalid, missing, shown_key_setting};
 
@@ -232,24 +232,8 @@ impl WalFetchConfig {
     /// Checks the settings and loads the keys (`kms` unwraps a `gcpkms:`
     /// backup key); errors name the variable.
     pub async fn load(s: WalFetchSettings, kms: &dyn KeyUnwrap) -> Result<Self, ConfigError> {
-        let ns_text = s
-            .namespace
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        let namespace = Namespace::new(ns_text.trim())
-            .map_err(|e| invalid(NAMESPACE_VAR, &ns_text, e.to_string()))?;
-        let pgdata = match s.pgdata.filter(|p| !p.as_os_str().is_empty()) {
-            Some(p) => p,
-            None => std::env::current_dir().map_err(|e| {
-                invalid(
-                    super::config::PGDATA_VAR,
-                    "",
-                    format!(
-                        "the working directory cannot be read ({e}); set it to the data directory"
-                    ),
-                )
-            })?,
-        };
+        let namespace = crate::dump::namespace_setting(s.namespace)?;
+        let pgdata = super::config::pgdata_setting(s.pgdata)?;
         Ok(Self {
             namespace,
             system_identifier: cluster_id(s.system_identifier.as_deref(), &pgdata)?,
