@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use backstop_cloud::gcs::{GCS_BUCKET_VAR, GcsStore};
-use backstop_cloud::s3::{S3_BUCKET_VAR, S3Store};
+use backstop_cloud::gcs::GCS_BUCKET_VAR;
+use backstop_cloud::s3::S3_BUCKET_VAR;
 use backstop_core::config::Env;
 use backstop_core::store::ObjectStore;
 use backstop_postgres::pitr::{PitrConfig, PitrSettings, restore_cluster};
@@ -91,32 +91,6 @@ pub struct RestoreClusterArgs {
     pub no_drill_record: bool,
 }
 
-/// The clouds given; a GCS client that cannot be built leaves S3 to try.
-async fn build_stores(
-    env: &Env,
-    gcs: Option<&str>,
-    s3: Option<&str>,
-) -> anyhow::Result<(Option<GcsStore>, Option<S3Store>)> {
-    let mut primary = None;
-    if let Some(bucket) = gcs {
-        let built = GcsStore::builder().env(env).bucket(bucket).build().await;
-        primary = built
-            .inspect_err(
-                |e| tracing::warn!(error = %e, "cannot build the GCS client; trying S3 only"),
-            )
-            .ok();
-    }
-    let replica = match s3 {
-        Some(bucket) => Some(S3Store::builder().env(env).bucket(bucket).build().await?),
-        None => None,
-    };
-    anyhow::ensure!(
-        primary.is_some() || replica.is_some(),
-        "no backup store: set {GCS_BUCKET_VAR} (or --gcs-bucket) and/or {S3_BUCKET_VAR} (or --s3-bucket)"
-    );
-    Ok((primary, replica))
-}
-
 pub async fn run(args: RestoreClusterArgs) -> anyhow::Result<()> {
     let env = Env::from_process();
     let typed = [
@@ -163,7 +137,7 @@ pub async fn run(args: RestoreClusterArgs) -> anyhow::Result<()> {
     let config = PitrConfig::load(settings, &kms)
         .await
         .map_err(|e| as_typed(e, &typed))?;
-    let (gcs, s3) = build_stores(&env, gcs_bucket.as_deref(), s3_bucket.as_deref()).await?;
+    let (gcs, s3) = crate::restore_cmd::stores(&env, gcs_bucket.clone(), s3_bucket.clone()).await?;
     let clouds = Clouds {
         primary: gcs.as_ref().map(|s| s as &dyn ObjectStore),
         replica: s3.as_ref().map(|s| s as &dyn ObjectStore),

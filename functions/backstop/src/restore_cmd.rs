@@ -215,8 +215,9 @@ impl Progress for TermProgress {
 }
 
 /// The stores named on the command line (or by their variables). A GCS
-/// client that cannot be built leaves the S3 replica to try.
-async fn stores(
+/// client that cannot be built leaves the S3 replica to try. Used by
+/// `restore` and `restore-cluster`.
+pub(crate) async fn stores(
     env: &Env,
     gcs_bucket: Option<String>,
     s3_bucket: Option<String>,
