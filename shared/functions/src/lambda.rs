@@ -141,11 +141,21 @@ fn deadline_instant(deadline_ms: u64) -> std::time::Instant {
     std::time::Instant::now() + std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms))
 }
 
+/// Set once the Lambda runtime serves this process: metric records then go
+/// to stdout, which Lambda ships to CloudWatch Logs (see [`crate::metrics`]).
+static UNDER_LAMBDA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process serves the Lambda Runtime API (not a local run).
+pub fn under_lambda_runtime() -> bool {
+    UNDER_LAMBDA.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Serves events from the Lambda Runtime API until the runtime stops us.
 /// Function URL requests get an HTTP response (status included, so Pub/Sub
 /// sees 2xx = ack, 4xx/5xx = redeliver); direct invocations fail the
 /// invocation on an error status so that async retries apply.
 async fn run_lambda(function: Arc<dyn Function>) -> Result<(), lambda_runtime::Error> {
+    UNDER_LAMBDA.store(true, std::sync::atomic::Ordering::Relaxed);
     let handler = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
         let function = function.clone();
         let deadline = deadline_instant(event.context.deadline);

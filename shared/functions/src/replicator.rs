@@ -103,10 +103,14 @@ impl ReplicatorFunction {
             Err(e) => return reply_bad_event(&e),
         };
         match self.replicator.handle_by(&event, self.deadline()).await {
-            Ok(outcome) => crate::http::HttpResponse::new(
-                200,
-                serde_json::to_value(&outcome).expect("outcome serializes"),
-            ),
+            Ok(outcome) => {
+                let records = crate::metrics::replicator_record(&outcome);
+                crate::metrics::emit(records.as_slice(), chrono::Utc::now());
+                crate::http::HttpResponse::new(
+                    200,
+                    serde_json::to_value(&outcome).expect("outcome serializes"),
+                )
+            }
             Err(e) => {
                 let code = match e {
                     ReplicateError::UnknownBucket { .. } => "unknown_bucket",

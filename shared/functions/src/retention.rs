@@ -93,6 +93,10 @@ pub struct RunResult {
     /// Object keys deleted (or, in a dry run, that would be).
     pub deleted: Vec<String>,
     pub report: Report,
+    /// The drill records the audit read (for the drill-age metrics; the
+    /// report already judges them).
+    #[serde(skip)]
+    pub drills: Vec<backstop_core::drill::DrillRecord>,
 }
 
 impl RetentionFunction {
@@ -256,6 +260,7 @@ impl RetentionFunction {
             dry_run,
             deleted,
             report,
+            drills,
         }
     }
 
@@ -269,6 +274,14 @@ impl RetentionFunction {
             "retention run finished\n{}",
             result.report
         );
+        // Before the alert: a run whose alert fails still reports its numbers.
+        let records = crate::metrics::retention_records(
+            &result.report,
+            &result.drills,
+            result.deleted.len(),
+            result.dry_run,
+        );
+        crate::metrics::emit(&records, result.report.generated_at);
         if result.report.has_critical() {
             let alert = Alert {
                 severity: backstop_core::alerts::Severity::Critical,
