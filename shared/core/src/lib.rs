@@ -9,6 +9,7 @@
 //!   in-memory store and the contract suite (feature `testing`).
 //! - [`retention`]: policy, plan, execution and audit.
 //! - [`drill`]: restore drill records.
+//! - [`catalog`]: every backup of both clouds, for `backstop list` / `show`.
 //! - [`wal`]: the WAL archive's names, positions and signed manifests.
 //! - [`replicate`]: verify-then-copy from the backups bucket to the replica.
 //! - [`error`]: the one retry classification every error maps to.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod alerts;
+pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod drill;
