@@ -223,6 +223,12 @@ impl Env {
 
 crate::error::permanent!(ConfigError);
 
+impl crate::error::Failure for ConfigError {
+    fn failure_kind(&self) -> crate::error::FailureKind {
+        crate::error::FailureKind::Config
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -283,6 +283,13 @@ pub(crate) fn check_header(
 
 crate::error::permanent!(ManifestError);
 
+/// A manifest that cannot be accepted is a backup that cannot be trusted.
+impl crate::error::Failure for ManifestError {
+    fn failure_kind(&self) -> crate::error::FailureKind {
+        crate::error::FailureKind::Integrity
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

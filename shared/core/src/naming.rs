@@ -483,6 +483,13 @@ pub fn namespace_for_branch(branch: &str) -> Namespace {
 
 crate::error::permanent!(NameError);
 
+/// Names come from settings and arguments (a namespace, a backup id).
+impl crate::error::Failure for NameError {
+    fn failure_kind(&self) -> crate::error::FailureKind {
+        crate::error::FailureKind::Config
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

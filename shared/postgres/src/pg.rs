@@ -53,6 +53,19 @@ impl backstop_core::error::Classify for PgError {
     }
 }
 
+/// A server that does not answer is unreachable; a bad URL or a missing
+/// program is configuration.
+impl backstop_core::error::Failure for PgError {
+    fn failure_kind(&self) -> backstop_core::error::FailureKind {
+        use backstop_core::error::FailureKind;
+        match self {
+            PgError::Connect { .. } => FailureKind::Unreachable,
+            PgError::Url(_) | PgError::Spawn { .. } => FailureKind::Config,
+            PgError::Query { .. } | PgError::Exited { .. } => FailureKind::Other,
+        }
+    }
+}
+
 /// Where `pg_dump`/`pg_restore` live: `BACKSTOP_PG_BINDIR` (use the major
 /// version of the server or newer), else `PATH`.
 #[derive(Debug, Clone, Default)]

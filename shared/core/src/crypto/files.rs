@@ -149,6 +149,20 @@ pub enum FileError {
     Crypto(#[from] CryptoError),
 }
 
+/// A refused key file is configuration; a failed check follows the crypto
+/// error; the file system's failures say nothing more.
+impl crate::error::Failure for FileError {
+    fn failure_kind(&self) -> crate::error::FailureKind {
+        match self {
+            FileError::Crypto(e) | FileError::Decrypt { source: e } => {
+                crate::error::Failure::failure_kind(e)
+            }
+            FileError::KeyFileExists { .. } => crate::error::FailureKind::Config,
+            _ => crate::error::FailureKind::Other,
+        }
+    }
+}
+
 // ---- the key directory ---------------------------------------------------
 
 /// The two key pairs [`generate_key_dir`] wrote.

@@ -538,6 +538,37 @@ pub mod fuzzing {
     }
 }
 
+/// Key and setting problems are configuration; failures around the data
+/// (reading, writing, KMS, threads) follow their cause; everything else is
+/// the data failing its checks, or not being encrypted to the key given.
+impl crate::error::Failure for CryptoError {
+    fn failure_kind(&self) -> crate::error::FailureKind {
+        use crate::error::FailureKind;
+        match self {
+            CryptoError::KeyParse { .. }
+            | CryptoError::NotASecretKey { .. }
+            | CryptoError::NoEncryptionKey { .. }
+            | CryptoError::NoSigningCapability { .. }
+            | CryptoError::SecretKeyLocked { .. }
+            | CryptoError::KeySource { .. }
+            | CryptoError::KeyFile { .. }
+            | CryptoError::NoRecipientsConfigured
+            | CryptoError::NoVerifyingKeys => FailureKind::Config,
+            CryptoError::Kms { .. } => FailureKind::Unreachable,
+            CryptoError::Input(e) | CryptoError::Output(e) => e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<crate::store::StoreError>())
+                .map_or(FailureKind::Other, crate::error::Failure::failure_kind),
+            CryptoError::Pipeline(_)
+            | CryptoError::KeyGeneration(_)
+            | CryptoError::SessionKeyEncrypt { .. }
+            | CryptoError::Sign(_) => FailureKind::Other,
+            CryptoError::Manifest(e) => crate::error::Failure::failure_kind(e),
+            _ => FailureKind::Integrity,
+        }
+    }
+}
+
 impl crate::error::Classify for CryptoError {
     /// Data errors (a bad backup, a wrong key) are permanent; failures of the
     /// environment around the data (reading, writing, KMS, a key file, the

@@ -20,6 +20,7 @@
 mod audit;
 mod drills;
 mod execute;
+mod health;
 mod inventory;
 mod plan;
 mod policy;
@@ -48,6 +49,9 @@ pub use audit::{
 pub use drills::load_drills;
 pub use execute::{
     ApplyReport, DEFAULT_VERIFY_CONCURRENCY, DeleteFailure, Pruned, apply, collect, prune,
+};
+pub use health::{
+    CodeCount, Condition, Health, NamespaceHealth, Newest, SeriesAge, SeverityCounts, summarize,
 };
 pub use inventory::{
     BackupEntry, BackupObjects, InvalidKind, Inventory, ManifestVerifier, NoVerifier, SeriesKey,

@@ -764,6 +764,12 @@ pub fn format_age(d: TimeDelta) -> String {
 
 crate::error::permanent!(PolicyError);
 
+impl crate::error::Failure for PolicyError {
+    fn failure_kind(&self) -> crate::error::FailureKind {
+        crate::error::FailureKind::Config
+    }
+}
+
 #[path = "policy_json.rs"]
 mod json;
 use json::{check_fields, keep_json, opt_duration, parse_rule, pattern_list};

@@ -409,6 +409,14 @@ impl crate::error::Classify for StoreError {
     }
 }
 
+/// A transient failure is an unreachable cloud; a permanent one (wrong
+/// bucket, permissions, a missing object) says nothing more by itself.
+impl crate::error::Failure for StoreError {
+    fn failure_kind(&self) -> crate::error::FailureKind {
+        crate::error::FailureKind::of_retry(crate::error::Classify::retry(self))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,27 @@ impl Classify for BaseBackupError {
     }
 }
 
+/// The server's refusals (too old, no REPLICATION, no archive) are fixed
+/// in its settings.
+impl backstop_core::error::Failure for BaseBackupError {
+    fn failure_kind(&self) -> backstop_core::error::FailureKind {
+        use backstop_core::error::FailureKind;
+        match self {
+            BaseBackupError::Config(_)
+            | BaseBackupError::TooOld { .. }
+            | BaseBackupError::NoReplication { .. }
+            | BaseBackupError::NoArchive => FailureKind::Config,
+            BaseBackupError::Server { error, .. } | BaseBackupError::Start { error } => {
+                error.failure_kind()
+            }
+            BaseBackupError::Publish(e) => e.failure_kind(),
+            BaseBackupError::PgBasebackup { .. } | BaseBackupError::Mismatch { .. } => {
+                FailureKind::Other
+            }
+        }
+    }
+}
+
 impl BaseBackupError {
     /// A short name of what failed, for the failure log line.
     pub(crate) fn stage(&self) -> &'static str {

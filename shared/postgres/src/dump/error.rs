@@ -81,6 +81,27 @@ impl Classify for DumpError {
     }
 }
 
+impl backstop_core::error::Failure for DumpError {
+    fn failure_kind(&self) -> backstop_core::error::FailureKind {
+        use backstop_core::error::FailureKind;
+        match self {
+            DumpError::Config(_) | DumpError::Name { .. } => FailureKind::Config,
+            DumpError::Snapshot { error, .. } | DumpError::PgDumpStart { error } => {
+                error.failure_kind()
+            }
+            DumpError::Encrypt { error, .. } | DumpError::Sign { error, .. } => {
+                error.failure_kind()
+            }
+            DumpError::Upload { error, .. } | DumpError::Commit { error, .. } => {
+                error.failure_kind()
+            }
+            DumpError::RowCounts { .. }
+            | DumpError::PgDump { .. }
+            | DumpError::Inconsistent { .. } => FailureKind::Other,
+        }
+    }
+}
+
 impl DumpError {
     /// A short name of what failed, for the failure log line.
     pub(crate) fn stage(&self) -> &'static str {

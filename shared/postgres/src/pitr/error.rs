@@ -80,6 +80,24 @@ pub enum PitrError {
     },
 }
 
+impl backstop_core::error::Failure for PitrError {
+    fn failure_kind(&self) -> backstop_core::error::FailureKind {
+        use backstop_core::error::FailureKind;
+        match self {
+            PitrError::Config(_) | PitrError::Timeline { .. } => FailureKind::Config,
+            PitrError::WrongKey { .. } => FailureKind::Integrity,
+            PitrError::Store(e) => e.failure_kind(),
+            PitrError::NoBaseBackup { .. }
+            | PitrError::NoneBeforeTarget { .. }
+            | PitrError::WalGap { .. }
+            | PitrError::BeyondArchive { .. }
+            | PitrError::Extract { .. }
+            | PitrError::Settings { .. }
+            | PitrError::Recovery { .. } => FailureKind::Other,
+        }
+    }
+}
+
 impl PitrError {
     /// A short machine-readable kind, for the JSON result.
     pub fn kind(&self) -> &'static str {

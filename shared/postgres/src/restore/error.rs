@@ -202,6 +202,29 @@ impl backstop_core::error::Classify for RestoreError {
     }
 }
 
+/// A backup that fails its checks, or is not encrypted to the key given,
+/// is an integrity failure; unreachable clouds and servers follow their
+/// cause; a refused target is configuration.
+impl backstop_core::error::Failure for RestoreError {
+    fn failure_kind(&self) -> backstop_core::error::FailureKind {
+        use backstop_core::error::FailureKind;
+        match self {
+            RestoreError::Config(_) | RestoreError::Refused { .. } => FailureKind::Config,
+            RestoreError::BadBackup { .. } | RestoreError::WrongKey { .. } => {
+                FailureKind::Integrity
+            }
+            RestoreError::Data { source, .. } => source.failure_kind(),
+            RestoreError::Store(e) | RestoreError::Download { source: e, .. } => e.failure_kind(),
+            RestoreError::Pg { source, .. } => source.failure_kind(),
+            RestoreError::NoBackup { .. }
+            | RestoreError::PgRestore { .. }
+            | RestoreError::Spool { .. }
+            | RestoreError::CommittedUnverified { .. }
+            | RestoreError::DrillNotRecorded { .. } => FailureKind::Other,
+        }
+    }
+}
+
 impl RestoreError {
     /// A short name of what failed (logs and the JSON result).
     pub fn kind(&self) -> &'static str {

@@ -40,5 +40,5 @@ pub use config::{
     Clouds, NoProgress, Progress, RestoreConfig, RestoreSettings, Target, database_for_branch,
 };
 pub use error::RestoreError;
-pub use report::{RestoreReport, SkippedBackup, Timings};
+pub use report::{DrillFailed, RestoreReport, SkippedBackup, Timings};
 pub use run::{FailedRestore, restore, restore_reporting};

@@ -62,3 +62,35 @@ pub struct RestoreReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drill_record_error: Option<String>,
 }
+
+/// A restore (or point-in-time recovery) that ran to the end, but whose
+/// drill failed: the backup did not come back as its manifest says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} failed: {reason}")]
+pub struct DrillFailed {
+    /// `restore drill` or `PITR drill`.
+    pub what: &'static str,
+    /// Why: the drill's error, or the row counts that differ.
+    pub reason: String,
+}
+
+impl backstop_core::error::Failure for DrillFailed {
+    fn failure_kind(&self) -> backstop_core::error::FailureKind {
+        backstop_core::error::FailureKind::DrillMismatch
+    }
+}
+
+impl RestoreReport {
+    /// The drill's failure, when the restore completed but the drill did
+    /// not pass.
+    pub fn drill_failure(&self) -> Option<DrillFailed> {
+        (!self.success).then(|| DrillFailed {
+            what: "restore drill",
+            reason: self
+                .drill
+                .error
+                .clone()
+                .unwrap_or_else(|| "row counts differ from the manifest".into()),
+        })
+    }
+}

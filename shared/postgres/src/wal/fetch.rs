@@ -143,6 +143,21 @@ impl WalFetchError {
     }
 }
 
+/// For the JSON failure only: wal-fetch's status stays
+/// [`WalFetchError::exit_code`], PostgreSQL's contract.
+impl backstop_core::error::Failure for WalFetchError {
+    fn failure_kind(&self) -> backstop_core::error::FailureKind {
+        use backstop_core::error::FailureKind;
+        match self {
+            WalFetchError::Config(_) | WalFetchError::NotAWalFile(_) => FailureKind::Config,
+            WalFetchError::WrongKey { .. } => FailureKind::Integrity,
+            WalFetchError::NotArchived { .. }
+            | WalFetchError::Unavailable { .. }
+            | WalFetchError::Local { .. } => FailureKind::Other,
+        }
+    }
+}
+
 // ---- settings ------------------------------------------------------------
 
 /// What `wal-fetch` was given (`None`: not set): the `--config` file's

@@ -108,6 +108,24 @@ impl WalPushError {
     }
 }
 
+/// For the JSON failure only: PostgreSQL reads wal-push's status as zero
+/// or not, and every kind's code is non-zero (and below 126, which would
+/// make the archiver restart).
+impl backstop_core::error::Failure for WalPushError {
+    fn failure_kind(&self) -> backstop_core::error::FailureKind {
+        use backstop_core::error::FailureKind;
+        match self {
+            WalPushError::Config(_) | WalPushError::NotAWalFile(_) => FailureKind::Config,
+            WalPushError::Upload { error, .. } => error.failure_kind(),
+            WalPushError::Inconsistent { .. } => FailureKind::Integrity,
+            WalPushError::Read { .. }
+            | WalPushError::Encrypt { .. }
+            | WalPushError::Sign { .. }
+            | WalPushError::Conflict { .. } => FailureKind::Other,
+        }
+    }
+}
+
 /// The cluster's system identifier: the first field of `global/pg_control`
 /// (a `uint64` in the server's byte order).
 pub fn system_identifier(pgdata: &Path) -> Result<u64, WalPushError> {
