@@ -75,3 +75,16 @@ output "aws_tfvars" {
     restore_service_account_unique_id = google_service_account.restore.unique_id
   }
 }
+
+output "dump_job" {
+  description = "The dump Cloud Run job (null until dump_job_image is set): run it now with `gcloud run jobs execute`."
+  value       = local.dump_job_enabled ? google_cloud_run_v2_job.dump[0].id : null
+}
+
+output "dump_job_secrets" {
+  description = "Secret Manager secrets of the dump job, to which the operator adds the versions (gcloud secrets versions add)."
+  value = local.dump_job_enabled ? {
+    database_url = google_secret_manager_secret.dump_database_url[0].secret_id
+    signing_key  = google_secret_manager_secret.dump_signing_key[0].secret_id
+  } : null
+}

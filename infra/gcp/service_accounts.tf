@@ -6,12 +6,14 @@
 #
 # | part       | may                                                            |
 # |------------|----------------------------------------------------------------|
-# | dump       | create objects (not under _drills/), unwrap the signing key     |
+# | dump       | create objects (not under _drills/), unwrap the signing key,    |
+# |            | read its own two secrets (Cloud Run job, dump_job.tf)           |
 # | replicator | read backups, publish alerts                                   |
 # | retention  | list/read/delete objects, read bucket config, publish alerts   |
 # | restore    | read backups, create _drills/ records, unwrap the backup key    |
 # | push       | nothing: identity in the OIDC token Pub/Sub pushes with        |
-# | scheduler  | nothing: identity in the OIDC token Cloud Scheduler sends      |
+# | scheduler  | run the dump Cloud Run job; otherwise only the identity in the |
+# |            | OIDC token Cloud Scheduler sends to the retention function     |
 
 resource "google_service_account" "dump" {
   account_id   = "${var.name_prefix}-dump"
@@ -51,7 +53,7 @@ resource "google_service_account" "push_invoker" {
 resource "google_service_account" "scheduler_invoker" {
   account_id   = "${var.name_prefix}-scheduler"
   display_name = "Backstop Cloud Scheduler identity"
-  description  = "Signs the OIDC tokens of scheduled calls to the retention Function URL. Holds no roles."
+  description  = "Signs the OIDC tokens of scheduled calls to the retention Function URL; may start the dump Cloud Run job. No other role."
   project      = var.project_id
 }
 

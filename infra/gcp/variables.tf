@@ -196,3 +196,65 @@ variable "restore_workload_identity_members" {
   type        = list(string)
   default     = []
 }
+
+# --- Dump job (Cloud Run job + Cloud Scheduler, dump_job.tf) ----------------
+
+variable "dump_job_image" {
+  description = "Image of the dump job, built from the repository's Dockerfile and pushed to a registry the project can pull from (e.g. europe-west1-docker.pkg.dev/P/backstop/backstop:TAG). Until set, no Cloud Run job, secrets or schedule are created (run the dump as the Kubernetes CronJob in infra/k8s instead)."
+  type        = string
+  default     = ""
+}
+
+variable "dump_backup_recipients" {
+  description = "BACKSTOP_RECIPIENTS of the dump job: the armored backup public key (keys/backup.pub.asc). Not secret."
+  type        = string
+  default     = ""
+}
+
+variable "dump_namespace" {
+  description = "BACKSTOP_NAMESPACE of the dump job."
+  type        = string
+  default     = "production"
+}
+
+variable "dump_schedule" {
+  description = "Cron schedule of the dump job (Cloud Scheduler)."
+  type        = string
+  default     = "0 2 * * *"
+}
+
+variable "dump_time_zone" {
+  description = "Time zone of dump_schedule."
+  type        = string
+  default     = "Etc/UTC"
+}
+
+variable "dump_job_cpu" {
+  description = "CPU limit of the dump job (deflate runs on every CPU)."
+  type        = string
+  default     = "2"
+}
+
+variable "dump_job_memory" {
+  description = "Memory limit of the dump job. backstop peaks at 54 MiB dumping a 946 MiB database (README Benchmarks), pg_dump holds the catalog; 512Mi is Cloud Run's minimum for a job."
+  type        = string
+  default     = "512Mi"
+}
+
+variable "dump_job_timeout" {
+  description = "Longest a dump may run before Cloud Run stops it (and retries)."
+  type        = string
+  default     = "21600s"
+}
+
+variable "dump_job_max_retries" {
+  description = "Retries of a failed dump within one execution."
+  type        = number
+  default     = 2
+}
+
+variable "dump_job_subnetwork" {
+  description = "Subnetwork for direct VPC egress, to reach a database on a private address (e.g. projects/P/regions/R/subnetworks/S); null: no VPC access."
+  type        = string
+  default     = null
+}

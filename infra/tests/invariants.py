@@ -192,15 +192,29 @@ def push_subscriptions_use_oidc(cfg: Config) -> Violations:
     return out
 
 
+# A Google API (the Cloud Run Admin API that starts the dump job) accepts
+# OAuth access tokens only.
+GOOGLE_API_URI = re.compile(r"^https://[a-z0-9-]+\.googleapis\.com/")
+
+
 def scheduler_jobs_use_oidc(cfg: Config) -> Violations:
     """Every Cloud Scheduler HTTP job sends an OIDC token (not an OAuth
-    token, not nothing)."""
+    token, not nothing); a job calling a Google API sends an OAuth token of
+    a service account instead, and no OIDC token."""
     out = []
     for name, body in cfg.of_type("google_cloud_scheduler_job"):
         target = first(body, "http_target")
         if target is None:
             continue
-        out += _oidc_ok(f"google_cloud_scheduler_job.{name}", first(target, "oidc_token"))
+        where = f"google_cloud_scheduler_job.{name}"
+        if GOOGLE_API_URI.match(str(target.get("uri", ""))):
+            oauth = first(target, "oauth_token")
+            if oauth is None or not oauth.get("service_account_email"):
+                out.append(f"{where}: calls a Google API without an oauth_token of a service account")
+            if first(target, "oidc_token") is not None:
+                out.append(f"{where}: a Google API takes no oidc_token")
+            continue
+        out += _oidc_ok(where, first(target, "oidc_token"))
     return out
 
 
@@ -320,6 +334,8 @@ PREDEFINED_ROLES: dict[str, set[str]] = {
                                              "iam.serviceAccounts.list"},
     "roles/iam.serviceAccountUser": {"iam.serviceAccounts.actAs", "iam.serviceAccounts.get",
                                      "iam.serviceAccounts.list"},
+    "roles/run.invoker": {"run.jobs.run", "run.routes.invoke"},
+    "roles/secretmanager.secretAccessor": {"secretmanager.versions.access"},
     "roles/owner": {"*"},
     "roles/editor": {"*"},
     "roles/viewer": {"*.get", "*.list"},
@@ -329,11 +345,16 @@ BUCKET = "google_storage_bucket.backups"
 ALERTS = "google_pubsub_topic.alerts"
 BACKUP_KEY = "google_kms_crypto_key.backup_key_wrap"
 SIGNING_KEY = "google_kms_crypto_key.signing_key_wrap"
+DUMP_JOB = "google_cloud_run_v2_job.dump"
+DUMP_SECRETS = ("google_secret_manager_secret.dump_database_url", "google_secret_manager_secret.dump_signing_key")
+SECRET_ACCESS = {"secretmanager.versions.access"}
 
 # part (google_service_account resource name) -> target -> permissions.
 GCP_PART_PERMISSIONS: dict[str, dict[str, set[str]]] = {
-    # create objects only: no read, list, delete (hence no overwrite).
-    "dump": {BUCKET: {"storage.objects.create"}, SIGNING_KEY: KMS_DECRYPT},
+    # create objects only: no read, list, delete (hence no overwrite); as
+    # the Cloud Run job, read its own secrets (database URL, wrapped key).
+    "dump": {BUCKET: {"storage.objects.create"}, SIGNING_KEY: KMS_DECRYPT,
+             **{secret: SECRET_ACCESS for secret in DUMP_SECRETS}},
     # read backups, publish alerts: no delete, no decrypt.
     "replicator": {BUCKET: GCS_READ, ALERTS: PUBLISH},
     # list/read/delete objects and read the bucket's config: no decrypt.
@@ -341,9 +362,10 @@ GCP_PART_PERMISSIONS: dict[str, dict[str, set[str]]] = {
                            "storage.buckets.get"}, ALERTS: PUBLISH},
     # read backups, write drill records, unwrap the backup key: no delete.
     "restore": {BUCKET: GCS_READ | {"storage.objects.create"}, BACKUP_KEY: KMS_DECRYPT},
-    # OIDC identities of Pub/Sub push and Cloud Scheduler: nothing at all.
+    # OIDC identities of Pub/Sub push and Cloud Scheduler: nothing at all,
+    # but Cloud Scheduler's may start the dump job (an OAuth call).
     "push_invoker": {},
-    "scheduler_invoker": {},
+    "scheduler_invoker": {DUMP_JOB: {"run.jobs.run", "run.routes.invoke"}},
 }
 
 _DRILLS = r'resource\.name\.startsWith\("projects/_/buckets/[^"]+/objects/_drills/"\)'
@@ -385,6 +407,10 @@ _GCP_IAM_TARGET_ATTR = {
     "google_kms_key_ring_iam_binding": "key_ring_id",
     "google_service_account_iam_member": "service_account_id",
     "google_service_account_iam_binding": "service_account_id",
+    "google_secret_manager_secret_iam_member": "secret_id",
+    "google_secret_manager_secret_iam_binding": "secret_id",
+    "google_cloud_run_v2_job_iam_member": "name",
+    "google_cloud_run_v2_job_iam_binding": "name",
 }
 
 _REF = re.compile(r"\b((?:google|aws)_[a-z0-9_]+)\.([A-Za-z0-9_-]+)")

@@ -102,12 +102,16 @@ else
         mirror="$(debian_mirror)"
         log "making the base rootfs with mmdebstrap ($BASE_PACKAGES from $mirror)"
         mkdir -p "$CACHE"
-        mmdebstrap --quiet --variant=apt --include="$BASE_PACKAGES" bookworm "$ROOTFS.part" "$mirror" ||
+        # Written under another name first, so that an interrupted run leaves
+        # no truncated tarball to reuse.
+        part="${ROOTFS%.tar}.part.tar"
+        rm -rf "$part"
+        mmdebstrap --quiet --format=tar --variant=apt --include="$BASE_PACKAGES" bookworm "$part" "$mirror" ||
             fail "mmdebstrap could not make the base rootfs from $mirror"
-        mv "$ROOTFS.part" "$ROOTFS"
+        mv "$part" "$ROOTFS"
     fi
     log "importing $ROOTFS as $BASE_IMAGE"
-    podman import --quiet "$ROOTFS" "$BASE_IMAGE" >/dev/null
+    podman import --quiet "$ROOTFS" "$BASE_IMAGE" >/dev/null || fail "podman import of $ROOTFS failed"
 fi
 
 # --- build --------------------------------------------------------------------
