@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod basebackup_cmd;
 mod dump_cmd;
 mod keys_cmd;
+mod list_cmd;
 mod restore_cluster_cmd;
 mod restore_cmd;
 mod stack_cmd;
@@ -39,6 +40,10 @@ enum Command {
     Serve(stack_cmd::ServeArgs),
     /// Prunes both clouds by policy and prints the audit report.
     Retention(stack_cmd::RetentionArgs),
+    /// Every backup of both clouds: size, rows, verified, replicated, last drill, what retention would do.
+    List(list_cmd::ListArgs),
+    /// One backup in detail: its tables, copies and every drill.
+    Show(list_cmd::ShowArgs),
     /// Restores the newest verified backup into a new database and records a drill.
     Restore(Box<restore_cmd::RestoreArgs>),
     /// Point-in-time recovery: a verified base backup and the WAL archive into a new data directory.
@@ -170,6 +175,8 @@ async fn main() -> std::process::ExitCode {
         Command::Invoke(args) => stack_cmd::invoke(args).await,
         Command::Serve(args) => stack_cmd::serve(args).await,
         Command::Retention(args) => stack_cmd::retention(args).await,
+        Command::List(args) => list_cmd::list(args).await,
+        Command::Show(args) => list_cmd::show(args).await,
         Command::Restore(args) => restore_cmd::run(*args).await,
         Command::RestoreCluster(args) => restore_cluster_cmd::run(*args).await,
         Command::Dump(args) => dump_cmd::run(args).await,
