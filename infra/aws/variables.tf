@@ -217,3 +217,22 @@ variable "enable_restore_role" {
   type        = bool
   default     = true
 }
+
+# --- Alarms (alarms.tf) -----------------------------------------------------
+
+variable "alarm_sns_topic_arn" {
+  description = "SNS topic the CloudWatch alarms notify (the pager's or on-call email's subscription lives there). Empty: the alarms are created without actions."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.alarm_sns_topic_arn == "" || can(regex("^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]+$", var.alarm_sns_topic_arn))
+    error_message = "alarm_sns_topic_arn must be an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME) or empty."
+  }
+}
+
+variable "alarm_namespaces" {
+  description = "Namespaces whose backups must be at most 26 h old (one no-backup and one stale-backup alarm each). Usually the namespaces in replicate_namespaces."
+  type        = list(string)
+  default     = ["production"]
+}

@@ -258,3 +258,22 @@ variable "dump_job_subnetwork" {
   type        = string
   default     = null
 }
+
+# --- Alerts (alerts.tf) -----------------------------------------------------
+
+variable "alert_notification_channels" {
+  description = "Cloud Monitoring notification channels the dump alerts page (ids like projects/P/notificationChannels/N: the on-call email, PagerDuty, ...). Empty: the policies are created without notifications."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.alert_notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", c))])
+    error_message = "alert_notification_channels entries must look like projects/PROJECT/notificationChannels/ID."
+  }
+}
+
+variable "alert_dump_namespaces" {
+  description = "Namespaces whose dump must complete at least every 26 h (one alert policy each). Usually dump_namespace."
+  type        = list(string)
+  default     = ["production"]
+}
