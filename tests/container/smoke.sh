@@ -14,7 +14,9 @@
 # ~/.cache/backstop-container) and the imported image stays in podman's
 # storage, so only the first run pays for mmdebstrap (~20-35 s).
 # The binary is the debug build, ${CARGO_TARGET_DIR:-target}/debug/backstop
-# (BACKSTOP_BIN overrides), stripped into the build context.
+# (BACKSTOP_BIN overrides), stripped into the build context. The base is
+# Debian 12 because the binary is built on Debian 12 (README "Set-up"): it
+# needs a glibc at least as new as the one it was linked against.
 # Podman runs as root with runc and explicit ulimits from a CONTAINERS_CONF
 # file in a temporary directory (crun fails on this machine's hybrid cgroup
 # setup; /etc is left alone). Skipped, with the reason printed, only when
