@@ -5,7 +5,7 @@
 
 use backstop_postgres::basebackup::{BaseBackupConfig, run_base_backup};
 
-use crate::dump_cmd::{self, DumpArgs};
+use crate::dump_cmd::{self, JobArgs};
 
 /// Takes a physical base backup of the cluster with `pg_basebackup` (one
 /// tar, WAL left to the archive), encrypts it to the backup public key(s)
@@ -15,7 +15,7 @@ use crate::dump_cmd::{self, DumpArgs};
 #[derive(clap::Args, Debug)]
 pub struct BaseBackupArgs {
     #[command(flatten)]
-    pub job: DumpArgs,
+    pub job: JobArgs,
     /// Take the backup although the server's archive_mode is off: it then
     /// restores only with WAL kept by other means, to no other point in time.
     #[arg(

@@ -1,22 +1,43 @@
 //! `backstop dump`: one encrypted, signed backup of a database into the GCS
-//! backups bucket. Prints the result as JSON on stdout; logs go to stderr.
+//! backups bucket. Prints the result as JSON on stdout; logs and the
+//! progress line go to stderr.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use backstop_cloud::gcs::GcsStore;
 use backstop_cloud::kms::CloudKms;
 use backstop_core::config::{ConfigError, Env, hint};
-use backstop_postgres::dump::{DATABASE_URL_VAR, DumpConfig, DumpSettings, run_dump};
+use backstop_postgres::dump::{
+    DATABASE_URL_VAR, DumpBytes, DumpConfig, DumpCounters, DumpProgress, DumpSettings,
+    NoDumpProgress, run_dump_with_progress,
+};
 
 use backstop_cloud::gcs::GCS_BUCKET_VAR as BUCKET_VAR;
 
+use crate::progress::{Line, Total, human};
 use crate::typed::{Typed, as_typed};
 
 /// Dumps a database with `pg_dump -Fc`, encrypts it to the backup public
 /// key(s) and uploads it to the GCS bucket, then writes the signed manifest.
 /// The job only creates objects: it never reads or deletes backups.
+///
+/// On a terminal, a progress line on stderr shows the bytes read from
+/// pg_dump, compressed and uploaded, the rate, the time elapsed and an ETA
+/// from the tables' size on disk.
 #[derive(clap::Args, Debug)]
 pub struct DumpArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// No progress line even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// The options of every job that writes a backup (`dump`, `basebackup`).
+#[derive(clap::Args, Debug)]
+pub struct JobArgs {
     /// Database to dump: postgres://user[:password]@host:port/dbname.
     #[arg(long, env = "BACKSTOP_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -47,16 +68,77 @@ pub struct DumpArgs {
 }
 
 pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
-    let (config, store) = load(args).await?;
-    let summary = run_dump(&config, &store).await?;
+    let (config, store) = load(args.job).await?;
+    let progress: Box<dyn DumpProgress> = if crate::progress::wanted(args.no_progress) {
+        Box::new(DumpLine::default())
+    } else {
+        Box::new(NoDumpProgress)
+    };
+    let summary = run_dump_with_progress(&config, &store, progress.as_ref()).await?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
+}
+
+/// How often the line is redrawn: the dump's stages count bytes, and this
+/// reads them (a stalled dump still shows its elapsed time).
+const TICK: Duration = Duration::from_millis(250);
+
+/// The dump's progress on the shared line: pg_dump's output read (against
+/// the size estimate), compressed and uploaded, redrawn by a ticker task.
+#[derive(Default)]
+struct DumpLine {
+    line: Arc<Line>,
+    counters: Mutex<DumpCounters>,
+    ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What follows the bytes read: the compressed and uploaded bytes.
+fn dump_extra(b: DumpBytes) -> String {
+    let compressed = if b.compressed > 0 {
+        format!(", {} compressed", human(b.compressed as f64))
+    } else {
+        String::new()
+    };
+    format!(" read{compressed}, {} uploaded", human(b.uploaded as f64))
+}
+
+impl DumpProgress for DumpLine {
+    fn start(&self, backup_id: &str, estimate: Option<u64>, counters: DumpCounters) {
+        let total = estimate.map_or(Total::Unknown, Total::About);
+        self.line.begin(format!("dumping {backup_id}"), total);
+        *self.counters.lock().expect("progress") = counters.clone();
+        let line = self.line.clone();
+        let ticker = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            loop {
+                tick.tick().await;
+                let b = counters.get();
+                line.draw(b.read, &dump_extra(b));
+            }
+        });
+        *self.ticker.lock().expect("progress") = Some(ticker);
+    }
+
+    fn finish(&self) {
+        if let Some(ticker) = self.ticker.lock().expect("progress").take() {
+            ticker.abort();
+        }
+        let b = self.counters.lock().expect("progress").get();
+        // The exact count of uploaded bytes matches the result's
+        // `ciphertext_bytes` (what scripts and the tests compare).
+        self.line.end(&format!(
+            "{}{} ({} bytes)",
+            human(b.read as f64),
+            dump_extra(b),
+            b.uploaded
+        ));
+    }
 }
 
 /// The job's configuration and the bucket it writes to, from the options
 /// (or their variables): shared by every job that writes backups (`dump`,
 /// `basebackup`). Errors name what the user typed.
-pub(crate) async fn load(args: DumpArgs) -> anyhow::Result<(DumpConfig, GcsStore)> {
+pub(crate) async fn load(args: JobArgs) -> anyhow::Result<(DumpConfig, GcsStore)> {
     let env = Env::from_process();
     // Checked in the order an operator sets them up, before any key is read,
     // so a misconfigured job fails fast and names the variable.

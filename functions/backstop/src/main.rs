@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod basebackup_cmd;
 mod dump_cmd;
 mod keys_cmd;
+mod progress;
 mod list_cmd;
 mod restore_cluster_cmd;
 mod restore_cmd;

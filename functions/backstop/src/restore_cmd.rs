@@ -2,15 +2,13 @@
 //! (or empty) database, then the row-count drill. Prints the result as JSON
 //! on stdout; logs and the progress line go to stderr.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use backstop_cloud::gcs::GcsStore;
 use backstop_cloud::s3::S3Store;
 use backstop_core::config::Env;
 
+use crate::progress::{Line, Total, human};
 use crate::typed::{Typed, as_typed};
 use backstop_core::store::ObjectStore;
 use backstop_postgres::restore::{
@@ -93,123 +91,23 @@ pub struct RestoreArgs {
     pub no_progress: bool,
 }
 
-/// A one-line progress display on stderr: bytes, rate, ETA.
-struct TermProgress {
-    state: Mutex<TermState>,
-}
-
-struct TermState {
-    label: String,
-    total: u64,
-    started: Instant,
-    last_draw: Option<Instant>,
-    drawn: bool,
-}
-
-fn human(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
-fn duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s / 60 % 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
-impl TermProgress {
-    fn new() -> Self {
-        Self {
-            state: Mutex::new(TermState {
-                label: String::new(),
-                total: 0,
-                started: Instant::now(),
-                last_draw: None,
-                drawn: false,
-            }),
-        }
-    }
-
-    fn draw(s: &mut TermState, done: u64, force: bool) {
-        let now = Instant::now();
-        if !force
-            && s.last_draw
-                .is_some_and(|t| now - t < Duration::from_millis(200))
-        {
-            return;
-        }
-        s.last_draw = Some(now);
-        let secs = (now - s.started).as_secs_f64().max(1e-3);
-        let rate = done as f64 / secs;
-        let pct = if s.total > 0 {
-            done as f64 * 100.0 / s.total as f64
-        } else {
-            0.0
-        };
-        let eta = if rate > 0.0 && s.total > done {
-            duration((s.total - done) as f64 / rate)
-        } else {
-            "-".into()
-        };
-        let line = format!(
-            "\r\x1b[K{}: {} / {} ({pct:.0}%) {}/s ETA {eta}",
-            s.label,
-            human(done as f64),
-            human(s.total as f64),
-            human(rate)
-        );
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(line.as_bytes());
-        let _ = err.flush();
-        s.drawn = true;
-    }
-}
-
-impl Progress for TermProgress {
+/// Restore's progress on the shared line: the download of a known size.
+impl Progress for Line {
     fn phase(&self, phase: &str) {
-        let mut s = self.state.lock().expect("progress");
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{}{phase}...", if s.drawn { "\r\x1b[K" } else { "" });
-        s.drawn = false;
+        self.note_phase(phase);
     }
 
     fn start(&self, backup: &str, total: u64) {
-        let mut s = self.state.lock().expect("progress");
-        s.label = format!("restoring {backup}");
-        s.total = total;
-        s.started = Instant::now();
-        s.last_draw = None;
-        Self::draw(&mut s, 0, true);
+        self.begin(format!("restoring {backup}"), Total::Exact(total));
     }
 
     fn advance(&self, done: u64) {
-        let mut s = self.state.lock().expect("progress");
-        Self::draw(&mut s, done, false);
+        self.draw(done, "");
     }
 
     fn finish(&self) {
-        let mut s = self.state.lock().expect("progress");
-        if s.drawn {
-            let elapsed = s.started.elapsed().as_secs_f64();
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "\r\x1b[K{}: {} in {}",
-                s.label,
-                human(s.total as f64),
-                duration(elapsed)
-            );
-            s.drawn = false;
+        if let Total::Exact(total) = self.expected() {
+            self.end(&human(total as f64));
         }
     }
 }
@@ -309,8 +207,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         primary: gcs.as_ref().map(|s| s as &dyn ObjectStore),
         replica: s3.as_ref().map(|s| s as &dyn ObjectStore),
     };
-    let progress: Box<dyn Progress> = if !args.no_progress && std::io::stderr().is_terminal() {
-        Box::new(TermProgress::new())
+    let progress: Box<dyn Progress> = if crate::progress::wanted(args.no_progress) {
+        Box::new(Line::new())
     } else {
         Box::new(NoProgress)
     };

@@ -119,12 +119,26 @@ pub(crate) async fn server_version(client: &Client) -> Result<String, PgError> {
         .get(0))
 }
 
+/// What `pg_dump`'s output is expected to weigh, for a progress display's
+/// ETA: the user tables' on-disk size (heap and TOAST, no indexes, which
+/// are dumped as definitions) plus the large objects. Page overhead and
+/// dead rows usually put it above `pg_dump`'s output (compressed TOAST
+/// values can put it below); it is only ever shown, never relied on.
+const DUMP_SIZE_ESTIMATE: &str = concat!(
+    "SELECT (coalesce(sum(pg_table_size(c.oid)), 0)
+            + pg_table_size('pg_catalog.pg_largeobject'::regclass))::bigint",
+    user_tables_from!()
+);
+
 /// A snapshot held open for `pg_dump --snapshot`, with the row counts and
 /// server version read inside it.
 pub(crate) struct ExportedSnapshot {
     client: Client,
     pub(crate) id: String,
     pub(crate) server_version: String,
+    /// [`DUMP_SIZE_ESTIMATE`], read before the snapshot (so that a failure
+    /// cannot abort its transaction); `None` when it could not be read.
+    pub(crate) size_estimate: Option<u64>,
 }
 
 impl ExportedSnapshot {
@@ -132,6 +146,13 @@ impl ExportedSnapshot {
     /// `pg_dump --snapshot` and for [`Self::row_counts`].
     pub(crate) async fn take(url: &str) -> Result<Self, PgError> {
         let client = connect(url).await?;
+        let size_estimate = match client.query_one(DUMP_SIZE_ESTIMATE, &[]).await {
+            Ok(row) => Some(row.get::<_, i64>(0).max(0) as u64),
+            Err(e) => {
+                tracing::debug!(error = %e, "no size estimate for the progress display");
+                None
+            }
+        };
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
@@ -146,6 +167,7 @@ impl ExportedSnapshot {
             client,
             id,
             server_version,
+            size_estimate,
         })
     }
 

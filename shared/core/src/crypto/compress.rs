@@ -18,6 +18,8 @@
 //! order without a reordering buffer; memory stays at a few blocks per
 //! worker.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use bytes::{Bytes, BytesMut};
@@ -49,10 +51,12 @@ fn workers() -> usize {
 }
 
 /// Starts the compression stages on `input` (plaintext); returns the
-/// compressed data packet's bytes. The clean end passes on `input`'s.
+/// compressed data packet's bytes, counted into `compressed` as they leave.
+/// The clean end passes on `input`'s.
 pub(crate) fn spawn(
     input: tokio::sync::mpsc::Receiver<Item<Bytes>>,
     level: u32,
+    compressed: Arc<AtomicU64>,
 ) -> Result<tokio::sync::mpsc::Receiver<Item<Bytes>>, CryptoError> {
     let n = workers();
     let mut job_txs: Vec<SyncSender<Item<Job>>> = Vec::with_capacity(n);
@@ -74,7 +78,9 @@ pub(crate) fn spawn(
     // In order: worker 0, 1, .., N-1, 0, ... Control items (end, failure)
     // were dealt in turn too, so they arrive in sequence.
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Item<Bytes>>(pipeline::DEPTH);
-    pipeline::spawn("backstop-zip-join", move || join_stage(done_rxs, out_tx))?;
+    pipeline::spawn("backstop-zip-join", move || {
+        join_stage(done_rxs, out_tx, compressed)
+    })?;
     Ok(out_rx)
 }
 
@@ -114,15 +120,17 @@ fn literal_stage(
 
 /// Thread `backstop-zip-join`: collects the deflated blocks from the
 /// workers' `done_rxs` in turn and frames them as the compressed data
-/// packet.
+/// packet, counting its bytes into `compressed`.
 fn join_stage(
     done_rxs: Vec<Receiver<Item<Bytes>>>,
     out_tx: tokio::sync::mpsc::Sender<Item<Bytes>>,
+    compressed: Arc<AtomicU64>,
 ) {
     let n = done_rxs.len();
     let mut packet = PartialPacket::new(tag::COMPRESSED, &[ZIP]);
     let mut buf = BytesMut::with_capacity(2 * BLOCK);
     let send = |buf: &mut BytesMut| {
+        compressed.fetch_add(buf.len() as u64, Ordering::Relaxed);
         out_tx
             .blocking_send(Item::Data(buf.split().freeze()))
             .is_ok()

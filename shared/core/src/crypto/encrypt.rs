@@ -12,6 +12,7 @@
 //! of 1 MiB in flight, so memory is bounded (about 20 MiB at most) whatever
 //! the input size, and the work spreads over the available cores.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
@@ -86,6 +87,9 @@ pub struct EncryptedStream {
     pub stream: ByteStream,
     /// Yields the [`EncryptSummary`] once `stream` has ended cleanly.
     pub summary: SummaryHandle,
+    /// Bytes out of the compression so far (the compressed data packet;
+    /// stays 0 with [`Compression::None`]), for a progress display.
+    pub compressed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EncryptedStream {
@@ -183,10 +187,11 @@ pub fn encrypt_stream_with(
 
     // The framer's input: plaintext to wrap in a literal packet, or the
     // compressed packet around it. Either ends with the plaintext size.
+    let compressed = Arc::new(AtomicU64::new(0));
     let (input_rx, framer) = match compression {
         Compression::None => (pipeline::pump(input), Framer::new(prefix)),
         Compression::Zip(level) => (
-            super::compress::spawn(pipeline::pump(input), level)?,
+            super::compress::spawn(pipeline::pump(input), level, compressed.clone())?,
             Framer::for_packets(prefix),
         ),
     };
@@ -223,7 +228,11 @@ pub fn encrypt_stream_with(
             });
         }
     });
-    Ok(EncryptedStream { stream, summary })
+    Ok(EncryptedStream {
+        stream,
+        summary,
+        compressed,
+    })
 }
 
 /// Stage 1 (thread `backstop-frame`): SEIPD framing and SHA-1.
@@ -361,6 +370,29 @@ mod tests {
             s.recipients,
             vec![recipient(&k.backup).encryption_fingerprint().unwrap()]
         );
+    }
+
+    #[tokio::test]
+    async fn the_compressed_counter_counts_the_compressed_packet() {
+        let k = test_keys();
+        let plain = bytes_stream(vec![7u8; 3 << 20]);
+        let enc = encrypt_stream_with(plain, &[recipient(&k.backup)], Compression::Zip(1)).unwrap();
+        let counter = enc.compressed.clone();
+        let out: Vec<Bytes> = enc.stream.try_collect().await.unwrap();
+        let ciphertext = out.concat().len() as u64;
+        let compressed = counter.load(std::sync::atomic::Ordering::Relaxed);
+        // The compressed packet is all the framer encrypts: the ciphertext
+        // adds only the session key packet and the SEIPD framing and MDC.
+        assert!(
+            compressed > 0 && compressed < ciphertext,
+            "{compressed} {ciphertext}"
+        );
+        assert!(ciphertext - compressed < 1024, "{compressed} {ciphertext}");
+
+        let plain = bytes_stream(vec![7u8; 1000]);
+        let enc = encrypt_stream(plain, &[recipient(&k.backup)]).unwrap();
+        let _: Vec<Bytes> = enc.stream.try_collect().await.unwrap();
+        assert_eq!(enc.compressed.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -57,7 +57,7 @@ pub use keys::{
     RecipientSet, SigningKey, VerifyingKey, check_kms_key_name, generate_backup_key,
     generate_signing_key,
 };
-pub use pipeline::{reader_stream, stream_to_writer};
+pub use pipeline::{counted, reader_stream, stream_to_writer};
 pub use sign::{seal, sign_bytes, unseal, verify_bytes};
 pub use sign::{sign_manifest, verify_manifest, verify_manifest_at};
 

@@ -4,6 +4,8 @@
 //! every stage (each `send` then fails and the thread exits).
 
 use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use bytes::Bytes;
@@ -92,6 +94,17 @@ pub(crate) fn output_stream(
             }
         },
     ))
+}
+
+/// Passes `body` through, adding the length of every chunk to `counter`
+/// (for a progress display; one relaxed atomic add per chunk, no copy).
+pub fn counted(body: ByteStream, counter: Arc<AtomicU64>) -> ByteStream {
+    byte_stream(body.map(move |item| {
+        if let Ok(b) = &item {
+            counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        item
+    }))
 }
 
 /// Writes a byte stream to a blocking writer (a file) on a blocking

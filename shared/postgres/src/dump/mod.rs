@@ -33,11 +33,13 @@
 
 mod config;
 mod error;
+mod progress;
 mod run;
 mod upload;
 
 pub use config::{DATABASE_URL_VAR, DEFAULT_NAMESPACE, DumpConfig, DumpSettings, RetryPolicy};
 pub(crate) use config::{NAMESPACE_VAR, compression_setting, load_job_keys, namespace_setting};
 pub use error::DumpError;
-pub use run::{DumpSummary, run_dump};
+pub use progress::{DumpBytes, DumpCounters, DumpProgress, NoDumpProgress};
+pub use run::{DumpSummary, run_dump, run_dump_with_progress};
 pub(crate) use upload::{Publisher, pace};

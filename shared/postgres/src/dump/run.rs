@@ -16,6 +16,7 @@ use backstop_core::store::ObjectStore;
 
 use super::config::{DATABASE_URL_VAR, DumpConfig};
 use super::error::DumpError;
+use super::progress::{DumpProgress, NoDumpProgress};
 use super::upload::{Publisher, pace};
 use crate::invalid;
 use crate::pg;
@@ -52,6 +53,15 @@ pub async fn run_dump(
     config: &DumpConfig,
     store: &dyn ObjectStore,
 ) -> Result<DumpSummary, DumpError> {
+    run_dump_with_progress(config, store, &NoDumpProgress).await
+}
+
+/// [`run_dump`], telling `progress` how the data upload goes.
+pub async fn run_dump_with_progress(
+    config: &DumpConfig,
+    store: &dyn ObjectStore,
+    progress: &dyn DumpProgress,
+) -> Result<DumpSummary, DumpError> {
     let database = pg::database_name(&config.database_url).map_err(|e| {
         invalid(
             DATABASE_URL_VAR,
@@ -59,7 +69,7 @@ pub async fn run_dump(
             e.to_string(),
         )
     })?;
-    let result = dump_inner(config, store, &database).await;
+    let result = dump_inner(config, store, &database, progress).await;
     if let Err(e) = &result {
         tracing::error!(
             event = "dump_failed",
@@ -78,6 +88,7 @@ async fn dump_inner(
     config: &DumpConfig,
     store: &dyn ObjectStore,
     database: &str,
+    progress: &dyn DumpProgress,
 ) -> Result<DumpSummary, DumpError> {
     let clock = Instant::now();
     let started_at = Utc::now();
@@ -93,7 +104,7 @@ async fn dump_inner(
         publish: Publisher::new(config, store, id),
     };
     let snapshot = job.take_snapshot().await?;
-    let data = job.upload_data(snapshot).await?;
+    let data = job.upload_data(snapshot, progress).await?;
     let manifest = job.manifest(started_at, &data);
     let (signature_key, manifest_key) = job.publish.commit(&manifest).await?;
     let result = job.summary(clock, &manifest, data.summary, signature_key, manifest_key);
@@ -133,21 +144,27 @@ impl Job<'_> {
     /// `pg_dump` in `snapshot`, encrypted, into the data object; the row
     /// counts are read in the same snapshot meanwhile. The snapshot is
     /// released when `pg_dump` is done with it.
-    async fn upload_data(&self, snapshot: ExportedSnapshot) -> Result<UploadedData, DumpError> {
+    async fn upload_data(
+        &self,
+        snapshot: ExportedSnapshot,
+        progress: &dyn DumpProgress,
+    ) -> Result<UploadedData, DumpError> {
         let config = self.config;
         let dump = pg::pg_dump_stream(&config.tools, &config.database_url, Some(&snapshot.id))
             .map_err(|error| DumpError::PgDumpStart { error })?;
         let (put, watched) = self.publish.upload(dump)?;
+        let backup_id = self.publish.id.to_string();
+        progress.start(&backup_id, snapshot.size_estimate, watched.counters.clone());
         // Counting rows in the snapshot overlaps with the dump instead of
         // delaying its start.
         let (put, tables) = tokio::join!(put, snapshot.row_counts());
+        progress.finish();
         // pg_dump has finished (or was killed with the upload): the snapshot
         // is no longer needed.
         let server_version = snapshot.server_version.clone();
         if let Err(e) = snapshot.release().await {
             tracing::warn!(error = %e, "could not end the snapshot transaction (the dump is not affected)");
         }
-        let backup_id = self.publish.id.to_string();
         let summary =
             self.publish
                 .stored("pg_dump", watched, put, |message| DumpError::PgDump {

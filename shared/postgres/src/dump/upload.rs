@@ -12,7 +12,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 
 use backstop_core::crypto::{
-    CryptoError, EncryptSummary, SummaryHandle, encrypt_stream_with, sign_manifest,
+    CryptoError, EncryptSummary, SummaryHandle, counted, encrypt_stream_with, sign_manifest,
 };
 use backstop_core::error::Classify;
 use backstop_core::manifest::Manifest;
@@ -23,6 +23,7 @@ use backstop_core::store::{
 
 use super::config::{DumpConfig, RetryPolicy};
 use super::error::DumpError;
+use super::progress::DumpCounters;
 
 /// Where one backup goes and what encrypts and signs it: the steps from a
 /// data stream to a committed backup that the dump and the base backup
@@ -39,6 +40,8 @@ pub(crate) struct Publisher<'a> {
 pub(crate) struct Watched {
     summary: SummaryHandle,
     source: Arc<Mutex<SourceState>>,
+    /// The bytes read from the source, compressed and taken by the upload.
+    pub counters: DumpCounters,
 }
 
 impl<'a> Publisher<'a> {
@@ -54,23 +57,31 @@ impl<'a> Publisher<'a> {
 
     /// Encrypts `source` (watched) to the recipients and starts its
     /// create-only upload into the data object; await the put, then hand its
-    /// result to [`Self::stored`].
+    /// result to [`Self::stored`]. The bytes are counted on their way
+    /// through ([`Watched::counters`]).
     pub fn upload(
         &self,
         source: ByteStream,
     ) -> Result<(BoxFuture<'_, StoreResult<ObjectMeta>>, Watched), DumpError> {
-        let (source, state) = watch(source);
+        let read: Arc<std::sync::atomic::AtomicU64> = Default::default();
+        let (source, state) = watch(counted(source, read.clone()));
         let encrypted =
             encrypt_stream_with(source, &self.config.recipients, self.config.compression)
                 .map_err(|error| self.encrypt_failed(error))?;
+        let counters = DumpCounters {
+            read,
+            compressed: encrypted.compressed,
+            uploaded: Default::default(),
+        };
         let put = self.store.put(
             &self.data_key,
-            encrypted.stream,
+            counted(encrypted.stream, counters.uploaded.clone()),
             PutOptions::create().with_content_type("application/octet-stream"),
         );
         let watched = Watched {
             summary: encrypted.summary,
             source: state,
+            counters,
         };
         Ok((put, watched))
     }

@@ -31,24 +31,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinHandle;
 
-use backstop_core::crypto::{CryptoError, chunks, decrypt_stream_sized};
-use backstop_core::store::{ByteStream, ObjectStore, StoreError, byte_stream};
+use backstop_core::crypto::{CryptoError, chunks, counted, decrypt_stream_sized};
+use backstop_core::store::{ByteStream, ObjectStore, StoreError};
 
 use super::config::{Progress, RestoreConfig};
 use super::error::RestoreError;
 use super::select::Candidate;
 use super::spool;
 use crate::pg::{self, PgError, PgTools, collect_stderr, split_password};
-
-/// Counts the bytes that pass (for progress).
-fn counted(body: ByteStream, counter: Arc<AtomicU64>) -> ByteStream {
-    byte_stream(body.map(move |item| {
-        if let Ok(b) = &item {
-            counter.fetch_add(b.len() as u64, Ordering::Relaxed);
-        }
-        item
-    }))
-}
 
 /// Turns an error from the download, authentication or decryption stream
 /// into the restore's error; `object` names the cloud object read.
@@ -410,6 +400,8 @@ async fn finish_input(
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use backstop_core::store::byte_stream;
 
     use super::*;
 
