@@ -7,23 +7,33 @@ use clap::{Parser, Subcommand};
 
 mod basebackup_cmd;
 mod dump_cmd;
+mod exit;
 mod keys_cmd;
-mod progress;
 mod list_cmd;
+mod progress;
 mod restore_cluster_cmd;
 mod restore_cmd;
 mod stack_cmd;
+mod status_cmd;
 mod typed;
 mod wal_cmd;
 mod wal_fetch_cmd;
+
+pub use exit::Exit;
 
 #[derive(Parser)]
 #[command(
     name = "backstop",
     version,
-    about = "Encrypted, verified, cross-cloud PostgreSQL backups"
+    about = "Encrypted, verified, cross-cloud PostgreSQL backups",
+    after_help = exit::EXIT_CODES_HELP
 )]
 struct Cli {
+    /// A failure as one JSON object on stderr ({"error", "exit_code",
+    /// "message", "hint"}); for retention, list, show and status also the
+    /// result as JSON.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +51,8 @@ enum Command {
     Serve(stack_cmd::ServeArgs),
     /// Prunes both clouds by policy and prints the audit report.
     Retention(stack_cmd::RetentionArgs),
+    /// Health check for cron, CI and monitoring: the audit (a dry run) summarized, and its exit code.
+    Status(status_cmd::StatusArgs),
     /// Every backup of both clouds: size, rows, verified, replicated, last drill, what retention would do.
     List(list_cmd::ListArgs),
     /// One backup in detail: its tables, copies and every drill.
@@ -76,56 +88,6 @@ fn holds_secret_keys(command: &Command) -> bool {
     )
 }
 
-/// A failure with an exit status of its own (every other error exits 1):
-/// for callers that read the status, such as PostgreSQL running
-/// `wal-fetch` as its restore_command. A command wraps its error with
-/// [`Exit::new`] (the error type says which status, e.g.
-/// `WalFetchError::exit_code`); `main` finds it by downcasting.
-#[derive(Debug)]
-pub struct Exit {
-    code: u8,
-    error: anyhow::Error,
-}
-
-impl Exit {
-    /// `error`, to end the process with status `code`.
-    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code,
-            error: error.into(),
-        }
-    }
-
-    /// The status for `error`: an [`Exit`]'s own, else 1.
-    fn code_of(error: &anyhow::Error) -> u8 {
-        error.downcast_ref::<Exit>().map_or(1, |e| e.code)
-    }
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.error)
-    }
-}
-
-impl std::error::Error for Exit {}
-
-/// The status of a command line that does not parse: clap's (2), except
-/// for `wal-fetch`, where PostgreSQL would read 2 as "not archived" and end
-/// recovery early; a mistyped restore_command stops it instead.
-fn usage_exit_code(error: &clap::Error, args: &[String]) -> i32 {
-    use clap::error::ErrorKind;
-    let informational = matches!(
-        error.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    );
-    if !informational && args.get(1).is_some_and(|a| a == "wal-fetch") {
-        backstop_postgres::wal::EXIT_STOP_RECOVERY.into()
-    } else {
-        error.exit_code()
-    }
-}
-
 /// Keeps secret keys out of core files: no core file size (inherited by
 /// `pg_dump` / `pg_restore` too) and, on Linux, not dumpable (no core, and
 /// no ptrace or /proc/PID/mem by other processes of the same user).
@@ -157,11 +119,10 @@ async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return std::process::ExitCode::from(usage_exit_code(&e, &args) as u8);
-        }
+        Err(e) => return std::process::ExitCode::from(exit::report_usage(&e, &args)),
     };
+    let json = cli.json
+        || matches!(&cli.command, Command::Status(a) if a.format(false) == status_cmd::Format::Json);
     if holds_secret_keys(&cli.command)
         && let Err(e) = disable_core_dumps()
     {
@@ -175,7 +136,8 @@ async fn main() -> std::process::ExitCode {
         Command::Ping(args) => stack_cmd::ping(args).await,
         Command::Invoke(args) => stack_cmd::invoke(args).await,
         Command::Serve(args) => stack_cmd::serve(args).await,
-        Command::Retention(args) => stack_cmd::retention(args).await,
+        Command::Retention(args) => stack_cmd::retention(args, cli.json).await,
+        Command::Status(args) => status_cmd::run(args, cli.json).await,
         Command::List(args) => list_cmd::list(args).await,
         Command::Show(args) => list_cmd::show(args).await,
         Command::Restore(args) => restore_cmd::run(*args).await,
@@ -187,10 +149,7 @@ async fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(Exit::code_of(&e))
-        }
+        Err(e) => std::process::ExitCode::from(exit::report(&e, json)),
     }
 }
 
@@ -225,10 +184,10 @@ mod tests {
     #[test]
     fn an_exit_error_sets_the_status_and_a_mistyped_wal_fetch_stops_recovery() {
         let plain = anyhow::anyhow!("failed");
-        assert_eq!(Exit::code_of(&plain), 1);
+        assert_eq!(exit::classify(&plain).1, 1);
         let exit: anyhow::Error = Exit::new(126, anyhow::anyhow!("outer")).into();
         assert_eq!(
-            (Exit::code_of(&exit), exit.to_string()),
+            (exit::classify(&exit).1, exit.to_string()),
             (126, "outer".into())
         );
         let args = |a: &[&str]| -> Vec<String> {
@@ -239,7 +198,7 @@ mod tests {
         };
         let usage = |a: &[&str]| {
             let a = args(a);
-            usage_exit_code(&Cli::try_parse_from(&a).err().unwrap(), &a)
+            exit::usage_exit_code(&Cli::try_parse_from(&a).err().unwrap(), &a)
         };
         assert_eq!(usage(&["wal-fetch", "000000010000000000000001"]), 126);
         assert_eq!(usage(&["wal-fetch", "--help"]), 0);

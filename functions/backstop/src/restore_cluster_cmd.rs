@@ -21,7 +21,8 @@ use crate::typed::{Typed, as_typed};
 /// restore_command. With --start --port P, starts PostgreSQL, waits until
 /// it reached the target (promoted, or paused with --pause), checks it
 /// stopped there and records a PITR drill. Exit status: 0 restored (and,
-/// with --start, recovered and drilled); 1 anything else.
+/// with --start, recovered and drilled); 8 the PITR drill failed; else the
+/// table in `backstop --help`.
 #[derive(clap::Args, Debug)]
 pub struct RestoreClusterArgs {
     /// Namespace of the base backups and the WAL archive (default `production`).
@@ -146,7 +147,11 @@ pub async fn run(args: RestoreClusterArgs) -> anyhow::Result<()> {
         Ok(report) => {
             println!("{}", serde_json::to_string_pretty(&report)?);
             match report.drill_error {
-                Some(e) if !report.success => anyhow::bail!("PITR drill failed: {e}"),
+                Some(reason) if !report.success => Err(backstop_postgres::restore::DrillFailed {
+                    what: "PITR drill",
+                    reason,
+                }
+                .into()),
                 _ => Ok(()),
             }
         }

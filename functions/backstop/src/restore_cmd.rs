@@ -24,8 +24,9 @@ use backstop_cloud::s3::S3_BUCKET_VAR;
 ///
 /// Target: --target-url URL, or --server-url URL with --branch NAME (a
 /// deterministic, safe database name derived from the branch) or
-/// --target-db NAME. Exit status: 0 restored and drill passed; 1 anything
-/// else (the JSON result says what).
+/// --target-db NAME. Exit status: 0 restored and drill passed; 8 the drill
+/// did not match; else the table in `backstop --help` (the JSON result
+/// says what).
 #[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
     /// Source namespace whose backups are restored (default `production`,
@@ -98,7 +99,7 @@ impl Progress for Line {
     }
 
     fn start(&self, backup: &str, total: u64) {
-        self.begin(format!("restoring {backup}"), Total::Exact(total));
+        self.begin(format!("restoring {backup}"), Total::Exact(total), "");
     }
 
     fn advance(&self, done: u64) {
@@ -215,17 +216,9 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     match restore_reporting(&config, clouds, progress.as_ref()).await {
         Ok(report) => {
             println!("{}", serde_json::to_string_pretty(&report)?);
-            if report.success {
-                Ok(())
-            } else {
-                anyhow::bail!(
-                    "restore drill failed: {}",
-                    report
-                        .drill
-                        .error
-                        .as_deref()
-                        .unwrap_or("row counts differ from the manifest")
-                )
+            match report.drill_failure() {
+                None => Ok(()),
+                Some(failed) => Err(failed.into()),
             }
         }
         Err(failed) => {

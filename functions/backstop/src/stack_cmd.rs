@@ -88,23 +88,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args)]
 pub struct RetentionArgs {
-    /// Plan and audit only; delete nothing.
+    /// Plan and audit only; delete nothing. (`--json`: print the JSON
+    /// report instead of the readable summary.)
     #[arg(long)]
     dry_run: bool,
-    /// Print the JSON report instead of the readable summary.
-    #[arg(long)]
-    json: bool,
 }
 
-/// Runs retention and the audit once, as the scheduled function would.
-pub async fn retention(args: RetentionArgs) -> anyhow::Result<()> {
+/// Runs retention and the audit once, as the scheduled function would;
+/// critical findings exit with the critical code (`crate::exit`).
+pub async fn retention(args: RetentionArgs, json: bool) -> anyhow::Result<()> {
     use backstop_functions::retention::RetentionFunction;
     let function = RetentionFunction::from_env(&Env::from_process()).await?;
     let request = backstop_core::events::ScheduleRequest {
         dry_run: Some(args.dry_run || function.dry_run),
     };
     let result = function.run(&request).await;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         let verb = if result.dry_run {
@@ -119,10 +118,14 @@ pub async fn retention(args: RetentionArgs) -> anyhow::Result<()> {
         println!("{}", result.report);
     }
     if result.report.has_critical() {
-        anyhow::bail!(
-            "the audit has {} critical finding(s)",
-            result.report.critical
-        );
+        return Err(crate::exit::Unhealthy {
+            condition: backstop_core::retention::Condition::Critical,
+            message: format!(
+                "the audit has {} critical finding(s)",
+                result.report.critical
+            ),
+        }
+        .into());
     }
     Ok(())
 }

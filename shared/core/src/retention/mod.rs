@@ -62,7 +62,7 @@ pub use plan::{
 };
 pub use policy::{
     DEFAULT_MAX_CLOCK_SKEW_SECS, MAX_CLOCK_SKEW_ENV, NamespacePattern, NamespaceRule, POLICY_ENV,
-    PolicyError, PolicySet, RetentionPolicy, parse_duration,
+    PolicyError, PolicySet, RetentionPolicy, format_age, parse_duration,
 };
 pub use uploads::check_open_uploads;
 pub use verify::SignatureVerifier;
