@@ -105,7 +105,9 @@ fn dump_extra(b: DumpBytes) -> String {
 impl DumpProgress for DumpLine {
     fn start(&self, backup_id: &str, estimate: Option<u64>, counters: DumpCounters) {
         let total = estimate.map_or(Total::Unknown, Total::About);
-        self.line.begin(format!("dumping {backup_id}"), total);
+        let extra = dump_extra(counters.get());
+        self.line
+            .begin(format!("dumping {backup_id}"), total, &extra);
         *self.counters.lock().expect("progress") = counters.clone();
         let line = self.line.clone();
         let ticker = tokio::spawn(async move {

@@ -120,8 +120,9 @@ impl Line {
         s.drawn = false;
     }
 
-    /// The measured work starts now; draws its first line.
-    pub(crate) fn begin(&self, label: String, total: Total) {
+    /// The measured work starts now; draws its first line, with `extra`
+    /// as [`Self::draw`] does.
+    pub(crate) fn begin(&self, label: String, total: Total, extra: &str) {
         let mut s = self.state.lock().expect("progress");
         *s = State {
             label,
@@ -131,7 +132,7 @@ impl Line {
             drawn: false,
             finished: false,
         };
-        Self::draw_locked(&mut s, 0, "", true);
+        Self::draw_locked(&mut s, 0, extra, true);
     }
 
     /// `done` so far, `extra` after it; skipped within [`REDRAW`] of the
