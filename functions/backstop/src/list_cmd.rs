@@ -32,9 +32,6 @@ pub struct ListArgs {
     /// At most this many backups of each namespace and database, the newest.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
-    /// Print JSON (schema backstop.list/v1, see README) instead of the table.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -42,9 +39,6 @@ pub struct ShowArgs {
     /// The backup, as `backstop list` prints its id: <namespace>/<database>/<stamp>.
     #[arg(value_parser = backup_arg)]
     backup: BackupId,
-    /// Print JSON (schema backstop.show/v1, see README) instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 fn sources(f: &RetentionFunction) -> Sources<'_> {
@@ -57,8 +51,9 @@ fn sources(f: &RetentionFunction) -> Sources<'_> {
     }
 }
 
-/// Lists every backup (and each cluster's WAL range) the filters select.
-pub async fn list(args: ListArgs) -> anyhow::Result<()> {
+/// Lists every backup (and each cluster's WAL range) the filters select;
+/// with `json` (the global `--json`) as JSON, schema `backstop.list/v1`.
+pub async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
     let function = RetentionFunction::from_env(&Env::from_process()).await?;
     let filter = Filter {
         namespace: args.namespace,
@@ -66,7 +61,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
         limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     let listing = catalog::list(&sources(&function), Utc::now(), &filter).await?;
-    if args.json {
+    if json {
         println!("{}", listing.to_json());
     } else {
         print!("{}", listing.table());
@@ -74,11 +69,12 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Shows one backup: its row, tables and every drill.
-pub async fn show(args: ShowArgs) -> anyhow::Result<()> {
+/// Shows one backup: its row, tables and every drill; with `json` as
+/// JSON, schema `backstop.show/v1`.
+pub async fn show(args: ShowArgs, json: bool) -> anyhow::Result<()> {
     let function = RetentionFunction::from_env(&Env::from_process()).await?;
     let shown = catalog::show(&sources(&function), Utc::now(), &args.backup).await?;
-    if args.json {
+    if json {
         println!("{}", shown.to_json());
     } else {
         print!("{shown}");

@@ -447,16 +447,65 @@ fn table_and_filters(world: &World, [a2, a1, b1]: [&BackupId; 3]) {
     assert!(err.contains("--since") && err.contains("7d"), "{err}");
 }
 
+/// A port nothing listens on.
+fn closed_endpoint() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
 #[test]
-fn list_names_the_missing_setting() {
+fn failures_exit_with_their_kind() {
     let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .arg("list")
+        .args(["list", "--json"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("BACKSTOP_GCS_BUCKET"), "{err}");
+    assert_eq!(out.status.code(), Some(5), "a configuration error");
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"], "config");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("BACKSTOP_GCS_BUCKET"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
+
+    // S3 down: GCS is still listed, S3's columns are unknown.
+    let world = World::new();
+    let b1 = world.dump(&world.src_b, &world.ns_b);
+    let down = closed_endpoint();
+    let mut env = world.env.clone();
+    env.push(("BACKSTOP_CONNECT_TIMEOUT".into(), "2s".into()));
+    env.push(("AWS_ENDPOINT_URL_S3".into(), down.clone()));
+    let listed = json_ok(&["list", "--json", "--namespace", &world.ns_b], &env);
+    assert_eq!(listed["clouds"][1]["listed"], false, "{listed}");
+    assert!(listed["clouds"][1]["error"].as_str().is_some(), "{listed}");
+    let row = &listed["backups"][0];
+    assert_eq!(row["id"], b1.to_string());
+    assert_eq!(
+        (&row["in_gcs"], &row["in_s3"]),
+        (&true.into(), &Value::Null)
+    );
+
+    // Both down: nothing to list, and the status says unreachable.
+    env.push(("STORAGE_EMULATOR_HOST".into(), down));
+    let out = backstop(&["list", "--json"], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"], "unreachable");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("no bucket could be listed"),
+        "{err}"
+    );
 }

@@ -37,11 +37,18 @@ pub struct Sources<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// No configured bucket could be listed (or a verification read failed
-    /// in each).
+    /// in each). The source is GCS's error, so the exit status says what
+    /// kind of failure it was (unreachable, refused, ...).
     #[error(
-        "no bucket could be listed ({0}): check the credentials and the network (`backstop ping` tries both clouds), then run again"
+        "no bucket could be listed ({errors}): check the credentials and the network (`backstop ping` tries both clouds), then run again"
     )]
-    Unlisted(String),
+    Unlisted {
+        /// Each bucket's error.
+        errors: String,
+        /// The primary's error.
+        #[source]
+        source: StoreError,
+    },
     /// `show`: the backup is in no listed bucket.
     #[error(
         "backup {id} is not in {stores}: `backstop list --namespace {namespace}` shows the backups there are"
@@ -77,19 +84,23 @@ async fn collect_all(src: &Sources<'_>, now: DateTime<Utc>) -> Result<Collected,
         collect_one(src, src.primary, now),
         OptionFuture::from(src.replica.map(|r| collect_one(src, r, now))),
     );
-    if primary.is_err() && replica.as_ref().is_none_or(Result::is_err) {
-        let errors: Vec<String> = [Some(&primary), replica.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
-            .collect();
-        return Err(CatalogError::Unlisted(errors.join("; ")));
+    let replica_failed = replica.as_ref().is_none_or(Result::is_err);
+    match primary {
+        Err(source) if replica_failed => {
+            let mut errors = vec![source.to_string()];
+            let replica_error = replica.as_ref().and_then(|r| r.as_ref().err());
+            errors.extend(replica_error.map(ToString::to_string));
+            Err(CatalogError::Unlisted {
+                errors: errors.join("; "),
+                source,
+            })
+        }
+        primary => Ok(Collected {
+            now,
+            primary,
+            replica,
+        }),
     }
-    Ok(Collected {
-        now,
-        primary,
-        replica,
-    })
 }
 
 fn error_text(listed: Option<&Listed>) -> String {

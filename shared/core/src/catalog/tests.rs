@@ -248,7 +248,11 @@ async fn an_unlisted_replica_is_unknown_and_no_listing_is_an_error() {
     let err = list(&w.sources(), now(), &Filter::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, CatalogError::Unlisted(_)), "{err}");
+    assert!(matches!(err, CatalogError::Unlisted { .. }), "{err}");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the store's error is its source"
+    );
     assert!(err.to_string().contains("backstop ping"), "{err}");
 }
 
