@@ -401,6 +401,22 @@ async fn a_stale_namespace_is_critical() {
         serde_json::json!(["stale_backup"])
     );
 
+    // --json: the verdict on stderr as a JSON failure too.
+    let out = w.backstop(&["status", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(4));
+    let err: Value = serde_json::from_str(stderr(&out).trim()).unwrap();
+    assert_eq!(
+        (err["error"].as_str(), err["exit_code"].as_u64()),
+        (Some("critical"), Some(4))
+    );
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("worst namespace {} (stale_backup)", w.ns)),
+        "{message}"
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "critical", "--json is --format json");
+
     // Text: the report on stdout, one line on stderr.
     let out = w.backstop(&["status"], &[]);
     assert_eq!(out.status.code(), Some(4));
