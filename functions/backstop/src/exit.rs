@@ -25,7 +25,7 @@ pub enum Code {
     Failure = 1,
     /// The command line does not parse (clap's status).
     Usage = 2,
-    /// `status`/`retention`: the audit has warning findings.
+    /// `status`: the audit has warning findings (`retention` succeeds).
     Warning = 3,
     /// `status`/`retention`: the audit has critical findings.
     Critical = 4,
@@ -141,7 +141,7 @@ Exit status (every command; stable):
   0  ok              success; status: healthy
   1  failure         any other failure
   2  usage           the command line does not parse
-  3  warning         status/retention: warning findings
+  3  warning         status: warning findings
   4  critical        status/retention: critical findings
   5  config          a setting is missing or invalid
   6  unreachable     a cloud (or KMS, PostgreSQL) did not answer
