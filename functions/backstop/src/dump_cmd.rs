@@ -92,14 +92,14 @@ struct DumpLine {
     ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// What follows the bytes read: the compressed and uploaded bytes.
+/// The compressed and uploaded bytes (the line's extra).
 fn dump_extra(b: DumpBytes) -> String {
     let compressed = if b.compressed > 0 {
         format!(", {} compressed", human(b.compressed as f64))
     } else {
         String::new()
     };
-    format!(" read{compressed}, {} uploaded", human(b.uploaded as f64))
+    format!("{compressed}, {} uploaded", human(b.uploaded as f64))
 }
 
 impl DumpProgress for DumpLine {
@@ -107,7 +107,7 @@ impl DumpProgress for DumpLine {
         let total = estimate.map_or(Total::Unknown, Total::About);
         let extra = dump_extra(counters.get());
         self.line
-            .begin(format!("dumping {backup_id}"), total, &extra);
+            .begin(format!("dumping {backup_id}"), total, "read", &extra);
         *self.counters.lock().expect("progress") = counters.clone();
         let line = self.line.clone();
         let ticker = tokio::spawn(async move {
@@ -129,7 +129,7 @@ impl DumpProgress for DumpLine {
         // The exact count of uploaded bytes matches the result's
         // `ciphertext_bytes` (what scripts and the tests compare).
         self.line.end(&format!(
-            "{}{} ({} bytes)",
+            "{} read{} ({} bytes)",
             human(b.read as f64),
             dump_extra(b),
             b.uploaded

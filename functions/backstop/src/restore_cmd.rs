@@ -99,7 +99,7 @@ impl Progress for Line {
     }
 
     fn start(&self, backup: &str, total: u64) {
-        self.begin(format!("restoring {backup}"), Total::Exact(total), "");
+        self.begin(format!("restoring {backup}"), Total::Exact(total), "", "");
     }
 
     fn advance(&self, done: u64) {
