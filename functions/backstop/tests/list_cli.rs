@@ -228,22 +228,15 @@ async fn assert_manifest_facts(row: &Value, id: &BackupId) {
     assert_eq!(row["in_gcs"], true, "{row}");
 }
 
-#[tokio::test]
-async fn list_shows_each_fact_of_each_backup() {
-    let world = World::new();
-    let a1 = world.dump(&world.src_a, &world.ns_a);
-    // A later second, so that a2 is the newer by its id's time alone.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let a2 = world.dump(&world.src_a, &world.ns_a);
-    let b1 = world.dump(&world.src_b, &world.ns_b);
-    replicate(&world, &a2).await;
+/// `backstop restore` of `id` into the drill database: the drill record.
+fn drill_by_restore(world: &World, id: &BackupId) -> Value {
+    let id = id.to_string();
     let server = database_url("postgres");
-    let a2_id = a2.to_string();
     let restored = json_ok(
         &[
             "restore",
             "--backup",
-            &a2_id,
+            &id,
             "--server-url",
             &server,
             "--target-db",
@@ -253,36 +246,17 @@ async fn list_shows_each_fact_of_each_backup() {
         &world.env,
     );
     assert_eq!(restored["drill"]["success"], true, "{restored}");
-    let failed = failed_drill(&b1).await;
+    restored
+}
 
-    let out = world.list(&["--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listing["schema"], "backstop.list/v1");
-    let clouds: Vec<(&str, bool)> = listing["clouds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["cloud"].as_str().unwrap(), c["listed"].as_bool().unwrap()))
-        .collect();
-    assert_eq!(clouds, [("gcs", true), ("s3", true)]);
-    let rows = listing["backups"].as_array().unwrap();
-    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    let (a1_id, b1_id) = (a1.to_string(), b1.to_string());
-    assert_eq!(ids, [&a2_id, &a1_id, &b1_id], "by namespace, newest first");
-
-    // a2: replicated, drilled by restore, kept as the newest.
-    let r = &rows[0];
+/// a2: replicated, drilled by restore, kept as the newest.
+async fn assert_a2(world: &World, r: &Value, a2: &BackupId, restored: &Value) {
     assert_eq!(
         (&r["namespace"], &r["database"]),
         (&world.ns_a.clone().into(), &world.src_a.clone().into())
     );
     assert_eq!(r["kind"], "dump");
-    assert_manifest_facts(r, &a2).await;
+    assert_manifest_facts(r, a2).await;
     assert_eq!((&r["tables"], &r["rows"]), (&2.into(), &2507.into()));
     assert_eq!(
         (&r["in_s3"], &r["parity"]),
@@ -306,10 +280,18 @@ async fn list_shows_each_fact_of_each_backup() {
         .map(|c| c["cloud"].as_str().unwrap())
         .collect();
     assert_eq!(copies, ["gcs", "s3"]);
+}
 
-    // a1: not copied yet (within the replica grace), not kept by keep_last 1.
+/// a1: not copied yet (within the replica grace), not kept by keep_last 1;
+/// b1: its namespace is not replicated, its drill failed.
+async fn assert_a1_b1(
+    world: &World,
+    rows: &[Value],
+    (a1, b1): (&BackupId, &BackupId),
+    failed: &DrillRecord,
+) {
     let r = &rows[1];
-    assert_manifest_facts(r, &a1).await;
+    assert_manifest_facts(r, a1).await;
     assert_eq!(
         (&r["in_s3"], &r["parity"]),
         (&false.into(), &"pending".into())
@@ -317,14 +299,12 @@ async fn list_shows_each_fact_of_each_backup() {
     assert_eq!(r["last_drill"], Value::Null);
     assert_eq!(r["retention"]["action"], "delete");
     assert_eq!(r["retention"]["reasons"], serde_json::json!(["expired"]));
-
-    // b1: its namespace is not replicated; its drill failed.
     let r = &rows[2];
     assert_eq!(
         (&r["namespace"], &r["database"]),
         (&world.ns_b.clone().into(), &world.src_b.clone().into())
     );
-    assert_manifest_facts(r, &b1).await;
+    assert_manifest_facts(r, b1).await;
     assert_eq!((&r["tables"], &r["rows"]), (&1.into(), &40.into()));
     assert_eq!(
         (&r["in_s3"], &r["parity"]),
@@ -336,6 +316,43 @@ async fn list_shows_each_fact_of_each_backup() {
     assert_eq!(drill["error"], "pg_restore exited with status 1");
     assert_eq!(r["retention"]["action"], "keep");
     assert_eq!(r["retention"]["rule"], "*");
+}
+
+#[tokio::test]
+async fn list_shows_each_fact_of_each_backup() {
+    let world = World::new();
+    let a1 = world.dump(&world.src_a, &world.ns_a);
+    // A later second, so that a2 is the newer by its id's time alone.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let a2 = world.dump(&world.src_a, &world.ns_a);
+    let b1 = world.dump(&world.src_b, &world.ns_b);
+    replicate(&world, &a2).await;
+    let restored = drill_by_restore(&world, &a2);
+    let a2_id = a2.to_string();
+    let failed = failed_drill(&b1).await;
+
+    let out = world.list(&["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing["schema"], "backstop.list/v1");
+    let clouds: Vec<(&str, bool)> = listing["clouds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["cloud"].as_str().unwrap(), c["listed"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(clouds, [("gcs", true), ("s3", true)]);
+    let rows = listing["backups"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let (a1_id, b1_id) = (a1.to_string(), b1.to_string());
+    assert_eq!(ids, [&a2_id, &a1_id, &b1_id], "by namespace, newest first");
+
+    assert_a2(&world, &rows[0], &a2, &restored).await;
+    assert_a1_b1(&world, rows, (&a1, &b1), &failed).await;
 
     table_and_filters(&world, [&a2, &a1, &b1]);
 
@@ -348,7 +365,7 @@ async fn list_shows_each_fact_of_each_backup() {
     assert_eq!(shown["drills"].as_array().unwrap().len(), 1);
 }
 
-/// The table's header and rows, and each filter, on the same backups.
+/// The table's header and rows, then each filter, on the same backups.
 fn table_and_filters(world: &World, [a2, a1, b1]: [&BackupId; 3]) {
     let out = world.list(&[]);
     assert!(
@@ -410,7 +427,11 @@ fn table_and_filters(world: &World, [a2, a1, b1]: [&BackupId; 3]) {
             "FAILED",
         ],
     );
+    assert_filters(world, [a2, b1]);
+}
 
+/// `--limit`, `--since`, `--namespace`, and a `--since` that does not parse.
+fn assert_filters(world: &World, [a2, b1]: [&BackupId; 2]) {
     let ids = |extra: &[&str]| -> Vec<String> {
         let mut args = vec!["--json"];
         args.extend_from_slice(extra);

@@ -169,25 +169,17 @@ struct Candidate<'a> {
     run_id: Option<String>,
 }
 
-/// The drill records of the backups in `wanted`, from both clouds (a
-/// restore that fell back to the replica wrote its record there); with
-/// `newest_only`, each backup's newest record only. Read and checked by
-/// [`load_drills`], as the audit reads them.
-async fn read_drills(
-    src: &Sources<'_>,
-    c: &Collected,
+/// The drill record keys of the backups in `wanted`, in the listings of
+/// `inventories` (by side); with `newest_only`, each backup's newest (by
+/// run id; the primary's of the same record wins). Each key once.
+fn candidates<'a>(
+    inventories: &[&'a Inventory],
     wanted: &HashSet<String>,
     newest_only: bool,
-) -> Vec<LoadedDrill> {
-    let stores: Vec<(&dyn ObjectStore, &Inventory)> = [Some((src.primary, &c.primary))]
-        .into_iter()
-        .chain([src.replica.zip(c.replica.as_ref())])
-        .flatten()
-        .filter_map(|(store, listed)| listed.as_ref().ok().map(|(inv, _)| (store, inv)))
-        .collect();
+) -> Vec<Candidate<'a>> {
     let mut chosen: HashMap<String, Candidate> = HashMap::new();
     let mut all: Vec<Candidate> = Vec::new();
-    for (side, (_, inv)) in stores.iter().enumerate() {
+    for (side, inv) in inventories.iter().enumerate() {
         for meta in &inv.drills {
             let Some((id, run_id)) = BackupId::parse_drill_key(&meta.key) else {
                 continue;
@@ -206,7 +198,6 @@ async fn read_drills(
                 all.push(candidate);
                 continue;
             }
-            // Newest by run id; the primary's copy of the same record wins.
             match chosen.get(&backup_id) {
                 Some(have) if have.run_id >= candidate.run_id => {}
                 _ => {
@@ -218,41 +209,68 @@ async fn read_drills(
     all.extend(chosen.into_values());
     let mut seen = HashSet::new();
     all.retain(|c| seen.insert(c.meta.key.clone()));
+    all
+}
+
+/// The drill records of the backups in `wanted`, from both clouds (a
+/// restore that fell back to the replica wrote its record there); with
+/// `newest_only`, each backup's newest record only. Read and checked by
+/// [`load_drills`], as the audit reads them.
+async fn read_drills(
+    src: &Sources<'_>,
+    c: &Collected,
+    wanted: &HashSet<String>,
+    newest_only: bool,
+) -> Vec<LoadedDrill> {
+    let stores: Vec<(&dyn ObjectStore, &Inventory)> = [Some((src.primary, &c.primary))]
+        .into_iter()
+        .chain([src.replica.zip(c.replica.as_ref())])
+        .flatten()
+        .filter_map(|(store, listed)| listed.as_ref().ok().map(|(inv, _)| (store, inv)))
+        .collect();
+    let inventories: Vec<&Inventory> = stores.iter().map(|(_, inv)| *inv).collect();
+    let all = candidates(&inventories, wanted, newest_only);
     let mut out = Vec::new();
     for (side, (store, _)) in stores.iter().enumerate() {
         let mine: Vec<&Candidate> = all.iter().filter(|c| c.side == side).collect();
-        if mine.is_empty() {
-            continue;
+        if !mine.is_empty() {
+            out.extend(read_side(*store, &mine).await);
         }
-        let subset = Inventory {
-            drills: mine.iter().map(|c| c.meta.clone()).collect(),
-            ..Inventory::default()
+    }
+    out
+}
+
+/// Reads one store's `candidates` with [`load_drills`].
+async fn read_side(store: &dyn ObjectStore, candidates: &[&Candidate<'_>]) -> Vec<LoadedDrill> {
+    let subset = Inventory {
+        drills: candidates.iter().map(|c| c.meta.clone()).collect(),
+        ..Inventory::default()
+    };
+    let (records, findings) = load_drills(store, &subset, usize::MAX).await;
+    let mut by_key: HashMap<String, _> = records
+        .into_iter()
+        .filter_map(|r| r.key().ok().map(|k| (k, r)))
+        .collect();
+    let problems: HashMap<&str, &str> = findings
+        .iter()
+        .filter_map(|f| f.subject.as_deref().map(|s| (s, f.message.as_str())))
+        .collect();
+    let mut out = Vec::new();
+    for c in candidates {
+        let key = &c.meta.key;
+        let loaded = match by_key.remove(key) {
+            Some(record) => Ok(record),
+            None => Err(problems
+                .get(key.as_str())
+                .map_or("the record could not be read", |m| m)
+                .to_string()),
         };
-        let (records, findings) = load_drills(*store, &subset, usize::MAX).await;
-        let mut by_key: HashMap<String, _> = records
-            .into_iter()
-            .filter_map(|r| r.key().ok().map(|k| (k, r)))
-            .collect();
-        let problems: HashMap<&str, &str> = findings
-            .iter()
-            .filter_map(|f| f.subject.as_deref().map(|s| (s, f.message.as_str())))
-            .collect();
-        for c in mine {
-            let key = &c.meta.key;
-            let loaded = match by_key.remove(key) {
-                Some(record) => Ok(record),
-                None => Err(problems
-                    .get(key.as_str())
-                    .map_or("the record could not be read", |m| m)
-                    .to_string()),
-            };
-            out.push(LoadedDrill {
-                backup_id: c.backup_id.clone(),
-                run_id: c.run_id.clone(),
-                record: format!("{}/{key}", store.url()),
-                loaded,
-            });
-        }
+        out.push(LoadedDrill {
+            backup_id: c.backup_id.clone(),
+            run_id: c.run_id.clone(),
+            record: format!("{}/{key}", store.url()),
+            loaded,
+        });
     }
     out
 }
