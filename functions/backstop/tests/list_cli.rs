@@ -7,7 +7,6 @@
 //!
 //!   tests/stack/stack.sh run -- cargo test -p backstop-cli --test list_cli
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
@@ -21,32 +20,8 @@ use backstop_core::store::{ObjectStoreExt, PutOptions};
 use backstop_tests::{gcs, s3, stack_env};
 use serde_json::Value;
 
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run inside the local stack (tests/run-all or tests/stack/stack.sh run -- cargo test)")
-    })
-}
-
-fn database_url(db: &str) -> String {
-    let server = var("BACKSTOP_TEST_DATABASE_URL");
-    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
-    format!("{base}/{db}")
-}
-
-fn psql(db: &str, sql: &str) {
-    let psql = Path::new(&var("PG_BINDIR")).join("psql");
-    let out = Command::new(psql)
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-        .arg(database_url(db))
-        .args(["-c", sql])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+mod common;
+use common::{database_url, psql, var};
 
 fn backstop(args: &[&str], env: &[(String, String)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_backstop"))

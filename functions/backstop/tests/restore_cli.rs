@@ -6,42 +6,12 @@
 //!
 //!   tests/stack/stack.sh run -- cargo test -p backstop-cli --test restore_cli
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run inside the local stack (tests/run-all or tests/stack/stack.sh run -- cargo test)")
-    })
-}
-
-fn pg_tool(name: &str) -> PathBuf {
-    Path::new(&var("PG_BINDIR")).join(name)
-}
-
-/// The stack's server URL with another database name.
-fn database_url(db: &str) -> String {
-    let server = var("BACKSTOP_TEST_DATABASE_URL");
-    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
-    format!("{base}/{db}")
-}
-
-fn psql(db: &str, sql: &str) -> String {
-    let out = Command::new(pg_tool("psql"))
-        .args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-d"])
-        .arg(database_url(db))
-        .args(["-c", sql])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+mod common;
+use common::{database_url, psql, var};
 
 fn backstop(args: &[&str], env: &[(&str, String)]) -> (Output, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_backstop"))

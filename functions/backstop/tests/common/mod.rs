@@ -1,4 +1,5 @@
-//! Helpers shared by the tests that run real clusters archiving with
+//! Helpers shared by the CLI tests: the stack's variables, its server and
+//! `psql`; for the tests that run real clusters archiving with
 //! `backstop wal-push` (`wal_push.rs`, `restore_cluster.rs`): keys and a
 //! namespace per test in a directory the `postgres` user can read, and a
 //! throwaway cluster whose `archive_command` is `backstop wal-push %p`.
@@ -22,6 +23,35 @@ pub fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run inside the local stack (tests/run-all or tests/stack/stack.sh run -- cargo test)")
     })
+}
+
+/// A PostgreSQL program of the stack's `PG_BINDIR`.
+pub fn pg_tool(name: &str) -> PathBuf {
+    Path::new(&var("PG_BINDIR")).join(name)
+}
+
+/// The stack's server URL with another database name.
+pub fn database_url(db: &str) -> String {
+    let server = var("BACKSTOP_TEST_DATABASE_URL");
+    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{db}")
+}
+
+/// Runs `sql` in `db` of the stack's server (stopping at the first error);
+/// returns what it printed, unaligned and without headers.
+pub fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new(pg_tool("psql"))
+        .args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(database_url(db))
+        .args(["-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 pub fn is_root() -> bool {
