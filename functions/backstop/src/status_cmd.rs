@@ -345,6 +345,12 @@ fn health_gauges(out: &mut String, h: &Health, report: &Report) {
         "Audit findings by code.",
         &by_code,
     );
+    age_gauges(out, h, report);
+}
+
+/// The ages of the newest backup and drill, per series, and which clouds
+/// answered.
+fn age_gauges(out: &mut String, h: &Health, report: &Report) {
     let newest = |n: Option<&backstop_core::retention::Newest>| {
         n.map(|n| (String::new(), n.age_seconds.to_string()))
             .into_iter()

@@ -15,9 +15,10 @@ use futures::future::OptionFuture;
 use backstop_cloud::oidc::{OidcConfig, OidcVerifier};
 use backstop_core::alerts::{Alert, AlertSink};
 use backstop_core::config::{ConfigError, Env};
+use backstop_core::drill::DrillRecord;
 use backstop_core::events::{Invocation, ScheduleRequest, parse_schedule, schedule_from_value};
 use backstop_core::retention::{
-    AuditInput, BucketConfig, CloudInput, DEFAULT_VERIFY_CONCURRENCY, MAX_CLOCK_SKEW_ENV,
+    AuditInput, BucketConfig, CloudInput, DEFAULT_VERIFY_CONCURRENCY, Finding, MAX_CLOCK_SKEW_ENV,
     PolicySet, Pruned, Report, SignatureVerifier, audit, load_drills, prune,
 };
 use backstop_core::store::{ObjectStore, StoreError};
@@ -96,7 +97,7 @@ pub struct RunResult {
     /// The drill records the audit read (for the drill-age metrics; the
     /// report already judges them).
     #[serde(skip)]
-    pub drills: Vec<backstop_core::drill::DrillRecord>,
+    pub drills: Vec<DrillRecord>,
 }
 
 impl RetentionFunction {
@@ -172,29 +173,23 @@ impl RetentionFunction {
         prune(store, verifier, policies, now, dry_run, self.concurrency).await
     }
 
-    /// Prunes both clouds (each only from a complete listing) and audits.
-    pub async fn run(&self, request: &ScheduleRequest) -> RunResult {
-        // An event may turn a dry run on, never off: `BACKSTOP_DRY_RUN=true`
-        // is the operator's decision, and whoever can send an event is not.
-        let dry_run = self.dry_run || request.dry_run.unwrap_or(false);
-        let now = Utc::now();
-        // The clouds are independent, so both are collected at once: the
-        // run takes as long as the slower cloud, not as long as both.
-        let (primary, replica) = tokio::join!(
-            self.prune_store(self.primary.as_ref(), now, dry_run),
-            OptionFuture::from(
-                self.replica
-                    .as_deref()
-                    .map(|store| self.prune_store(store, now, dry_run))
-            ),
-        );
+    /// The drill records of both clouds (a restore that fell back to the
+    /// replica wrote its record there), and the findings about open uploads
+    /// of the replica.
+    async fn drills_and_uploads(
+        &self,
+        primary: &Result<Pruned, StoreError>,
+        replica: Option<&Result<Pruned, StoreError>>,
+        now: chrono::DateTime<Utc>,
+        dry_run: bool,
+    ) -> (Vec<DrillRecord>, Vec<Finding>) {
         // A restore that fell back to the replica wrote its drill record
         // there (the primary was unreachable), so drills are read from both.
         let mut drills = Vec::new();
         let mut extra_findings = Vec::new();
-        let listed = [(self.primary.as_ref(), &primary)]
+        let listed = [(self.primary.as_ref(), primary)]
             .into_iter()
-            .chain(self.replica.as_deref().zip(replica.as_ref()));
+            .chain(self.replica.as_deref().zip(replica));
         for (store, pruned) in listed {
             if let Ok(p) = pruned {
                 let (records, findings) = load_drills(store, &p.inventory, 5).await;
@@ -204,7 +199,7 @@ impl RetentionFunction {
         }
         // Copies in progress, and uploads of backups the source no longer
         // has as verified ones (judged only from a complete source listing).
-        if let (Some(store), Ok(source)) = (self.replica.as_deref(), &primary) {
+        if let (Some(store), Ok(source)) = (self.replica.as_deref(), primary) {
             let found = backstop_core::retention::check_open_uploads(
                 store,
                 "",
@@ -224,6 +219,28 @@ impl RetentionFunction {
             ))
         });
         drills.dedup();
+        (drills, extra_findings)
+    }
+
+    /// Prunes both clouds (each only from a complete listing) and audits.
+    pub async fn run(&self, request: &ScheduleRequest) -> RunResult {
+        // An event may turn a dry run on, never off: `BACKSTOP_DRY_RUN=true`
+        // is the operator's decision, and whoever can send an event is not.
+        let dry_run = self.dry_run || request.dry_run.unwrap_or(false);
+        let now = Utc::now();
+        // The clouds are independent, so both are collected at once: the
+        // run takes as long as the slower cloud, not as long as both.
+        let (primary, replica) = tokio::join!(
+            self.prune_store(self.primary.as_ref(), now, dry_run),
+            OptionFuture::from(
+                self.replica
+                    .as_deref()
+                    .map(|store| self.prune_store(store, now, dry_run))
+            ),
+        );
+        let (drills, extra_findings) = self
+            .drills_and_uploads(&primary, replica.as_ref(), now, dry_run)
+            .await;
         let errors: Vec<String> = [Some(&primary), replica.as_ref()]
             .into_iter()
             .flatten()
