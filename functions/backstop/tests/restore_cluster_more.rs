@@ -2,7 +2,8 @@
 //! `restore_cluster.rs`: a restored cluster that archives (`--archive`)
 //! continues on timeline 2 and both timelines restore; with GCS unreachable
 //! the base backup and every WAL file come from the S3 replica; a tampered
-//! archived segment stops recovery before the server promotes.
+//! archived segment stops recovery before the server promotes; a tampered
+//! base backup stops extraction, exits 7 (integrity) and leaves nothing.
 //!
 //!   tests/stack/stack.sh run -- cargo test -p backstop-cli --test restore_cluster_more
 
@@ -303,4 +304,45 @@ async fn a_tampered_segment_stops_recovery_before_the_server_promotes() {
             .any(|r| r["error"].as_str().unwrap_or_default().contains(&tampered)),
         "{records:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_base_backup_exits_with_the_integrity_code_and_leaves_nothing() {
+    let world = World::new("tampered-base");
+    let cluster = Cluster::start(&world, &world.env());
+    cluster.psql(CREATE_TABLE);
+    write_row(&cluster, 1);
+    let backup: BackupId = base_backup(&world, &cluster).parse().unwrap();
+    write_row(&cluster, 2);
+    switch_and_archive(&cluster);
+    cluster.stop();
+    // One byte of the data object in GCS, the cloud extraction reads first:
+    // its signed manifest still verifies, so the backup is chosen and the
+    // chunk gate must stop it.
+    let gcs = gcs().await;
+    let data_key = backup.data_key();
+    let mut bytes = gcs.get_bytes(&data_key, 1 << 30).await.unwrap().to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    gcs.put_bytes(&data_key, Bytes::from(bytes), PutOptions::default())
+        .await
+        .unwrap();
+
+    let (r, (out, json)) = try_restore(&world, "tampered-base", &["--latest"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "integrity, README's exit table: {json}\n{stderr}"
+    );
+    assert_eq!(json["kind"], "extract", "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&data_key),
+        "{json}"
+    );
+    let left = std::fs::read_dir(&r.pgdata).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "the data directory is emptied again");
 }

@@ -67,6 +67,9 @@ pub enum PitrError {
         pgdata: String,
         reason: String,
         cleanup: String,
+        /// What the failure means (integrity for data that does not
+        /// authenticate, decrypt or match its signed manifest).
+        kind: backstop_core::error::FailureKind,
     },
     #[error("writing the recovery settings into {pgdata} failed: {reason}")]
     Settings { pgdata: String, reason: String },
@@ -87,11 +90,11 @@ impl backstop_core::error::Failure for PitrError {
             PitrError::Config(_) | PitrError::Timeline { .. } => FailureKind::Config,
             PitrError::WrongKey { .. } => FailureKind::Integrity,
             PitrError::Store(e) => e.failure_kind(),
+            PitrError::Extract { kind, .. } => *kind,
             PitrError::NoBaseBackup { .. }
             | PitrError::NoneBeforeTarget { .. }
             | PitrError::WalGap { .. }
             | PitrError::BeyondArchive { .. }
-            | PitrError::Extract { .. }
             | PitrError::Settings { .. }
             | PitrError::Recovery { .. } => FailureKind::Other,
         }

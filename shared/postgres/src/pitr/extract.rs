@@ -13,7 +13,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use backstop_core::store::ByteStream;
+use backstop_core::crypto::CryptoError;
+use backstop_core::error::{Failure, FailureKind};
+use backstop_core::store::{ByteStream, StoreError};
 
 const BLOCK: usize = 512;
 /// The member `pg_basebackup` writes last, describing the others.
@@ -42,6 +44,31 @@ pub(super) enum ExtractError {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl ExtractError {
+    /// What the failure means: the data's own (it did not authenticate or
+    /// decrypt, or the signed tar is malformed) is integrity; reading it,
+    /// what the store says; writing the files is neither.
+    pub(super) fn failure_kind(&self) -> FailureKind {
+        match self {
+            ExtractError::Input(e) => e
+                .get_ref()
+                .and_then(|inner| {
+                    (inner
+                        .downcast_ref::<CryptoError>()
+                        .map(Failure::failure_kind))
+                    .or_else(|| {
+                        inner
+                            .downcast_ref::<StoreError>()
+                            .map(Failure::failure_kind)
+                    })
+                })
+                .unwrap_or(FailureKind::Other),
+            ExtractError::Tar { .. } => FailureKind::Integrity,
+            ExtractError::Write { .. } => FailureKind::Other,
+        }
+    }
 }
 
 enum State {

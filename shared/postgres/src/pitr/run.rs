@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use backstop_core::crypto::{chunks, decrypt_stream_sized};
 use backstop_core::drill::PitrDrill;
+use backstop_core::error::{Failure, FailureKind};
 
 use super::config::PitrConfig;
 use super::drill;
@@ -187,24 +188,35 @@ async fn restore_files(
     clouds: &Clouds<'_>,
     base: &BaseCandidate,
 ) -> Result<(Extracted, String), PitrError> {
-    let fail = |reason: String, cleanup: String| PitrError::Extract {
+    let fail = |(reason, kind): Failed, cleanup: String| PitrError::Extract {
         backup_id: base.id.to_string(),
         pgdata: cfg.pgdata.display().to_string(),
         reason,
         cleanup,
+        kind,
     };
-    let created = prepare_dir(&cfg.pgdata).map_err(|r| fail(r, "nothing was written".into()))?;
+    let created = prepare_dir(&cfg.pgdata)
+        .map_err(|r| fail((r, FailureKind::Other), "nothing was written".into()))?;
     match extract_and_verify(cfg, clouds, base).await {
         Ok(x) => Ok(x),
-        Err(reason) => Err(fail(reason, empty_dir(&cfg.pgdata, created))),
+        Err(failed) => Err(fail(failed, empty_dir(&cfg.pgdata, created))),
     }
+}
+
+/// Why extraction failed, and what that means for the exit status.
+type Failed = (String, FailureKind);
+
+/// A failure of the backup's data itself: it does not authenticate,
+/// decrypt or match its signed manifest.
+fn integrity(reason: String) -> Failed {
+    (reason, FailureKind::Integrity)
 }
 
 async fn extract_and_verify(
     cfg: &PitrConfig,
     clouds: &Clouds<'_>,
     base: &BaseCandidate,
-) -> Result<(Extracted, String), String> {
+) -> Result<(Extracted, String), Failed> {
     let store = ordered(clouds)
         .into_iter()
         .find(|(c, _)| *c == base.cloud)
@@ -214,28 +226,28 @@ async fn extract_and_verify(
     let body = store
         .read(&base.data_key)
         .await
-        .map_err(|e| format!("reading {object} failed: {e}"))?;
+        .map_err(|e| (format!("reading {object} failed: {e}"), e.failure_kind()))?;
     let gated = chunks::authenticated(body, &base.manifest.ciphertext)
-        .map_err(|e| format!("{object}: {e}"))?;
+        .map_err(|e| (format!("{object}: {e}"), e.failure_kind()))?;
     let plain = decrypt_stream_sized(gated, &cfg.secret_key, Some(base.manifest.plaintext_size));
     let out = extract(plain, &cfg.pgdata)
         .await
-        .map_err(|e| format!("{object}: {e}"))?;
+        .map_err(|e| (format!("{object}: {e}"), e.failure_kind()))?;
     let signed = &base.info.backup_manifest_sha256;
     match &out.backup_manifest_sha256 {
         Some(sha) if sha.eq_ignore_ascii_case(signed) => {}
         Some(sha) => {
-            return Err(format!(
+            return Err(integrity(format!(
                 "{BACKUP_MANIFEST} has SHA-256 {sha}, the signed manifest says {signed}"
-            ));
+            )));
         }
-        None => return Err(format!("the tar has no {BACKUP_MANIFEST}")),
+        None => return Err(integrity(format!("the tar has no {BACKUP_MANIFEST}"))),
     }
     if out.files != base.info.files {
-        return Err(format!(
+        return Err(integrity(format!(
             "the tar holds {} files, the signed manifest says {}",
             out.files, base.info.files
-        ));
+        )));
     }
     let verified = pg_verifybackup(cfg).await?;
     Ok((out, verified))
@@ -243,7 +255,7 @@ async fn extract_and_verify(
 
 /// `pg_verifybackup -n` on the extracted directory: `passed`, or why it
 /// was skipped (the program is missing); `Err` when it fails.
-async fn pg_verifybackup(cfg: &PitrConfig) -> Result<String, String> {
+async fn pg_verifybackup(cfg: &PitrConfig) -> Result<String, Failed> {
     let program = cfg.tools.program("pg_verifybackup");
     let out = tokio::process::Command::new(&program)
         .arg("-n")
@@ -259,13 +271,17 @@ async fn pg_verifybackup(cfg: &PitrConfig) -> Result<String, String> {
             eprintln!("pg_verifybackup {why}");
             Ok(why)
         }
-        Err(e) => Err(format!("cannot run {}: {e}", program.display())),
+        Err(e) => Err((
+            format!("cannot run {}: {e}", program.display()),
+            FailureKind::Other,
+        )),
         Ok(o) if o.status.success() => Ok("passed".into()),
-        Ok(o) => Err(format!(
+        // The files do not match the backup's own manifest.
+        Ok(o) => Err(integrity(format!(
             "pg_verifybackup -n failed ({}): {}",
             o.status,
             String::from_utf8_lossy(&o.stderr).trim()
-        )),
+        ))),
     }
 }
 
