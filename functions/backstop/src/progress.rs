@@ -86,16 +86,10 @@ fn layout(label: &str, text: &str, columns: Option<usize>, compact: &mut bool) -
     out
 }
 
-/// Bytes in binary units, one decimal: `12.3 MiB`.
+/// Bytes in binary units, one decimal (`12.3 MiB`, `512 B`): the catalog's
+/// format, so `list` and the progress lines read alike.
 pub(crate) fn human(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    backstop_core::catalog::format_bytes(bytes.max(0.0) as u64)
 }
 
 /// Seconds as `42s`, `3m07s`, `2h05m`.
@@ -263,7 +257,7 @@ mod tests {
         );
         assert_eq!(
             render(Total::Unknown, 0, 0.0, "", ""),
-            "0.0 B, 0.0 B/s, 0s elapsed"
+            "0 B, 0 B/s, 0s elapsed"
         );
         assert_eq!(duration(3725.0), "1h02m");
     }
