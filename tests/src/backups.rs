@@ -154,3 +154,37 @@ pub async fn write_backup(
         .expect("upload manifest");
     manifest
 }
+
+/// A drill record of `id`, as `backstop restore` writes one: a minute's run
+/// ending at `finished`, failed with `error` if given, restored from
+/// `restored_from` (`gcs` or `s3`). Callers change other fields with
+/// `..drill_record(..)`.
+pub fn drill_record(
+    id: &BackupId,
+    finished: DateTime<Utc>,
+    error: Option<&str>,
+    restored_from: &str,
+) -> backstop_core::drill::DrillRecord {
+    backstop_core::drill::DrillRecord {
+        backup_id: id.to_string(),
+        run_id: backstop_core::drill::new_run_id(finished),
+        namespace: id.namespace.clone(),
+        target_database: "drill_target".into(),
+        started_at: finished - chrono::Duration::minutes(1),
+        finished_at: finished,
+        success: error.is_none(),
+        tables_checked: 1,
+        mismatches: Vec::new(),
+        error: error.map(String::from),
+        restored_from: Some(restored_from.into()),
+    }
+}
+
+/// Writes `record` where `backstop restore` writes it, create-only.
+pub async fn put_drill(store: &dyn ObjectStore, record: &backstop_core::drill::DrillRecord) {
+    let key = record.key().expect("a drill record's key");
+    store
+        .put_bytes(&key, Bytes::from(record.to_bytes()), PutOptions::create())
+        .await
+        .expect("write the drill record");
+}

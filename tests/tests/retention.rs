@@ -13,7 +13,9 @@ use backstop_core::retention::SignatureVerifier;
 use backstop_core::retention::{BucketConfig, PolicySet};
 use backstop_core::store::{ObjectStore, ObjectStoreExt, PutOptions};
 use backstop_functions::retention::{RetentionFunction, RunResult};
-use backstop_tests::backups::{TestKeys, backup_id, unique_namespace, write_backup};
+use backstop_tests::backups::{
+    TestKeys, backup_id, drill_record, put_drill, unique_namespace, write_backup,
+};
 use backstop_tests::{gcs, s3};
 use bytes::Bytes;
 use chrono::{Duration, Utc};
@@ -293,25 +295,10 @@ async fn a_drill_recorded_on_the_replica_counts_for_the_audit() {
 
     // The restore ran while GCS was down, so its record went to S3 only.
     let record = DrillRecord {
-        backup_id: id.to_string(),
-        run_id: backstop_core::drill::new_run_id(Utc::now()),
-        namespace: id.namespace.clone(),
-        target_database: "drill_target".into(),
         started_at: Utc::now() - Duration::minutes(10),
-        finished_at: Utc::now() - Duration::minutes(5),
-        success: true,
-        tables_checked: 1,
-        mismatches: Vec::new(),
-        error: None,
-        restored_from: Some("s3".into()),
+        ..drill_record(&id, Utc::now() - Duration::minutes(5), None, "s3")
     };
-    s.put_bytes(
-        &record.key().unwrap(),
-        Bytes::from(record.to_bytes()),
-        PutOptions::create(),
-    )
-    .await
-    .unwrap();
+    put_drill(&s, &record).await;
     assert!(
         drill_findings(&run(&f, true).await).is_empty(),
         "the drill recorded on S3 is seen"

@@ -11,10 +11,10 @@ use std::process::Command;
 
 use backstop_core::drill::DrillRecord;
 use backstop_core::naming::BackupId;
-use backstop_core::store::{ObjectStoreExt, PutOptions};
-use backstop_tests::backups::{TestKeys, backup_id, unique_namespace, write_backup};
+use backstop_tests::backups::{
+    TestKeys, backup_id, drill_record, put_drill, unique_namespace, write_backup,
+};
 use backstop_tests::{gcs, stack_env};
-use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
@@ -184,27 +184,10 @@ async fn replicate(keys: &TestKeys, namespace: &str, good: &BackupId) -> Vec<Val
 /// A successful drill of `id` that finished 5 minutes ago, in GCS.
 async fn record_drill(id: &BackupId) -> DrillRecord {
     let record = DrillRecord {
-        backup_id: id.to_string(),
-        run_id: backstop_core::drill::new_run_id(Utc::now()),
-        namespace: id.namespace.clone(),
-        target_database: "drill_target".into(),
         started_at: Utc::now() - Duration::minutes(10),
-        finished_at: Utc::now() - Duration::minutes(5),
-        success: true,
-        tables_checked: 1,
-        mismatches: Vec::new(),
-        error: None,
-        restored_from: Some("gcs".into()),
+        ..drill_record(id, Utc::now() - Duration::minutes(5), None, "gcs")
     };
-    gcs()
-        .await
-        .put_bytes(
-            &record.key().unwrap(),
-            Bytes::from(record.to_bytes()),
-            PutOptions::create(),
-        )
-        .await
-        .unwrap();
+    put_drill(&gcs().await, &record).await;
     record
 }
 

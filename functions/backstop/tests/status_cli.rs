@@ -10,12 +10,12 @@ use std::sync::Mutex;
 
 use backstop_cloud::gcs::GcsStore;
 use backstop_cloud::s3::S3Store;
-use backstop_core::drill::DrillRecord;
 use backstop_core::naming::BackupId;
 use backstop_core::store::{ObjectStoreExt, PutOptions};
-use backstop_tests::backups::{TestKeys, backup_id, unique_namespace, write_backup};
+use backstop_tests::backups::{
+    TestKeys, backup_id, drill_record, put_drill, unique_namespace, write_backup,
+};
 use backstop_tests::stack_env;
-use bytes::Bytes;
 use chrono::{Duration, Utc};
 use serde_json::Value;
 
@@ -113,27 +113,9 @@ impl World {
     /// A drill record of `id`, finished `age` ago, as `restore` writes it.
     async fn drill(&self, id: &BackupId, age: Duration, success: bool) {
         let finished = Utc::now() - age;
-        let record = DrillRecord {
-            backup_id: id.to_string(),
-            run_id: backstop_core::drill::new_run_id(finished),
-            namespace: id.namespace.clone(),
-            target_database: "drill_target".into(),
-            started_at: finished - Duration::minutes(1),
-            finished_at: finished,
-            success,
-            tables_checked: 1,
-            mismatches: Vec::new(),
-            error: (!success).then(|| "1 table had a row count different from the manifest".into()),
-            restored_from: Some("gcs".into()),
-        };
-        self.gcs
-            .put_bytes(
-                &record.key().unwrap(),
-                Bytes::from(record.to_bytes()),
-                PutOptions::create(),
-            )
-            .await
-            .unwrap();
+        let error = "1 table had a row count different from the manifest";
+        let record = drill_record(id, finished, (!success).then_some(error), "gcs");
+        put_drill(&self.gcs, &record).await;
     }
 
     /// `backstop ARGS` with this world's settings (over the stack's).
