@@ -22,6 +22,22 @@ pub async fn gcs() -> GcsStore {
         .expect("GCS client from the stack's environment")
 }
 
+/// A GCS client for writing large fixtures: fake-gcs-server hashes, copies
+/// and stores a streamed upload only after its last byte, which for
+/// hundreds of MiB on a busy machine can take longer than the default
+/// 10 s answer deadline (seen in CI with the 520 MiB fixture).
+pub async fn gcs_patient() -> GcsStore {
+    let pairs = std::env::vars().filter(|(k, _)| k != "BACKSTOP_REQUEST_TIMEOUT");
+    let env = Env::from_pairs(pairs.chain([("BACKSTOP_REQUEST_TIMEOUT".into(), "120s".into())]));
+    assert!(
+        env.optional("BACKSTOP_STACK").is_some(),
+        "run inside the local stack"
+    );
+    GcsStore::from_env(&env)
+        .await
+        .expect("GCS client from the stack's environment")
+}
+
 pub async fn s3() -> S3Store {
     S3Store::from_env(&stack_env())
         .await
