@@ -15,9 +15,20 @@ use crate::naming::{BackupId, Namespace};
 /// restore reads (custom-format archives).
 pub const DUMP_FORMAT: &str = "custom";
 
-/// The format of a physical base backup's data object: `pg_basebackup
-/// -Ft` to stdout, one tar of the whole cluster (`base_backup` says which).
+/// The format of a physical base backup's data object: one tar of the
+/// whole cluster, as `pg_basebackup -Ft` writes to stdout (`base_backup`
+/// says which cluster). Written at compression level 0, and by Backstop
+/// before 2026-12-02.
 pub const BASE_BACKUP_FORMAT: &str = "tar";
+
+/// The same tar compressed with zstd (by the server; concatenated frames):
+/// what `backstop basebackup` writes by default.
+pub const BASE_BACKUP_ZSTD_FORMAT: &str = "tar.zst";
+
+/// Whether `dump_format` is one of a base backup's.
+pub fn is_base_backup_format(dump_format: &str) -> bool {
+    dump_format == BASE_BACKUP_FORMAT || dump_format == BASE_BACKUP_ZSTD_FORMAT
+}
 
 /// The manifest's `kind`: tells a Backstop manifest from any other JSON.
 pub const MANIFEST_KIND: &str = "backstop.manifest";
@@ -231,10 +242,10 @@ impl Manifest {
             .base_backup
             .as_ref()
             .map(|b| b.system_identifier.clone());
-        if cluster != described || (described.is_some() != (self.dump_format == BASE_BACKUP_FORMAT))
+        if cluster != described || (described.is_some() != is_base_backup_format(&self.dump_format))
         {
             return Err(ManifestError::Malformed(format!(
-                "backup_id {:?}, dump_format {:?} and base_backup ({}) disagree: a base backup is a {BASE_BACKUP_FORMAT:?} filed under its own cluster, a dump is neither",
+                "backup_id {:?}, dump_format {:?} and base_backup ({}) disagree: a base backup is a {BASE_BACKUP_FORMAT:?} or {BASE_BACKUP_ZSTD_FORMAT:?} filed under its own cluster, a dump is neither",
                 self.backup_id,
                 self.dump_format,
                 described.as_deref().unwrap_or("none")

@@ -14,6 +14,7 @@ pub mod basebackup;
 pub mod dump;
 pub mod pg;
 pub mod pitr;
+mod replication;
 pub mod restore;
 mod server;
 pub mod wal;

@@ -1,4 +1,4 @@
-//! How a base backup fails. Before `pg_basebackup` starts, nothing is
+//! How a base backup fails. Before the server begins sending, nothing is
 //! written; after, a failure leaves at most a partial data object and never
 //! a manifest (retention cleans it up). Encryption, upload, signature and
 //! commit fail as a dump's do ([`DumpError`]).
@@ -21,7 +21,7 @@ pub enum BaseBackupError {
     )]
     Server { url: String, error: PgError },
     #[error(
-        "PostgreSQL {version} has no backup manifest (it came with 13); a base backup needs PostgreSQL 13 or newer; nothing was written"
+        "PostgreSQL {version} cannot compress a base backup on the server nor send it in one stream with its manifest (both came with 15); a base backup needs PostgreSQL 15 or newer (13 and 14 are out of support); nothing was written"
     )]
     TooOld { version: String },
     #[error(
@@ -32,12 +32,12 @@ pub enum BaseBackupError {
         "archive_mode is off on the server: a base backup without archived WAL cannot be restored to any point in time; set archive_mode and archive_command (or the WAL archiver) and restart the server, or pass --allow-no-archive (BACKSTOP_ALLOW_NO_ARCHIVE=1) for a backup whose WAL you keep by other means; nothing was written"
     )]
     NoArchive,
-    #[error("could not start pg_basebackup: {error}; nothing was written")]
-    Start { error: PgError },
+    #[error("could not start the base backup: {error}; nothing was written")]
+    Connect { error: PgError },
     #[error(
         "the base backup {backup_id} of cluster {system_identifier} failed: {message}; it is incomplete: no manifest was written (a partial data object, if any, is left for retention)"
     )]
-    PgBasebackup {
+    Stream {
         system_identifier: u64,
         backup_id: String,
         message: String,
@@ -61,8 +61,10 @@ impl Classify for BaseBackupError {
     /// configuration.
     fn retry(&self) -> Retry {
         match self {
-            BaseBackupError::Server { error, .. } => error.retry(),
-            BaseBackupError::PgBasebackup { .. } => Retry::Transient,
+            BaseBackupError::Server { error, .. } | BaseBackupError::Connect { error } => {
+                error.retry()
+            }
+            BaseBackupError::Stream { .. } => Retry::Transient,
             BaseBackupError::Publish(e) => e.retry(),
             _ => Retry::Permanent,
         }
@@ -79,13 +81,11 @@ impl backstop_core::error::Failure for BaseBackupError {
             | BaseBackupError::TooOld { .. }
             | BaseBackupError::NoReplication { .. }
             | BaseBackupError::NoArchive => FailureKind::Config,
-            BaseBackupError::Server { error, .. } | BaseBackupError::Start { error } => {
+            BaseBackupError::Server { error, .. } | BaseBackupError::Connect { error } => {
                 error.failure_kind()
             }
             BaseBackupError::Publish(e) => e.failure_kind(),
-            BaseBackupError::PgBasebackup { .. } | BaseBackupError::Mismatch { .. } => {
-                FailureKind::Other
-            }
+            BaseBackupError::Stream { .. } | BaseBackupError::Mismatch { .. } => FailureKind::Other,
         }
     }
 }
@@ -99,7 +99,7 @@ impl BaseBackupError {
             | BaseBackupError::TooOld { .. }
             | BaseBackupError::NoReplication { .. }
             | BaseBackupError::NoArchive => "preconditions",
-            BaseBackupError::Start { .. } | BaseBackupError::PgBasebackup { .. } => "pg_basebackup",
+            BaseBackupError::Connect { .. } | BaseBackupError::Stream { .. } => "stream",
             BaseBackupError::Mismatch { .. } => "check",
             BaseBackupError::Publish(e) => e.stage(),
         }

@@ -1,22 +1,23 @@
 //! One base backup from start to finish: the server's facts and
-//! preconditions, `pg_basebackup` through the tar observer and the
-//! encryption into the data object, the checks of what the tar said, the
-//! manifest, signature and commit (shared with the dump: [`Publisher`]).
+//! preconditions, the walsender's archive (server-compressed) into the
+//! encryption and the data object, the checks of what the server said,
+//! the manifest, signature and commit (shared with the dump: [`Publisher`]).
 
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use backstop_core::crypto::EncryptSummary;
-use backstop_core::manifest::{BASE_BACKUP_FORMAT, BaseBackupInfo, Manifest};
+use backstop_core::crypto::{Compression, EncryptSummary};
+use backstop_core::manifest::{
+    BASE_BACKUP_FORMAT, BASE_BACKUP_ZSTD_FORMAT, BaseBackupInfo, Manifest,
+};
 use backstop_core::naming::BackupId;
 use backstop_core::store::ObjectStore;
 use backstop_core::wal::{Lsn, WalFile};
 
 use super::error::BaseBackupError;
-use super::members::Facts;
-use super::tar::observe;
+use super::stream::{self, ArchiveCompression, Request, Streamed};
 use crate::dump::{DumpConfig, Publisher, pace};
 use crate::pg;
 use crate::server::{ClusterFacts, cluster_facts};
@@ -34,7 +35,15 @@ pub struct BaseBackupConfig {
     /// Take the backup although `archive_mode` is off: it then restores
     /// only with WAL kept by other means, and to no other point in time.
     pub allow_no_archive: bool,
+    /// zstd threads on the server (`COMPRESSION_DETAIL workers`); 0
+    /// compresses on the walsender itself.
+    pub server_workers: u32,
+    /// The server's read rate, kB/s (`MAX_RATE`); none by default.
+    pub max_rate_kb: Option<u32>,
 }
+
+/// zstd threads of the server's, unless `BACKSTOP_BASEBACKUP_WORKERS` says.
+pub const DEFAULT_SERVER_WORKERS: u32 = 2;
 
 /// The result of a successful base backup (the CLI prints it as JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,7 +64,8 @@ pub struct BaseBackupSummary {
     pub base_backup: BaseBackupInfo,
     pub started_at: DateTime<Utc>,
     pub duration_secs: f64,
-    /// The tar's size.
+    /// The archive's size as stored inside the encryption (compressed by
+    /// the server unless the level was 0).
     pub plaintext_bytes: u64,
     pub ciphertext_bytes: u64,
     /// Ciphertext megabytes (10^6 bytes) uploaded per second of the whole job.
@@ -85,14 +95,26 @@ async fn base_backup_inner(
         cluster.system_identifier,
         started_at,
     );
+    // The server compresses; the encryption only encrypts.
+    let archive = archive_compression(config);
+    let publish_config = DumpConfig {
+        compression: Compression::None,
+        ..config.job.clone()
+    };
     let job = Job {
         cluster,
-        publish: Publisher::new(&config.job, store, id),
+        publish: Publisher::new(&publish_config, store, id),
+        archive,
+        max_rate_kb: config.max_rate_kb,
     };
-    let (summary, tar) = job.upload_data().await?;
-    let info = job.describe(&tar)?;
+    let (summary, streamed) = job.upload_data().await?;
+    let info = job.describe(&streamed)?;
+    let format = match job.archive {
+        ArchiveCompression::None => BASE_BACKUP_FORMAT,
+        ArchiveCompression::Zstd { .. } => BASE_BACKUP_ZSTD_FORMAT,
+    };
     let manifest = Manifest {
-        dump_format: BASE_BACKUP_FORMAT.into(),
+        dump_format: format.into(),
         base_backup: Some(info),
         ..job
             .publish
@@ -115,7 +137,7 @@ async fn preconditions(config: &BaseBackupConfig) -> Result<ClusterFacts, BaseBa
     };
     let client = pg::connect(url).await.map_err(server)?;
     let cluster = cluster_facts(&client).await.map_err(server)?;
-    if cluster.server_version_num < 130_000 {
+    if cluster.server_version_num < 150_000 {
         return Err(BaseBackupError::TooOld {
             version: cluster.server_version,
         });
@@ -139,65 +161,78 @@ async fn preconditions(config: &BaseBackupConfig) -> Result<ClusterFacts, BaseBa
 struct Job<'a> {
     cluster: ClusterFacts,
     publish: Publisher<'a>,
+    archive: ArchiveCompression,
+    max_rate_kb: Option<u32>,
+}
+
+/// The server's own compression of the archive: the job's level as a zstd
+/// level (0: none).
+fn archive_compression(config: &BaseBackupConfig) -> ArchiveCompression {
+    match config.job.compression {
+        Compression::None => ArchiveCompression::None,
+        Compression::Zip(level) => ArchiveCompression::Zstd {
+            level,
+            workers: config.server_workers,
+        },
+    }
 }
 
 impl Job<'_> {
-    /// `pg_basebackup` of the whole cluster as one tar on stdout (WAL is
-    /// the archive's job, `-X none`; the server's backup manifest is its
-    /// last member), read by the tar observer on its way to the encryption.
-    async fn upload_data(&self) -> Result<(EncryptSummary, Facts), BaseBackupError> {
+    /// The walsender's archive, compressed on the server, then the
+    /// archive's end with the server's backup manifest
+    /// ([`stream`]), on its way to the encryption.
+    async fn upload_data(&self) -> Result<(EncryptSummary, Streamed), BaseBackupError> {
         let config = self.publish.config;
-        let args = [
-            "--pgdata=-".to_string(),
-            "--format=tar".to_string(),
-            "--wal-method=none".to_string(),
-            "--checkpoint=fast".to_string(),
-            "--no-password".to_string(),
-            "--verbose".to_string(),
-            format!("--label=backstop {}", self.publish.id),
-        ];
-        let tar = pg::program_stream(&config.tools, "pg_basebackup", &config.database_url, &args)
-            .map_err(|error| BaseBackupError::Start { error })?;
-        let (tar, facts) = observe(tar);
-        let (put, watched) = self.publish.upload(tar)?;
+        let request = Request {
+            label: format!("backstop {}", self.publish.id),
+            compression: self.archive,
+            max_rate_kb: self.max_rate_kb,
+        };
+        let (archive, outcome) = stream::start(&config.database_url, &request)
+            .await
+            .map_err(|error| BaseBackupError::Connect { error })?;
+        let (put, watched) = self.publish.upload(archive)?;
         let put = put.await;
         let summary = self
             .publish
-            .stored("pg_basebackup", watched, put, |message| {
-                BaseBackupError::PgBasebackup {
+            .stored("the walsender", watched, put, |message| {
+                BaseBackupError::Stream {
                     system_identifier: self.cluster.system_identifier,
                     backup_id: self.publish.id.to_string(),
                     message,
                 }
             })?;
-        let facts = facts.lock().expect("tar facts").take();
-        let facts = facts.ok_or_else(|| self.mismatch("the tar was not read to its end".into()))?;
-        Ok((summary, facts))
+        let streamed = outcome.lock().expect("outcome").take();
+        let streamed =
+            streamed.ok_or_else(|| self.mismatch("the archive was not read to its end".into()))?;
+        Ok((summary, streamed))
     }
 
-    /// The manifest's `base_backup`, once the tar agrees with the server:
-    /// its `pg_control` is the cluster's, its label's start is its backup
-    /// manifest's. The positions are the backup manifest's (inside the
-    /// signed data, where `pg_verifybackup` reads them).
-    fn describe(&self, tar: &Facts) -> Result<BaseBackupInfo, BaseBackupError> {
+    /// The manifest's `base_backup`, once the server's answers agree: the
+    /// replication connection's cluster is the one the checks read, the
+    /// backup's start is its backup manifest's. The positions are the
+    /// backup manifest's (inside the signed data, where `pg_verifybackup`
+    /// reads them).
+    fn describe(&self, streamed: &Streamed) -> Result<BaseBackupInfo, BaseBackupError> {
         let cluster = &self.cluster;
-        if !tar.is_cluster(cluster.system_identifier) {
+        if streamed.system_identifier != cluster.system_identifier {
             return Err(self.mismatch(format!(
-                "the tar's global/pg_control is not of cluster {} (the one pg_control_system() named)",
-                cluster.system_identifier
+                "the replication connection reached cluster {}, the checks cluster {} (does the URL name several hosts?)",
+                streamed.system_identifier, cluster.system_identifier
             )));
         }
-        let (first, last) = match (tar.wal_ranges.first(), tar.wal_ranges.last()) {
+        let ranges = &streamed.manifest.wal_ranges;
+        let (first, last) = match (ranges.first(), ranges.last()) {
             (Some(first), Some(last)) => (first, last),
             _ => return Err(self.mismatch("the backup manifest has no WAL range".into())),
         };
-        let label = &tar.label;
-        if (first.timeline, first.start) != (label.timeline, label.start_lsn)
+        if (first.timeline, first.start) != (streamed.start_timeline, streamed.start_lsn)
             || last.end < first.start
+            || last.end != streamed.end_lsn
         {
             return Err(self.mismatch(format!(
-                "backup_label starts at {} on timeline {}, the backup manifest's WAL ranges at {} on timeline {} and end at {}",
-                label.start_lsn, label.timeline, first.start, first.timeline, last.end
+                "the server started the backup at {} on timeline {} and ended it at {}, its backup manifest's WAL ranges start at {} on timeline {} and end at {}",
+                streamed.start_lsn, streamed.start_timeline, streamed.end_lsn, first.start, first.timeline, last.end
             )));
         }
         let size = cluster.wal_segment_size;
@@ -207,14 +242,15 @@ impl Job<'_> {
         Ok(BaseBackupInfo {
             system_identifier: cluster.system_identifier.to_string(),
             server_version_num: cluster.server_version_num,
-            timeline: label.timeline,
+            timeline: streamed.start_timeline,
             start_lsn: first.start.to_string(),
             stop_lsn: last.end.to_string(),
             start_wal: wal_file(first.timeline, first.start, size),
             stop_wal: wal_file(last.timeline, last_byte(first.start, last.end), size),
             wal_segment_size: size,
-            backup_manifest_sha256: tar.manifest_sha256.clone(),
-            files: tar.files,
+            backup_manifest_sha256: streamed.manifest.sha256.clone(),
+            // The tar's regular files: those the manifest lists, and itself.
+            files: streamed.manifest.files + 1,
         })
     }
 

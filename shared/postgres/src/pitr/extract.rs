@@ -1,4 +1,5 @@
-//! The base backup's tar, written into the new data directory as it
+//! The base backup's tar (the server's archive and then Backstop's with
+//! `backup_manifest`, concatenated), written into the new data directory as it
 //! streams past: regular files (0600) and directories (0700) only, names
 //! checked (no absolute path, no `..`, nothing but plain components), one
 //! header and one slice of data in memory at a time. The input is the
@@ -181,10 +182,18 @@ impl Reader {
                 }
                 Ok(n)
             }
+            // Zero blocks, or the next of concatenated archives (the
+            // server's, then the one with `backup_manifest`), as
+            // `tar --ignore-zeros` reads them.
             State::End => match data.iter().position(|b| *b != 0) {
+                Some(at) if (self.offset + at as u64) % BLOCK as u64 == 0 => {
+                    self.state = State::Header { filled: 0 };
+                    Ok(at)
+                }
                 Some(at) => {
                     self.offset += at as u64;
-                    Err(self.malformed("non-zero bytes after the end-of-archive blocks"))
+                    Err(self
+                        .malformed("non-zero bytes inside a block after the end-of-archive blocks"))
                 }
                 None => Ok(data.len()),
             },
@@ -432,12 +441,13 @@ mod tests {
     #[tokio::test]
     async fn files_and_directories_are_written_in_any_slicing() {
         let body = b"{\"PostgreSQL-Backup-Manifest-Version\": 1}".to_vec();
-        let t = tar(&[
+        // The server's archive, then Backstop's with the manifest.
+        let mut t = tar(&[
             ("global", b'5', b""),
             ("global/pg_control", b'0', &[7u8; 700]),
             ("pg_wal", b'5', b""),
-            (BACKUP_MANIFEST, b'0', &body),
         ]);
+        t.extend(tar(&[(BACKUP_MANIFEST, b'0', &body)]));
         for piece in [1, 511, 512, 4096] {
             let dir = tempdir();
             let out = extract(stream(t.clone(), piece), &dir).await.unwrap();
@@ -493,7 +503,7 @@ mod tests {
             "{err}"
         );
         let mut trailing = tar(&[("g", b'0', b"y")]);
-        trailing.push(1);
+        trailing.extend_from_slice(&[0, 1]);
         let err = extract(stream(trailing, 512), &dir).await.unwrap_err();
         assert!(
             err.to_string().contains("after the end-of-archive"),

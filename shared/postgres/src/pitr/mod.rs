@@ -26,6 +26,7 @@ mod recovery;
 mod run;
 mod select;
 mod timeline;
+mod unzstd;
 
 pub use config::{PitrConfig, PitrSettings, RecoveryAction, RecoveryTarget, TimelineChoice};
 pub use error::PitrError;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use backstop_core::crypto::{chunks, decrypt_stream_sized};
 use backstop_core::drill::PitrDrill;
 use backstop_core::error::{Failure, FailureKind};
+use backstop_core::manifest::BASE_BACKUP_ZSTD_FORMAT;
 
 use super::config::PitrConfig;
 use super::drill;
@@ -21,6 +22,7 @@ use super::extract::{BACKUP_MANIFEST, Extracted, empty_dir, extract};
 use super::recovery::{self, LogFacts};
 use super::select::{BaseCandidate, check_backup_key, ordered, select};
 use super::timeline::{Archive, Plan, plan};
+use super::unzstd::decompress;
 use crate::restore::{Clouds, SkippedBackup};
 
 /// How long each step took.
@@ -229,7 +231,11 @@ async fn extract_and_verify(
         .map_err(|e| (format!("reading {object} failed: {e}"), e.failure_kind()))?;
     let gated = chunks::authenticated(body, &base.manifest.ciphertext)
         .map_err(|e| (format!("{object}: {e}"), e.failure_kind()))?;
-    let plain = decrypt_stream_sized(gated, &cfg.secret_key, Some(base.manifest.plaintext_size));
+    let mut plain =
+        decrypt_stream_sized(gated, &cfg.secret_key, Some(base.manifest.plaintext_size));
+    if base.manifest.dump_format == BASE_BACKUP_ZSTD_FORMAT {
+        plain = decompress(plain);
+    }
     let out = extract(plain, &cfg.pgdata)
         .await
         .map_err(|e| (format!("{object}: {e}"), e.failure_kind()))?;

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use backstop_core::crypto::{VerifyingKey, verify_manifest_at};
-use backstop_core::manifest::{BASE_BACKUP_FORMAT, BaseBackupInfo, MAX_MANIFEST_BYTES, Manifest};
+use backstop_core::manifest::{
+    BaseBackupInfo, MAX_MANIFEST_BYTES, Manifest, is_base_backup_format,
+};
 use backstop_core::naming::{
     BackupId, CLUSTER_SEGMENT_PREFIX, MANIFEST_FILE, Namespace, cluster_database, database_segment,
 };
@@ -91,7 +93,7 @@ async fn verify_base(
     };
     let (Some(info), true) = (
         manifest.base_backup.clone(),
-        manifest.dump_format == BASE_BACKUP_FORMAT,
+        is_base_backup_format(&manifest.dump_format),
     ) else {
         return Ok(Err("the manifest describes no base backup".into()));
     };
