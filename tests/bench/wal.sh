@@ -148,7 +148,19 @@ t0=$(now)
 /usr/bin/time -v -o "$D/time-v.txt" "$BACKSTOP" basebackup --database-url "postgres://postgres@/postgres?host=$RUN&port=$PGPORT" \
     > "$D/summary.json" 2> "$D/stderr.log" || { tail -n 20 "$D/stderr.log" >&2; die "backstop basebackup failed"; }
 t1=$(now)
-python3 -c "import json; print(json.dumps({'seconds': round($t1 - $t0, 2), 'max_rss_kb': int([l.split(': ')[1] for l in open('$D/time-v.txt') if 'Maximum resident' in l][0])}))" > "$D/metrics.json"
+# The stream's end: the server's notice that the backup's WAL is archived,
+# its last word before the end position (then the emulator commits).
+python3 - "$D" "$t0" "$t1" > "$D/metrics.json" <<'PY'
+import json, sys, datetime
+d, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+rss = int([l.split(': ')[1] for l in open(f'{d}/time-v.txt') if 'Maximum resident' in l][0])
+ends = [l.split()[0] for l in open(f'{d}/stderr.log') if 'all required WAL segments have been archived' in l]
+stream = None
+if ends:
+    at = datetime.datetime.fromisoformat(ends[0].replace('Z', '+00:00')).timestamp()
+    stream = round(at - t0, 2)
+print(json.dumps({'seconds': round(t1 - t0, 2), 'stream_seconds': stream, 'max_rss_kb': rss}))
+PY
 t0=$(now); "$PGBIN/pg_basebackup" -h "$RUN" -p "$PGPORT" -U postgres -Ft -D - -X none -c fast | wc -c > "$D/plain-bytes"; t1=$(now)
 python3 -c "import json; print(round($t1 - $t0, 2))" > "$D/plain-seconds"
 
@@ -303,6 +315,9 @@ print('| base backup s (peak RSS MiB) | %s (%.1f) | pgbackrest backup %s | pg_ba
     bb['seconds'], bb['max_rss_kb'] / 1024, pgb, plain, ((pg.get('basebackup') or {}).get('plain_tar') or {}).get('seconds')))
 if pgb:
     print('  base backup ratios: %.2fx pgbackrest backup, %.2fx pg_basebackup alone' % (bb['seconds'] / pgb, bb['seconds'] / plain))
+if bb.get('stream_seconds'):
+    print('  base backup stream (until the server sent its end): %s s, %.2fx pg_basebackup alone; the rest is the emulator committing the upload' % (
+        bb['stream_seconds'], bb['stream_seconds'] / plain))
 pr = pg.get('restore')
 for name in ('restore_mid', 'restore'):
     rs = load(f'{work}/backstop/results/{name}/metrics.json')

@@ -371,3 +371,45 @@ async fn preconditions_are_checked_before_anything_is_written() {
         plain.system_identifier().to_string()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_with_scram_or_md5_passwords_authenticate_and_a_wrong_password_is_not_shown() {
+    let cluster = archiving_cluster();
+    let keys = TestKeys::generate();
+    let store = gcs().await;
+    cluster.sql(
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE scram LOGIN REPLICATION PASSWORD 's3cr&t pw'; \
+         SET password_encryption = 'md5'; CREATE ROLE md5er LOGIN REPLICATION PASSWORD 'md5-pw'",
+    );
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host all scram 127.0.0.1/32 scram-sha-256\nhost replication scram 127.0.0.1/32 scram-sha-256\n\
+             host all md5er 127.0.0.1/32 md5\nhost replication md5er 127.0.0.1/32 md5\n{text}"
+        ),
+    )
+    .unwrap();
+    cluster.sql("SELECT pg_reload_conf()");
+    let port = cluster.port();
+    for (role, password) in [("scram", "s3cr%26t%20pw"), ("md5er", "md5-pw")] {
+        let ns = unique_namespace("basebackup-auth");
+        let url = format!("postgres://{role}:{password}@127.0.0.1:{port}/postgres");
+        let config = config(&keys, &url, &ns, cluster.bindir(), false).await;
+        let summary = run_base_backup(&config, &store)
+            .await
+            .unwrap_or_else(|e| panic!("{role}: {e}"));
+        let (_, manifest) = verified_manifest(&summary, &keys).await;
+        assert_eq!(manifest.dump_format, "tar.zst", "{role}");
+    }
+    let ns = unique_namespace("basebackup-auth");
+    let url = format!("postgres://scram:not-the-password@127.0.0.1:{port}/postgres");
+    let err = run_base_backup(&config(&keys, &url, &ns, cluster.bindir(), false).await, &store)
+        .await
+        .unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("password authentication failed"), "{shown}");
+    assert!(!shown.contains("not-the-password"), "{shown}");
+    assert!(objects(&ns).await.is_empty());
+}

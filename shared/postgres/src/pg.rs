@@ -1,7 +1,7 @@
 //! The PostgreSQL client side that is not SQL: connection URLs (names,
 //! passwords kept out of logs), where the client programs live, and running
-//! `pg_dump` or `pg_basebackup` as a streaming child process whose failure
-//! cannot pass for a clean end.
+//! `pg_dump` as a streaming child process whose failure cannot pass for a
+//! clean end.
 //!
 //! The statements themselves live in the crate's `server` module; the
 //! parts of it other crates use are re-exported here, so that `pg::connect`

@@ -238,6 +238,13 @@ impl Replication {
         }
     }
 
+    /// Says goodbye (Terminate), so the server logs no lost connection.
+    pub(crate) async fn close(&mut self) {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        let _ = self.send(out).await;
+    }
+
     async fn send(&mut self, out: BytesMut) -> Result<(), PgError> {
         self.io.write_all(&out).await.map_err(|e| self.io_err(e))?;
         self.io.flush().await.map_err(|e| self.io_err(e))

@@ -294,7 +294,7 @@ pub(crate) async fn identity(client: &Client) -> Result<Identity, PgError> {
     })
 }
 
-/// What a base backup checks and records before `pg_basebackup` starts
+/// What a base backup checks and records before the server begins sending
 /// (`crate::basebackup`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClusterFacts {

@@ -1,12 +1,13 @@
-//! The end of a base backup's archive that Backstop writes itself: the
-//! server's `backup_manifest` as the tar's last member, then the tar's two
-//! end-of-archive blocks, as `pg_basebackup -D - -Ft` would add them. The
-//! server sends neither (the manifest comes apart from the archive, and
-//! the end-of-archive blocks are the client's to write).
+//! The archive Backstop adds after the server's: a tar of one member, the
+//! server's `backup_manifest`, and its two end-of-archive blocks. The
+//! server sends the manifest apart from its archive, and its archive ends
+//! in end-of-archive blocks of its own, which a compressed stream cannot
+//! have cut off; so the plaintext is two concatenated tars, which
+//! `tar --ignore-zeros` (`-i`) and `restore-cluster` read as one.
 //!
-//! When the server compressed the archive with zstd, this end is one more
+//! When the server compressed its archive with zstd, this one is one more
 //! zstd frame of raw (stored) blocks: zstd frames concatenate, so the
-//! whole still decompresses to one tar, with no compressor on our side.
+//! whole decompresses in one pass, with no compressor on our side.
 //! The manifest arrives before its size is known, so it is spooled: in
 //! memory up to [`IN_MEMORY`], else in an unnamed temporary file (0600,
 //! gone when closed), as a cluster of a million files has a manifest of
@@ -83,7 +84,7 @@ impl Spool {
     }
 }
 
-/// The archive's end: `backup_manifest` (0600, `mtime`) and the two
+/// The manifest's archive: `backup_manifest` (0600, `mtime`) and the two
 /// end-of-archive blocks, as tar bytes or, with `zstd`, as one zstd frame
 /// of them, in pieces of at most a zstd block for `emit`.
 pub(crate) fn archive_end(

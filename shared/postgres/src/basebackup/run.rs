@@ -179,7 +179,7 @@ fn archive_compression(config: &BaseBackupConfig) -> ArchiveCompression {
 
 impl Job<'_> {
     /// The walsender's archive, compressed on the server, then the
-    /// archive's end with the server's backup manifest
+    /// archive of the server's backup manifest
     /// ([`stream`]), on its way to the encryption.
     async fn upload_data(&self) -> Result<(EncryptSummary, Streamed), BaseBackupError> {
         let config = self.publish.config;

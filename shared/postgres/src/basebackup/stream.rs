@@ -10,12 +10,13 @@
 //!   ──▶ start position and timeline; the tablespaces (one only)
 //!   ──▶ COPY OUT: 'n' archive, 'd' data ... ──▶ the plaintext stream (as sent)
 //!                 'm' manifest, 'd' data ... ──▶ spool + ManifestReader
-//!   ──▶ end position ──▶ the archive's end (inject): backup_manifest + end blocks
+//!   ──▶ end position ──▶ a second archive (inject): backup_manifest + end blocks
 //! ```
 //!
 //! The stream is the archive exactly as the server compressed it, then
-//! the end Backstop adds, so that it decompresses to the tar
-//! `pg_basebackup -D - -Ft -X none` would have written. What the server
+//! the one-member archive Backstop adds, so that it decompresses to the
+//! files `pg_basebackup -D - -Ft -X none` would have written (as two
+//! concatenated tars: `tar -i` reads them). What the server
 //! said besides the archive is in the [`Outcome`] once the stream ended
 //! cleanly; any failure ends the stream in an error, so the upload is
 //! abandoned and nothing is committed.
@@ -215,6 +216,7 @@ impl Reader {
                 other => return Err(self.conn.unexpected(&other, "BASE_BACKUP's end").into()),
             }
         }
+        self.conn.close().await;
         let Some((spool, reader)) = self.manifest.take() else {
             return Err(Stop::Failed(
                 "the server sent no backup manifest (MANIFEST 'yes' was asked)".into(),
@@ -290,7 +292,7 @@ impl Reader {
         self.tx.send(Ok(piece)).await.map_err(|_| Stop::Dropped)
     }
 
-    /// The archive's end, after the server's last archive byte.
+    /// The manifest's archive, after the server's last archive byte.
     async fn send_end(&mut self, spool: Spool) -> Result<(), Stop> {
         let mtime = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -309,7 +311,7 @@ impl Reader {
             .map(|()| failed.is_none())
         })
         .await
-        .map_err(|e| Stop::Failed(format!("writing the archive's end failed: {e}")))?;
+        .map_err(|e| Stop::Failed(format!("writing the manifest's archive failed: {e}")))?;
         match sent {
             Ok(true) => Ok(()),
             Ok(false) => Err(Stop::Dropped),

@@ -1,5 +1,5 @@
 //! The uploads of a job that writes a backup (the dump, the base backup):
-//! the data object, streamed from a running `pg_dump` or `pg_basebackup`
+//! the data object, streamed from a running `pg_dump` or the walsender
 //! and so never replayable (its stream is watched, so a failure is blamed on
 //! the right party), and the small signature and manifest objects, which
 //! are retried with backoff. [`Publisher`] holds the steps both jobs share.

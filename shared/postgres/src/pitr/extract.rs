@@ -19,7 +19,8 @@ use backstop_core::error::{Failure, FailureKind};
 use backstop_core::store::{ByteStream, StoreError};
 
 const BLOCK: usize = 512;
-/// The member `pg_basebackup` writes last, describing the others.
+/// The member written last (by `pg_basebackup`, or by Backstop in an
+/// archive of its own), describing the others.
 pub(super) const BACKUP_MANIFEST: &str = "backup_manifest";
 
 /// What was written.
