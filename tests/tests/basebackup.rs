@@ -405,9 +405,12 @@ async fn roles_with_scram_or_md5_passwords_authenticate_and_a_wrong_password_is_
     }
     let ns = unique_namespace("basebackup-auth");
     let url = format!("postgres://scram:not-the-password@127.0.0.1:{port}/postgres");
-    let err = run_base_backup(&config(&keys, &url, &ns, cluster.bindir(), false).await, &store)
-        .await
-        .unwrap_err();
+    let err = run_base_backup(
+        &config(&keys, &url, &ns, cluster.bindir(), false).await,
+        &store,
+    )
+    .await
+    .unwrap_err();
     let shown = err.to_string();
     assert!(shown.contains("password authentication failed"), "{shown}");
     assert!(!shown.contains("not-the-password"), "{shown}");

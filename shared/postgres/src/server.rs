@@ -23,7 +23,12 @@ pub async fn connect(url: &str) -> Result<Client, PgError> {
             .await
             .map_err(|e| PgError::Connect {
                 target: redact_url(url),
-                message: e.to_string(),
+                // The server's words ("password authentication failed for
+                // user ..."); the error itself only says "db error".
+                message: match e.as_db_error() {
+                    Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                    None => e.to_string(),
+                },
             })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {

@@ -187,7 +187,7 @@ impl Reader {
             // server's, then the one with `backup_manifest`), as
             // `tar --ignore-zeros` reads them.
             State::End => match data.iter().position(|b| *b != 0) {
-                Some(at) if (self.offset + at as u64) % BLOCK as u64 == 0 => {
+                Some(at) if (self.offset + at as u64).is_multiple_of(BLOCK as u64) => {
                     self.state = State::Header { filled: 0 };
                     Ok(at)
                 }
