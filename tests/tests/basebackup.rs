@@ -130,6 +130,37 @@ async fn verified_manifest(summary: &BaseBackupSummary, keys: &TestKeys) -> (Bac
     (id, manifest)
 }
 
+/// Decrypts `summary`'s data object into `dir` and, for `tar.zst`,
+/// decompresses it with the zstd command; returns the tar's path.
+async fn decrypt_to_tar(
+    summary: &BaseBackupSummary,
+    manifest: &Manifest,
+    keys: &TestKeys,
+    format: &str,
+    dir: &Path,
+) -> std::path::PathBuf {
+    let plain = dir.join(format!("base.{format}"));
+    let size = decrypt_to(&gcs().await, &summary.data_object, keys, &plain).await;
+    assert_eq!(size, manifest.plaintext_size);
+    assert_eq!(size, summary.plaintext_bytes);
+    if format != "tar.zst" {
+        return plain;
+    }
+    let tar = dir.join("base.tar");
+    run(Command::new("zstd")
+        .arg("-q")
+        .arg("-d")
+        .arg(&plain)
+        .arg("-o")
+        .arg(&tar));
+    let tar_size = std::fs::metadata(&tar).unwrap().len();
+    assert!(
+        tar_size > 2 * size,
+        "{tar_size} bytes of tar from {size} compressed"
+    );
+    tar
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_base_backup_is_signed_and_decrypts_to_a_tar_pg_verifybackup_accepts() {
     let cluster = archiving_cluster();
@@ -191,26 +222,7 @@ async fn check_base_backup(cluster: &Cluster, keys: &TestKeys, level: Option<&st
     // The data decrypts (and decompresses) to the whole tar:
     // pg_verifybackup accepts it.
     let dir = tempfile::tempdir().unwrap();
-    let mut tar = dir.path().join("base.tar");
-    let plain = dir.path().join(format!("base.{format}"));
-    let size = decrypt_to(&store, &id.data_key(), keys, &plain).await;
-    assert_eq!(size, manifest.plaintext_size);
-    assert_eq!(size, summary.plaintext_bytes);
-    if format == "tar.zst" {
-        run(Command::new("zstd")
-            .arg("-q")
-            .arg("-d")
-            .arg(&plain)
-            .arg("-o")
-            .arg(&tar));
-        let tar_size = std::fs::metadata(&tar).unwrap().len();
-        assert!(
-            tar_size > 2 * size,
-            "{tar_size} bytes of tar from {size} compressed"
-        );
-    } else {
-        tar = plain;
-    }
+    let tar = decrypt_to_tar(&summary, &manifest, keys, format, dir.path()).await;
     // The server's archive, then the one with backup_manifest: `tar -i`.
     let listing = run(Command::new("tar").arg("-itvf").arg(&tar));
     let regular = listing.lines().filter(|l| l.starts_with('-')).count() as u64;
