@@ -80,7 +80,10 @@ pub(crate) async fn start(url: &str, request: &Request) -> Result<(ByteStream, O
     let identity = conn.query("IDENTIFY_SYSTEM").await?;
     let system_identifier = single(&identity, 0, "IDENTIFY_SYSTEM")?;
     conn.command(&base_backup_command(request)).await?;
-    let begun = conn.result_set("BASE_BACKUP's start position").await?;
+    let begun = conn
+        .result_set("BASE_BACKUP's start position")
+        .await
+        .map_err(without_zstd)?;
     let start_lsn: Lsn = single(&begun, 0, "BASE_BACKUP's start position")?;
     let start_timeline = single(&begun, 1, "BASE_BACKUP's start timeline")?;
     let tablespaces = conn.result_set("BASE_BACKUP's tablespaces").await?;
@@ -146,6 +149,22 @@ fn single<T: std::str::FromStr>(rows: &Rows, column: usize, what: &str) -> Resul
     text.as_deref()
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| protocol(format!("{what} is not one readable value: {rows:?}")))
+}
+
+/// A server built without zstd says so ("zstd compression is not
+/// supported by this build"): say what to do about it.
+fn without_zstd(e: PgError) -> PgError {
+    match e {
+        PgError::Query { what, message } if message.contains("not supported by this build") => {
+            PgError::Query {
+                what,
+                message: format!(
+                    "{message}; take the base backup uncompressed with --compression-level 0 (BACKSTOP_COMPRESSION_LEVEL=0), or use a server built with zstd"
+                ),
+            }
+        }
+        other => other,
+    }
 }
 
 fn protocol(message: String) -> PgError {
@@ -325,6 +344,20 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_without_zstd_is_told_what_to_do() {
+        let e = without_zstd(PgError::Query {
+            what: "replication".into(),
+            message: "0A000: zstd compression is not supported by this build".into(),
+        });
+        assert!(e.to_string().contains("--compression-level 0"), "{e}");
+        let other = without_zstd(PgError::Query {
+            what: "replication".into(),
+            message: "42501: permission denied".into(),
+        });
+        assert!(!other.to_string().contains("--compression-level"), "{other}");
+    }
 
     #[test]
     fn the_command_asks_for_what_the_backup_needs() {
