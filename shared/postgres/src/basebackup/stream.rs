@@ -356,7 +356,10 @@ mod tests {
             what: "replication".into(),
             message: "42501: permission denied".into(),
         });
-        assert!(!other.to_string().contains("--compression-level"), "{other}");
+        assert!(
+            !other.to_string().contains("--compression-level"),
+            "{other}"
+        );
     }
 
     #[test]
