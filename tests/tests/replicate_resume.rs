@@ -274,7 +274,9 @@ async fn data_tampered_between_deliveries_is_rejected_at_the_changed_chunk() {
     let rep = replicator(&keys, &namespace, target.clone()).await;
     let source = gcs().await;
     let id = backup_id(&namespace, Utc::now());
-    let manifest = write_backup(&source, &id, &keys, 200 << 20).await;
+    // The 200 MiB fixture with the patient client: fake-gcs-server's
+    // post-upload tail passed the 10 s answer deadline in CI.
+    let manifest = write_backup(&backstop_tests::gcs_patient().await, &id, &keys, 200 << 20).await;
     let total = chunks_of(manifest.ciphertext.size);
 
     let first = rep
