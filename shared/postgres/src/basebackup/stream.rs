@@ -316,18 +316,16 @@ impl Reader {
         let mtime = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut failed = None;
         let zstd = self.zstd;
-        // The pieces of a large manifest go out as they are read, through
-        // a blocking send; the in-memory ones are a few at most.
+        // A spooled file is read on a blocking thread, its pieces sent as
+        // they are read; once the reader is gone the rest is skipped.
         let tx = self.tx.clone();
         let sent = tokio::task::spawn_blocking(move || {
+            let mut dropped = false;
             archive_end(spool, mtime, zstd, |piece| {
-                if failed.is_none() && tx.blocking_send(Ok(piece)).is_err() {
-                    failed = Some(());
-                }
+                dropped = dropped || tx.blocking_send(Ok(piece)).is_err();
             })
-            .map(|()| failed.is_none())
+            .map(|()| !dropped)
         })
         .await
         .map_err(|e| Stop::Failed(format!("writing the manifest's archive failed: {e}")))?;
